@@ -3,6 +3,7 @@
 //!
 //! - [`packager`]: packets → chunks packaged once per delivery format (Ogg page, WebSocket frames).
 //! - [`ring`]: the bounded fan-out window that listeners read by cursor.
+//! - [`ingest`]: source validation (Ogg/Opus or single packets) and real-time pacing.
 //! - [`cadence`]: chunk duration as a function of the audience (latency vs. CPU).
 //! - [`space`]: identity, host key and the `scheduled → live → ended` state machine.
 //! - [`wire`]: levee's WebSocket message format.
@@ -12,6 +13,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod cadence;
+pub mod ingest;
 pub mod packager;
 pub mod ring;
 pub mod space;
