@@ -6,10 +6,15 @@
 //! window and where the live edge is. The ring never grows: a slow reader costs nothing here.
 
 /// What a reader at some cursor gets.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Read<'a, T> {
-    /// Chunks from the cursor on, oldest first; advance the cursor by their count.
-    Chunks(Vec<&'a T>),
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// Chunks `from..to` are ready (fetch them with [`Ring::range`]); advance the cursor to `to`.
+    Chunks {
+        /// The reader's cursor.
+        from: u64,
+        /// One past the last ready chunk.
+        to: u64,
+    },
     /// Nothing new yet: wait for the next push.
     UpToDate,
     /// The cursor fell behind the oldest kept chunk: `missed` chunks are gone. Continue from
@@ -79,7 +84,7 @@ impl<T> Ring<T> {
     /// Reads from `cursor`: up to `max` chunks (at least one), or why there are none.
     ///
     /// A reader that lagged out of the window resumes `rejoin_backlog` chunks behind the edge.
-    pub fn read(&self, cursor: u64, max: usize, rejoin_backlog: u64) -> Read<'_, T> {
+    pub fn read(&self, cursor: u64, max: usize, rejoin_backlog: u64) -> Read {
         if cursor >= self.head {
             return Read::UpToDate;
         }
@@ -91,8 +96,13 @@ impl<T> Ring<T> {
                 resume,
             };
         }
-        let end = self.head.min(cursor + max.max(1) as u64);
-        Read::Chunks((cursor..end).filter_map(|i| self.get(i)).collect())
+        let to = self.head.min(cursor + max.max(1) as u64);
+        Read::Chunks { from: cursor, to }
+    }
+
+    /// The kept chunks with indices in `from..to`, oldest first.
+    pub fn range(&self, from: u64, to: u64) -> impl Iterator<Item = &T> {
+        (from..to).filter_map(|i| self.get(i))
     }
 }
 
@@ -107,8 +117,9 @@ mod tests {
         for i in 0..3 {
             r.push(i);
         }
-        assert_eq!(r.read(0, 10, 1), Read::Chunks(vec![&0, &1, &2]));
-        assert_eq!(r.read(1, 1, 1), Read::Chunks(vec![&1]));
+        assert_eq!(r.read(0, 10, 1), Read::Chunks { from: 0, to: 3 });
+        assert_eq!(r.range(0, 3).collect::<Vec<_>>(), vec![&0, &1, &2]);
+        assert_eq!(r.read(1, 1, 1), Read::Chunks { from: 1, to: 2 });
         assert_eq!(r.read(3, 10, 1), Read::UpToDate);
     }
 
@@ -127,7 +138,7 @@ mod tests {
                 resume: 9
             }
         );
-        assert_eq!(r.read(9, 10, 1), Read::Chunks(vec![&9]));
+        assert_eq!(r.read(9, 10, 1), Read::Chunks { from: 9, to: 10 });
     }
 
     #[test]
@@ -163,7 +174,9 @@ mod tests {
                     r.push(h);
                 }
                 match r.read(cursor, max, 1) {
-                    Read::Chunks(c) => {
+                    Read::Chunks { from, to } => {
+                        let c: Vec<&u64> = r.range(from, to).collect();
+                        prop_assert_eq!(c.len() as u64, to - from);
                         for &&v in &c {
                             prop_assert!(last.is_none_or(|l| v > l));
                             last = Some(v);

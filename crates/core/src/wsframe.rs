@@ -112,6 +112,8 @@ pub enum Message {
 pub enum FrameError {
     /// A frame from a client was not masked.
     Unmasked,
+    /// A frame from a server was masked.
+    Masked,
     /// Reserved bits set without a negotiated extension.
     ReservedBits,
     /// An opcode RFC 6455 does not define.
@@ -146,6 +148,7 @@ impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FrameError::Unmasked => write!(f, "client frames must be masked"),
+            FrameError::Masked => write!(f, "server frames must not be masked"),
             FrameError::ReservedBits => write!(f, "reserved bits set"),
             FrameError::BadOpcode(op) => write!(f, "unknown opcode {op:#x}"),
             FrameError::BadControl => write!(f, "control frame fragmented or over 125 bytes"),
@@ -170,15 +173,26 @@ pub struct FrameDecoder {
     buf: BytesMut,
     max_message: usize,
     partial: Option<(u8, BytesMut)>,
+    expect_masked: bool,
 }
 
 impl FrameDecoder {
-    /// A decoder that refuses messages larger than `max_message` bytes.
+    /// A server-side decoder (frames must be masked) that refuses messages larger than
+    /// `max_message` bytes.
     pub fn new(max_message: usize) -> Self {
         FrameDecoder {
             buf: BytesMut::new(),
             max_message,
             partial: None,
+            expect_masked: true,
+        }
+    }
+
+    /// A client-side decoder, for frames sent by a server (which must not be masked).
+    pub fn for_server_frames(max_message: usize) -> Self {
+        FrameDecoder {
+            expect_masked: false,
+            ..Self::new(max_message)
         }
     }
 
@@ -256,8 +270,9 @@ impl FrameDecoder {
         if !matches!(opcode, 0x0..=0x2 | 0x8..=0xA) {
             return Err(FrameError::BadOpcode(opcode));
         }
-        if b1 & 0x80 == 0 {
-            return Err(FrameError::Unmasked);
+        let masked = b1 & 0x80 != 0;
+        if masked != self.expect_masked {
+            return Err(if masked { FrameError::Masked } else { FrameError::Unmasked });
         }
         let (len, mut at) = match b1 & 0x7f {
             126 => {
@@ -286,20 +301,19 @@ impl FrameDecoder {
             });
         }
         let len = len as usize;
-        if self.buf.len() < at + 4 + len {
+        let mask_len = if masked { 4 } else { 0 };
+        if self.buf.len() < at + mask_len + len {
             return Ok(None);
         }
-        let mask = [
-            self.buf[at],
-            self.buf[at + 1],
-            self.buf[at + 2],
-            self.buf[at + 3],
-        ];
-        at += 4;
+        let mut mask = [0u8; 4];
+        mask[..mask_len].copy_from_slice(&self.buf[at..at + mask_len]);
+        at += mask_len;
         self.buf.advance(at);
         let mut payload = self.buf.split_to(len);
-        for (i, b) in payload.iter_mut().enumerate() {
-            *b ^= mask[i & 3];
+        if masked {
+            for (i, b) in payload.iter_mut().enumerate() {
+                *b ^= mask[i & 3];
+            }
         }
         Ok(Some((fin, opcode, payload.freeze())))
     }
@@ -365,6 +379,22 @@ mod tests {
         d.push(&out);
         assert_eq!(d.next(), Err(FrameError::Unmasked));
         assert_eq!(FrameError::Unmasked.close_code(), CLOSE_PROTOCOL);
+    }
+
+    #[test]
+    fn client_side_decoder_reads_server_frames() {
+        let mut out = BytesMut::new();
+        encode_frame(OP_BINARY, &[7; 300], &mut out);
+        out.extend_from_slice(&close_frame(CLOSE_GOING_AWAY, "bye"));
+        let mut d = FrameDecoder::for_server_frames(1024);
+        d.push(&out);
+        assert_eq!(d.next(), Ok(Some(Message::Binary(Bytes::from(vec![7; 300])))));
+        assert_eq!(d.next(), Ok(Some(Message::Close(Some(CLOSE_GOING_AWAY), "bye".into()))));
+        let mut masked = BytesMut::new();
+        encode_client_frame(OP_BINARY, b"x", [1, 2, 3, 4], &mut masked);
+        let mut d = FrameDecoder::for_server_frames(1024);
+        d.push(&masked);
+        assert_eq!(d.next(), Err(FrameError::Masked));
     }
 
     #[test]

@@ -1,1 +1,61 @@
-fn main(){}
+//! levee's IO around the pure core: the connection front, listeners, ingest, the HTTP API,
+//! metrics, the web pages and the demo programme.
+//!
+//! [`Server::start`] binds and serves; everything runs on the caller's tokio runtime.
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod api;
+pub mod config;
+pub mod demo;
+pub mod front;
+pub mod hub;
+pub mod ingest;
+pub mod listen;
+pub mod metrics;
+pub mod web;
+
+pub use config::Config;
+pub use hub::Hub;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Pending connections the kernel may queue before `accept` (the kernel caps it at somaxconn).
+/// A join storm lands here first: a deep queue turns a burst into a short wait, not resets.
+pub const LISTEN_BACKLOG: i32 = 8192;
+
+/// A running server.
+pub struct Server {
+    /// The address it listens on (useful with port 0).
+    pub addr: SocketAddr,
+    /// Its spaces and counters.
+    pub hub: Arc<Hub>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Binds `config.listen` and starts accepting.
+    pub async fn start(config: Config) -> std::io::Result<Server> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(config.listen),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&config.listen.into())?;
+        socket.listen(LISTEN_BACKLOG)?;
+        let listener = TcpListener::from_std(socket.into())?;
+        let addr = listener.local_addr()?;
+        let hub = Hub::new(config);
+        let router = api::router(hub.clone());
+        let task = tokio::spawn(front::accept_loop(listener, hub.clone(), router));
+        Ok(Server { addr, hub, task })
+    }
+
+    /// Serves until the accept loop ends.
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}

@@ -1,0 +1,76 @@
+//! Server settings. Every bound the server enforces is named here, with its default.
+
+use levee_core::cadence::Cadence;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Settings for one levee node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Base URL clients should use (`http://host:port`), when it differs from the request's
+    /// `Host`. Without it, URLs are built from the `Host` header.
+    pub public_url: Option<String>,
+    /// Channels declared by every space's output stream (1 or 2). Sources of either channel
+    /// count are accepted: Opus decoders mix to the declared layout.
+    pub channels: u8,
+    /// Chunks kept per space for listeners to read (the fan-out window).
+    pub ring_chunks: usize,
+    /// Chunks behind the live edge a new or lagging listener starts at.
+    pub join_backlog: u64,
+    /// Most chunks one write to a listener carries.
+    pub max_batch: usize,
+    /// A listener whose write cannot complete for this long is cut.
+    pub stall_timeout: Duration,
+    /// Kernel send buffer per listener socket, bytes (bounds what a non-reader holds).
+    pub listener_sndbuf: usize,
+    /// Time allowed to send a complete request head.
+    pub header_timeout: Duration,
+    /// Largest request head accepted, bytes.
+    pub max_head_bytes: usize,
+    /// Time allowed for a whole API exchange (request body and response).
+    pub api_timeout: Duration,
+    /// Largest API request body, bytes.
+    pub max_api_body: usize,
+    /// Open connections the node accepts; beyond it new connections are closed at once.
+    pub max_connections: usize,
+    /// Spaces the node holds (ended spaces are forgotten first to make room).
+    pub max_spaces: usize,
+    /// A source that sends nothing for this long is dropped.
+    pub source_idle_timeout: Duration,
+    /// How far ahead of real time a source may run before it is paced.
+    pub source_burst: Duration,
+    /// Largest WebSocket message accepted from a host (one Opus packet plus header).
+    pub max_ws_ingest_message: usize,
+    /// Largest WebSocket message accepted from a listener (listeners send only control frames).
+    pub max_ws_listener_message: usize,
+    /// Chunk duration policy.
+    pub cadence: Cadence,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".parse().expect("valid address"),
+            public_url: None,
+            channels: 2,
+            ring_chunks: 256,
+            join_backlog: 1,
+            max_batch: 64,
+            stall_timeout: Duration::from_secs(10),
+            listener_sndbuf: 64 * 1024,
+            header_timeout: Duration::from_secs(5),
+            max_head_bytes: 8 * 1024,
+            api_timeout: Duration::from_secs(10),
+            max_api_body: 16 * 1024,
+            max_connections: 18_000,
+            max_spaces: 10_000,
+            source_idle_timeout: Duration::from_secs(10),
+            source_burst: Duration::from_secs(2),
+            max_ws_ingest_message: 8 * 1024,
+            max_ws_listener_message: 1024,
+            cadence: Cadence::default(),
+        }
+    }
+}

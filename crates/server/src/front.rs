@@ -1,0 +1,329 @@
+//! The connection front: accept, bound, read the request head, route.
+//!
+//! Media endpoints (listening and publishing) run on the raw socket after the head: a listener
+//! then costs its socket, a cursor and a small task, with no HTTP machinery kept around. Every
+//! other request (API, pages, metrics) is handed to hyper with the bytes already read.
+//!
+//! Bounds: `max_connections` open connections, `max_head_bytes` per request head, and
+//! `header_timeout` to send it (slowloris costs at most that long and that many bytes).
+
+use crate::hub::{Hub, Space};
+use crate::{api, ingest, listen};
+use bytes::{Bytes, BytesMut};
+use levee_core::space::is_valid_id;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Most headers a request may carry.
+pub const MAX_HEADERS: usize = 48;
+
+/// A parsed request head.
+#[derive(Debug)]
+pub struct Head {
+    /// Request method, as sent.
+    pub method: String,
+    /// Path without the query.
+    pub path: String,
+    /// Query string, if any.
+    pub query: Option<String>,
+    /// Headers with lower-cased names.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Head {
+    /// The first header called `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// True when the request asks to upgrade to WebSocket.
+    pub fn is_websocket(&self) -> bool {
+        self.header("upgrade")
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+    }
+}
+
+enum HeadError {
+    Closed,
+    TooLarge,
+    Malformed(String),
+}
+
+/// Reads a request head. Returns it with the buffer of everything read (head and any bytes
+/// after it) and the head's length.
+async fn read_head(
+    stream: &mut TcpStream,
+    max: usize,
+) -> Result<(Head, BytesMut, usize), HeadError> {
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        if buf.len() >= max {
+            return Err(HeadError::TooLarge);
+        }
+        let n = {
+            let room = (max - buf.len()).min(4096);
+            buf.reserve(room);
+            let mut limited = (&mut *stream).take(room as u64);
+            limited
+                .read_buf(&mut buf)
+                .await
+                .map_err(|_| HeadError::Closed)?
+        };
+        if n == 0 {
+            return Err(HeadError::Closed);
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                let target = req.path.unwrap_or("/");
+                let (path, query) = match target.split_once('?') {
+                    Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+                    None => (target.to_owned(), None),
+                };
+                let head = Head {
+                    method: req.method.unwrap_or("GET").to_owned(),
+                    path,
+                    query,
+                    headers: req
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.name.to_ascii_lowercase(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
+                        .collect(),
+                };
+                return Ok((head, buf, len));
+            }
+            Ok(httparse::Status::Partial) => continue,
+            Err(e) => return Err(HeadError::Malformed(e.to_string())),
+        }
+    }
+}
+
+/// Writes a complete small response and flushes it. Errors are ignored: the peer may be gone.
+pub async fn respond(
+    stream: &mut (impl AsyncWrite + Unpin),
+    status: u16,
+    reason: &str,
+    extra_headers: &str,
+    body: &str,
+) {
+    let msg = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n{extra_headers}\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(msg.as_bytes()).await;
+    let _ = stream.flush().await;
+}
+
+/// Tracks one open connection; decrements the gauge when dropped.
+struct ConnGuard(Arc<Hub>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.node.open_connections.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Accepts connections until the listener fails.
+pub async fn accept_loop(listener: TcpListener, hub: Arc<Hub>, router: axum::Router) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors or similar: back off briefly rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        hub.node.connections.fetch_add(1, Relaxed);
+        let open = hub.node.open_connections.fetch_add(1, Relaxed) + 1;
+        if open as usize > hub.config.max_connections {
+            hub.node.open_connections.fetch_sub(1, Relaxed);
+            hub.node.refused_capacity.fetch_add(1, Relaxed);
+            let _ = stream.try_write(
+                b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+            continue;
+        }
+        let guard = ConnGuard(hub.clone());
+        let hub = hub.clone();
+        let router = router.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let _ = stream.set_nodelay(true);
+            handle(stream, peer, hub, router).await;
+        });
+    }
+}
+
+async fn handle(mut stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>, router: axum::Router) {
+    let cfg = &hub.config;
+    let read = tokio::time::timeout(cfg.header_timeout, read_head(&mut stream, cfg.max_head_bytes));
+    let (head, buf, head_len) = match read.await {
+        Ok(Ok(v)) => v,
+        Ok(Err(HeadError::Closed)) => return,
+        Ok(Err(HeadError::TooLarge)) => {
+            hub.node.bad_requests.fetch_add(1, Relaxed);
+            let body = format!("request head exceeds {} bytes\n", cfg.max_head_bytes);
+            return respond(&mut stream, 431, "Request Header Fields Too Large", "", &body).await;
+        }
+        Ok(Err(HeadError::Malformed(why))) => {
+            hub.node.bad_requests.fetch_add(1, Relaxed);
+            return respond(&mut stream, 400, "Bad Request", "", &format!("malformed request: {why}\n")).await;
+        }
+        Err(_) => {
+            hub.node.bad_requests.fetch_add(1, Relaxed);
+            let body = format!("request head not received within {:?}\n", cfg.header_timeout);
+            return respond(&mut stream, 408, "Request Timeout", "", &body).await;
+        }
+    };
+    match route(&head) {
+        Route::Media { id, kind } => {
+            let Some(space) = hub.get(id).filter(|_| is_valid_id(id)) else {
+                return respond(&mut stream, 404, "Not Found", "", &format!("no space '{id}'\n")).await;
+            };
+            let rest = Bytes::copy_from_slice(&buf[head_len..]);
+            drop(buf);
+            media(stream, peer, hub, space, head, rest, kind).await
+        }
+        Route::Api => api::serve_connection(stream, buf.freeze(), hub, router).await,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MediaKind {
+    ListenOgg,
+    ListenWs,
+    PublishWs,
+    PublishIcecast,
+}
+
+enum Route<'a> {
+    Media { id: &'a str, kind: MediaKind },
+    Api,
+}
+
+fn route(head: &Head) -> Route<'_> {
+    let Some(rest) = head.path.strip_prefix("/live/") else {
+        return Route::Api;
+    };
+    let m = head.method.as_str();
+    if let Some(id) = rest.strip_suffix(".ogg") {
+        return match m {
+            "GET" | "HEAD" => Route::Media { id, kind: MediaKind::ListenOgg },
+            "PUT" | "SOURCE" => Route::Media { id, kind: MediaKind::PublishIcecast },
+            _ => Route::Api,
+        };
+    }
+    match (m, rest.split_once('/')) {
+        ("GET", Some((id, "ws"))) if head.is_websocket() => Route::Media { id, kind: MediaKind::ListenWs },
+        ("GET", Some((id, "publish"))) if head.is_websocket() => Route::Media { id, kind: MediaKind::PublishWs },
+        _ => Route::Api,
+    }
+}
+
+async fn media(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    hub: Arc<Hub>,
+    space: Arc<Space>,
+    head: Head,
+    rest: Bytes,
+    kind: MediaKind,
+) {
+    match kind {
+        MediaKind::ListenOgg => {
+            let head_only = head.method == "HEAD";
+            drop(head);
+            listen::ogg(stream, hub, space, head_only).await
+        }
+        MediaKind::ListenWs | MediaKind::PublishWs => {
+            let Some(key) = head.header("sec-websocket-key").map(str::to_owned) else {
+                return respond(&mut stream, 400, "Bad Request", "", "missing Sec-WebSocket-Key\n").await;
+            };
+            if head.header("sec-websocket-version") != Some("13") {
+                return respond(&mut stream, 426, "Upgrade Required", "Sec-WebSocket-Version: 13\r\n", "WebSocket version 13 required\n").await;
+            }
+            drop(head);
+            let accept = levee_core::wsframe::accept_key(&key);
+            let resp = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            );
+            if stream.write_all(resp.as_bytes()).await.is_err() {
+                return;
+            }
+            if kind == MediaKind::ListenWs {
+                listen::ws(stream, hub, space, rest).await
+            } else {
+                ingest::websocket(stream, peer, hub, space, rest).await
+            }
+        }
+        MediaKind::PublishIcecast => ingest::icecast(stream, peer, hub, space, head, rest).await,
+    }
+}
+
+/// A stream that first replays bytes already read, then reads the socket.
+pub struct Rewind {
+    pre: Bytes,
+    inner: TcpStream,
+}
+
+impl Rewind {
+    /// Replays `pre` before reading from `inner`.
+    pub fn new(pre: Bytes, inner: TcpStream) -> Self {
+        Rewind { pre, inner }
+    }
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.pre.is_empty() {
+            let n = self.pre.len().min(buf.remaining());
+            let chunk = self.pre.split_to(n);
+            buf.put_slice(&chunk);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,357 @@
+//! Sources: Icecast-style `PUT`/`SOURCE` with an Ogg/Opus body, and the browser host's
+//! WebSocket. Both validate everything they read (see `levee_core::ingest`) and refuse bad input
+//! with a reason; nothing invalid reaches the space's track.
+//!
+//! Only the host key opens a source. The newest authenticated source takes over a space (a host
+//! that reconnects after a network drop does not wait for the old connection to time out); the
+//! older one is told it was replaced. Listeners are never disconnected by a source change.
+
+use crate::front::{respond, Head};
+use crate::hub::{now_us, Hub, Space};
+use base64::Engine;
+use bytes::{Bytes, BytesMut};
+use levee_core::ingest::{single_packet, IngestError, OggIngest, Pacer};
+use levee_core::packager::AudioPacket;
+use levee_core::space::SpaceState;
+use levee_core::wire::{self, WireMessage};
+use levee_core::wsframe::{self, FrameDecoder, Message};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Bytes read from a source per read call.
+pub const READ_CHUNK: usize = 16 * 1024;
+/// Host capture times further than this from the server's clock are replaced by arrival time.
+pub const MAX_CLOCK_SKEW_US: u64 = 5_000_000;
+
+/// The password of a `Basic` authorization header (the user name is ignored, as Icecast does).
+fn basic_password(header: Option<&str>) -> Option<String> {
+    let encoded = header?.strip_prefix("Basic ").or_else(|| header?.strip_prefix("basic "))?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    text.split_once(':').map(|(_, p)| p.to_owned())
+}
+
+fn status_for(e: &IngestError) -> (u16, &'static str) {
+    match e.kind() {
+        "too_large" => (413, "Content Too Large"),
+        "wrong_codec" => (415, "Unsupported Media Type"),
+        _ => (400, "Bad Request"),
+    }
+}
+
+/// Publishes a batch to the space, making it live. Returns false if the space ended.
+pub(crate) fn publish(hub: &Hub, space: &Space, packets: &mut Vec<AudioPacket>) -> bool {
+    if packets.is_empty() {
+        return true;
+    }
+    if !space.go_live() {
+        return false;
+    }
+    let listeners = space.counters.listeners();
+    space.counters.ingest_packets.fetch_add(packets.len() as u64, Relaxed);
+    let target = hub.config.cadence.chunk_samples(listeners);
+    space
+        .track
+        .publish(std::mem::take(packets), target, listeners as u32, now_us());
+    true
+}
+
+/// Icecast-compatible source: `PUT /live/{id}.ogg` (with `Expect: 100-continue`, as ffmpeg
+/// sends) or legacy `SOURCE`, Basic auth `source:<host key>`, body Ogg/Opus until the
+/// connection closes.
+pub async fn icecast(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    hub: Arc<Hub>,
+    space: Arc<Space>,
+    head: Head,
+    rest: Bytes,
+) {
+    let key_ok = basic_password(head.header("authorization"))
+        .is_some_and(|k| space.info.lock().expect("space lock").key_matches(&k));
+    if !key_ok {
+        hub.node.ingest_errors.inc("bad_key");
+        return respond(
+            &mut stream,
+            401,
+            "Unauthorized",
+            "WWW-Authenticate: Basic realm=\"levee\"\r\n",
+            "publishing needs Basic auth source:<host key>\n",
+        )
+        .await;
+    }
+    if space.state() == SpaceState::Ended {
+        return respond(&mut stream, 410, "Gone", "", "this space has ended\n").await;
+    }
+    if head
+        .header("transfer-encoding")
+        .is_some_and(|te| !te.eq_ignore_ascii_case("identity"))
+    {
+        return respond(
+            &mut stream,
+            501,
+            "Not Implemented",
+            "",
+            "chunked uploads are not supported: send the Ogg stream as a raw body, as Icecast sources do\n",
+        )
+        .await;
+    }
+    // The declared type is not trusted (ffmpeg declares audio/mpeg unless told otherwise);
+    // the body is validated instead, and the declared type is quoted if the body is not Ogg.
+    let declared = head.header("content-type").unwrap_or("none").to_owned();
+    let expects_continue = head
+        .header("expect")
+        .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"));
+    drop(head);
+    // ffmpeg waits for 100 Continue; legacy SOURCE clients wait for 200 OK before sending.
+    let go: &[u8] = if expects_continue {
+        b"HTTP/1.1 100 Continue\r\n\r\n"
+    } else {
+        b"HTTP/1.0 200 OK\r\n\r\n"
+    };
+    if stream.write_all(go).await.is_err() {
+        return;
+    }
+    let generation = space.track.new_source();
+    space.counters.sources.fetch_add(1, Relaxed);
+    let id = space.snapshot().id;
+    tracing::info!(space = %id, %peer, "icecast source connected");
+
+    let mut ingest = OggIngest::new();
+    let mut pacer = Pacer::new(now_us(), hub.config.source_burst.as_micros() as u64);
+    let mut packets = Vec::new();
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut first = Some(rest);
+    let outcome: Result<(), (u16, &str, String)> = loop {
+        let data: Bytes = match first.take().filter(|r| !r.is_empty()) {
+            Some(r) => r,
+            None => {
+                buf.clear();
+                buf.reserve(READ_CHUNK);
+                match tokio::time::timeout(hub.config.source_idle_timeout, stream.read_buf(&mut buf)).await {
+                    Ok(Ok(0)) => break Ok(()),
+                    Ok(Ok(_)) => buf.split().freeze(),
+                    Ok(Err(_)) => break Ok(()),
+                    Err(_) => {
+                        hub.node.ingest_errors.inc("idle");
+                        break Err((408, "Request Timeout", format!(
+                            "no data for {:?}; source dropped\n",
+                            hub.config.source_idle_timeout
+                        )));
+                    }
+                }
+            }
+        };
+        if !space.track.is_current_source(generation) {
+            break Err((409, "Conflict", "replaced by a newer source for this space\n".into()));
+        }
+        if let Err(e) = ingest.push(&data, now_us(), &mut packets) {
+            hub.node.ingest_errors.inc(e.kind());
+            space.counters.ingest_errors.fetch_add(1, Relaxed);
+            // Packets completed before the error were valid: they still reach listeners.
+            publish(&hub, &space, &mut packets);
+            let (code, reason) = status_for(&e);
+            let hint = if e.kind() == "not_ogg" {
+                format!(" (declared Content-Type: {declared}); levee takes Ogg/Opus")
+            } else {
+                String::new()
+            };
+            break Err((code, reason, format!("{e}{hint}\n")));
+        }
+        let samples: u64 = packets.iter().map(|p| p.samples as u64).sum();
+        if !publish(&hub, &space, &mut packets) {
+            break Err((410, "Gone", "this space has ended\n".into()));
+        }
+        let wait = pacer.ahead_us(samples, now_us());
+        if wait > 0 {
+            tokio::time::sleep(Duration::from_micros(wait)).await;
+        }
+    };
+    if space.track.is_current_source(generation) {
+        space.track.flush();
+    }
+    match outcome {
+        Ok(()) => {
+            tracing::info!(space = %id, %peer, "icecast source ended");
+            if expects_continue {
+                respond(&mut stream, 200, "OK", "", "stream ended\n").await;
+            }
+        }
+        Err((code, reason, body)) => {
+            tracing::warn!(space = %id, %peer, code, reason = %body.trim(), "icecast source refused");
+            if expects_continue {
+                respond(&mut stream, code, reason, "", &body).await;
+            }
+        }
+    }
+}
+
+async fn close(stream: &mut TcpStream, code: u16, reason: &str) {
+    let _ = stream.write_all(&wsframe::close_frame(code, reason)).await;
+    let _ = stream.shutdown().await;
+}
+
+/// The first message a browser host sends: `{"key": "<host key>"}`.
+#[derive(serde::Deserialize)]
+struct Hello {
+    key: String,
+}
+
+/// Reads the next whole message, or `None` on EOF, error or timeout (the reason is returned).
+async fn next_message(
+    stream: &mut TcpStream,
+    dec: &mut FrameDecoder,
+    buf: &mut [u8],
+    timeout: Duration,
+) -> Result<Message, Option<(u16, String)>> {
+    loop {
+        match dec.next() {
+            Ok(Some(m)) => return Ok(m),
+            Ok(None) => {}
+            Err(e) => return Err(Some((e.close_code(), e.to_string()))),
+        }
+        match tokio::time::timeout(timeout, stream.read(buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(None),
+            Ok(Ok(n)) => dec.push(&buf[..n]),
+            Err(_) => {
+                return Err(Some((
+                    wsframe::CLOSE_POLICY,
+                    format!("nothing received for {timeout:?}"),
+                )))
+            }
+        }
+    }
+}
+
+/// Browser (or synthetic) host: WebSocket `GET /live/{id}/publish`. The first message is a
+/// text `{"key": ...}`; then binary AUDIO messages (see `levee_core::wire`).
+pub async fn websocket(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    hub: Arc<Hub>,
+    space: Arc<Space>,
+    rest: Bytes,
+) {
+    let cfg = &hub.config;
+    let mut dec = FrameDecoder::new(cfg.max_ws_ingest_message);
+    dec.push(&rest);
+    let mut buf = vec![0u8; READ_CHUNK];
+    let hello = match next_message(&mut stream, &mut dec, &mut buf, cfg.header_timeout).await {
+        Ok(Message::Text(t)) => serde_json::from_str::<Hello>(&t).ok(),
+        Ok(_) => None,
+        Err(Some((code, why))) => {
+            hub.node.ingest_errors.inc("bad_frame");
+            return close(&mut stream, code, &why).await;
+        }
+        Err(None) => return,
+    };
+    let authorized = hello.is_some_and(|h| space.info.lock().expect("space lock").key_matches(&h.key));
+    if !authorized {
+        hub.node.ingest_errors.inc("bad_key");
+        return close(&mut stream, wsframe::CLOSE_POLICY, "first message must be {\"key\": \"<host key>\"} with this space's host key").await;
+    }
+    if space.state() == SpaceState::Ended {
+        return close(&mut stream, wsframe::CLOSE_GOING_AWAY, "this space has ended").await;
+    }
+    let generation = space.track.new_source();
+    space.counters.sources.fetch_add(1, Relaxed);
+    let mut ready = BytesMut::new();
+    wsframe::encode_frame(wsframe::OP_TEXT, br#"{"type":"ready"}"#, &mut ready);
+    if stream.write_all(&ready).await.is_err() {
+        return;
+    }
+    let id = space.snapshot().id;
+    tracing::info!(space = %id, %peer, "websocket source connected");
+    let mut pacer = Pacer::new(now_us(), cfg.source_burst.as_micros() as u64);
+    let mut packets = Vec::new();
+    let end: Option<(u16, String)> = loop {
+        let msg = match next_message(&mut stream, &mut dec, &mut buf, cfg.source_idle_timeout).await {
+            Ok(m) => m,
+            Err(e) => {
+                if e.is_some() {
+                    hub.node.ingest_errors.inc("bad_frame");
+                    space.counters.ingest_errors.fetch_add(1, Relaxed);
+                }
+                break e;
+            }
+        };
+        if !space.track.is_current_source(generation) {
+            break Some((wsframe::CLOSE_POLICY, "replaced by a newer source for this space".into()));
+        }
+        let packet = match msg {
+            Message::Binary(b) => match wire::decode(&b) {
+                Ok(WireMessage::Audio { capture_us, packet, .. }) => {
+                    let now = now_us();
+                    let ts = if now.abs_diff(capture_us) <= MAX_CLOCK_SKEW_US { capture_us } else { now };
+                    single_packet(packet, ts)
+                }
+                Ok(_) => {
+                    hub.node.ingest_errors.inc("bad_structure");
+                    break Some((wsframe::CLOSE_UNSUPPORTED, "hosts send AUDIO messages (kind 0x02) only".into()));
+                }
+                Err(e) => {
+                    hub.node.ingest_errors.inc("bad_frame");
+                    break Some((wsframe::CLOSE_INVALID, e.to_string()));
+                }
+            },
+            Message::Ping(p) => {
+                let mut out = BytesMut::new();
+                wsframe::encode_frame(wsframe::OP_PONG, &p, &mut out);
+                if stream.write_all(&out).await.is_err() {
+                    break None;
+                }
+                continue;
+            }
+            Message::Close(..) => break Some((wsframe::CLOSE_NORMAL, String::new())),
+            Message::Text(_) | Message::Pong => continue,
+        };
+        match packet {
+            Ok(p) => {
+                let samples = p.samples as u64;
+                packets.push(p);
+                if !publish(&hub, &space, &mut packets) {
+                    break Some((wsframe::CLOSE_GOING_AWAY, "this space has ended".into()));
+                }
+                let wait = pacer.ahead_us(samples, now_us());
+                if wait > 0 {
+                    tokio::time::sleep(Duration::from_micros(wait)).await;
+                }
+            }
+            Err(e) => {
+                hub.node.ingest_errors.inc(e.kind());
+                space.counters.ingest_errors.fetch_add(1, Relaxed);
+                break Some((wsframe::CLOSE_INVALID, e.to_string()));
+            }
+        }
+    };
+    if space.track.is_current_source(generation) {
+        space.track.flush();
+    }
+    tracing::info!(space = %id, %peer, reason = ?end, "websocket source ended");
+    if let Some((code, why)) = end {
+        close(&mut stream, code, &why).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_auth_password_is_extracted() {
+        let h = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("source:s3cret:x")
+        );
+        assert_eq!(basic_password(Some(&h)).as_deref(), Some("s3cret:x"));
+        assert_eq!(basic_password(Some("Bearer abc")), None);
+        assert_eq!(basic_password(Some("Basic !!!")), None);
+        assert_eq!(basic_password(None), None);
+    }
+}

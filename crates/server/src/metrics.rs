@@ -1,0 +1,138 @@
+//! Counters and their Prometheus text exposition (`GET /metrics`).
+//!
+//! Counters are plain atomics updated on the hot path (one relaxed add per write); the text is
+//! rendered on request. Space ids appear as labels; their number is bounded by
+//! `Config::max_spaces`.
+
+use crate::hub::{Format, Hub};
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Per-space counters, indexed by [`Format::idx`] where per format.
+#[derive(Debug, Default)]
+pub struct SpaceCounters {
+    /// Listeners connected now.
+    pub listeners: [AtomicU64; 2],
+    /// Listeners that joined.
+    pub joins: [AtomicU64; 2],
+    /// Bytes written to listeners.
+    pub bytes_sent: [AtomicU64; 2],
+    /// Chunks written to listeners.
+    pub chunks_sent: [AtomicU64; 2],
+    /// Times a lagging listener skipped to the live edge.
+    pub lag_skips: [AtomicU64; 2],
+    /// Chunks lagging listeners lost.
+    pub chunks_skipped: [AtomicU64; 2],
+    /// Listeners cut for stalling.
+    pub stall_cuts: [AtomicU64; 2],
+    /// Opus packets accepted from sources.
+    pub ingest_packets: AtomicU64,
+    /// Sources refused or dropped for bad input.
+    pub ingest_errors: AtomicU64,
+    /// Sources connected.
+    pub sources: AtomicU64,
+}
+
+impl SpaceCounters {
+    /// Listeners connected now, all formats.
+    pub fn listeners(&self) -> u64 {
+        self.listeners.iter().map(|a| a.load(Relaxed)).sum()
+    }
+}
+
+/// Node-wide counters.
+#[derive(Debug, Default)]
+pub struct NodeCounters {
+    /// Connections accepted.
+    pub connections: AtomicU64,
+    /// Connections open now.
+    pub open_connections: AtomicU64,
+    /// Connections closed at once because the node was at `max_connections`.
+    pub refused_capacity: AtomicU64,
+    /// Requests refused for a bad or slow request head.
+    pub bad_requests: AtomicU64,
+    /// Ingest errors by kind: not_ogg, bad_crc, too_large, bad_ogg, wrong_codec, bad_opus,
+    /// bad_structure, bad_key, bad_frame, idle.
+    pub ingest_errors: IngestErrorCounters,
+}
+
+/// Labels of [`IngestErrorCounters`].
+pub const INGEST_ERROR_KINDS: [&str; 10] = [
+    "not_ogg",
+    "bad_crc",
+    "too_large",
+    "bad_ogg",
+    "wrong_codec",
+    "bad_opus",
+    "bad_structure",
+    "bad_key",
+    "bad_frame",
+    "idle",
+];
+
+/// One counter per ingest error kind.
+#[derive(Debug, Default)]
+pub struct IngestErrorCounters([AtomicU64; INGEST_ERROR_KINDS.len()]);
+
+impl IngestErrorCounters {
+    /// Counts one error of `kind` (one of [`INGEST_ERROR_KINDS`]).
+    pub fn inc(&self, kind: &str) {
+        let i = INGEST_ERROR_KINDS
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(INGEST_ERROR_KINDS.len() - 1);
+        self.0[i].fetch_add(1, Relaxed);
+    }
+}
+
+/// Renders every counter in Prometheus text format 0.0.4.
+pub fn render(hub: &Hub) -> String {
+    let mut out = String::with_capacity(4096);
+    let spaces = hub.list();
+    let node = &hub.node;
+    let scalar = |out: &mut String, name: &str, kind: &str, help: &str, v: u64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    };
+    scalar(&mut out, "levee_connections_total", "counter", "Connections accepted.", node.connections.load(Relaxed));
+    scalar(&mut out, "levee_open_connections", "gauge", "Connections open now.", node.open_connections.load(Relaxed));
+    scalar(&mut out, "levee_connections_refused_capacity_total", "counter", "Connections closed at once: node at max_connections.", node.refused_capacity.load(Relaxed));
+    scalar(&mut out, "levee_bad_requests_total", "counter", "Requests refused for a malformed, oversized or slow head.", node.bad_requests.load(Relaxed));
+    scalar(&mut out, "levee_spaces", "gauge", "Spaces held by this node.", spaces.len() as u64);
+    let _ = writeln!(out, "# HELP levee_ingest_errors_total Sources refused or dropped, by reason.\n# TYPE levee_ingest_errors_total counter");
+    for (i, k) in INGEST_ERROR_KINDS.iter().enumerate() {
+        let _ = writeln!(out, "levee_ingest_errors_total{{reason=\"{k}\"}} {}", node.ingest_errors.0[i].load(Relaxed));
+    }
+    type Field = fn(&crate::metrics::SpaceCounters) -> &[AtomicU64; 2];
+    let per_format: [(&str, &str, &str, Field); 7] = [
+        ("levee_listeners", "gauge", "Listeners connected now.", |c| &c.listeners),
+        ("levee_joins_total", "counter", "Listeners that joined.", |c| &c.joins),
+        ("levee_bytes_sent_total", "counter", "Bytes written to listeners.", |c| &c.bytes_sent),
+        ("levee_chunks_sent_total", "counter", "Chunks written to listeners.", |c| &c.chunks_sent),
+        ("levee_lagging_skips_total", "counter", "Times a lagging listener skipped to the live edge.", |c| &c.lag_skips),
+        ("levee_chunks_skipped_total", "counter", "Chunks lagging listeners lost by skipping.", |c| &c.chunks_skipped),
+        ("levee_stalled_cuts_total", "counter", "Listeners disconnected for stalling.", |c| &c.stall_cuts),
+    ];
+    for (name, kind, help, field) in per_format {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for s in &spaces {
+            let id = s.snapshot().id;
+            for f in [Format::Ogg, Format::Ws] {
+                let v = field(&s.counters)[f.idx()].load(Relaxed);
+                let _ = writeln!(out, "{name}{{space=\"{id}\",format=\"{}\"}} {v}", f.label());
+            }
+        }
+    }
+    type Scalar = fn(&crate::metrics::SpaceCounters) -> &AtomicU64;
+    let per_space: [(&str, &str, Scalar); 3] = [
+        ("levee_ingest_packets_total", "Opus packets accepted from sources.", |c| &c.ingest_packets),
+        ("levee_space_ingest_errors_total", "Sources of this space refused or dropped for bad input.", |c| &c.ingest_errors),
+        ("levee_sources_total", "Sources that connected.", |c| &c.sources),
+    ];
+    for (name, help, field) in per_space {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for s in &spaces {
+            let _ = writeln!(out, "{name}{{space=\"{}\"}} {}", s.snapshot().id, field(&s.counters).load(Relaxed));
+        }
+    }
+    out
+}

@@ -1,0 +1,23 @@
+//! The web pages, embedded in the binary (sources in `web/` at the repository root).
+
+/// The lobby: live spaces and a form to create one.
+pub const LOBBY_HTML: &str = include_str!("../../../web/lobby.html");
+/// A space's listening page.
+pub const SPACE_HTML: &str = include_str!("../../../web/space.html");
+/// A space's host page (microphone → Opus → WebSocket).
+pub const HOST_HTML: &str = include_str!("../../../web/host.html");
+
+const ASSETS: &[(&str, &str, &str)] = &[
+    ("levee.css", "text/css; charset=utf-8", include_str!("../../../web/levee.css")),
+    ("lobby.js", "text/javascript; charset=utf-8", include_str!("../../../web/lobby.js")),
+    ("player.js", "text/javascript; charset=utf-8", include_str!("../../../web/player.js")),
+    ("host.js", "text/javascript; charset=utf-8", include_str!("../../../web/host.js")),
+];
+
+/// The MIME type and body of the asset called `name`.
+pub fn asset(name: &str) -> Option<(&'static str, &'static str)> {
+    ASSETS
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, mime, body)| (*mime, *body))
+}
