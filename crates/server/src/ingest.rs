@@ -45,6 +45,31 @@ fn status_for(e: &IngestError) -> (u16, &'static str) {
     }
 }
 
+/// A source's claim on its space: taken at its first valid audio packet, so that a connection
+/// that never sends valid audio (bad input, a probe with the right key) replaces nobody.
+#[derive(Default)]
+struct Claim(Option<u64>);
+
+impl Claim {
+    /// Takes the space over if not done yet.
+    fn take(&mut self, space: &Space) {
+        if self.0.is_none() {
+            self.0 = Some(space.track.new_source());
+            space.counters.sources.fetch_add(1, Relaxed);
+        }
+    }
+    /// True once a newer source took the space over.
+    fn lost(&self, space: &Space) -> bool {
+        self.0.is_some_and(|g| !space.track.is_current_source(g))
+    }
+    /// The source leaves: seal its pending audio if it still holds the space.
+    fn release(&self, space: &Space) {
+        if self.0.is_some_and(|g| space.track.is_current_source(g)) {
+            space.track.flush();
+        }
+    }
+}
+
 /// Publishes a batch to the space, making it live. Returns false if the space ended.
 pub(crate) fn publish(hub: &Hub, space: &Space, packets: &mut Vec<AudioPacket>) -> bool {
     if packets.is_empty() {
@@ -118,8 +143,7 @@ pub async fn icecast(
     if stream.write_all(go).await.is_err() {
         return;
     }
-    let generation = space.track.new_source();
-    space.counters.sources.fetch_add(1, Relaxed);
+    let mut claim = Claim::default();
     let id = space.snapshot().id;
     tracing::info!(space = %id, %peer, "icecast source connected");
 
@@ -148,7 +172,7 @@ pub async fn icecast(
                 }
             }
         };
-        if !space.track.is_current_source(generation) {
+        if claim.lost(&space) {
             break Err((409, "Conflict", "replaced by a newer source for this space\n".into()));
         }
         if let Err(e) = ingest.push(&data, now_us(), &mut packets) {
@@ -165,6 +189,9 @@ pub async fn icecast(
             break Err((code, reason, format!("{e}{hint}\n")));
         }
         let samples: u64 = packets.iter().map(|p| p.samples as u64).sum();
+        if !packets.is_empty() {
+            claim.take(&space);
+        }
         if !publish(&hub, &space, &mut packets) {
             break Err((410, "Gone", "this space has ended\n".into()));
         }
@@ -173,9 +200,7 @@ pub async fn icecast(
             tokio::time::sleep(Duration::from_micros(wait)).await;
         }
     };
-    if space.track.is_current_source(generation) {
-        space.track.flush();
-    }
+    claim.release(&space);
     match outcome {
         Ok(()) => {
             tracing::info!(space = %id, %peer, "icecast source ended");
@@ -259,8 +284,7 @@ pub async fn websocket(
     if space.state() == SpaceState::Ended {
         return close(&mut stream, wsframe::CLOSE_GOING_AWAY, "this space has ended").await;
     }
-    let generation = space.track.new_source();
-    space.counters.sources.fetch_add(1, Relaxed);
+    let mut claim = Claim::default();
     let mut ready = BytesMut::new();
     wsframe::encode_frame(wsframe::OP_TEXT, br#"{"type":"ready"}"#, &mut ready);
     if stream.write_all(&ready).await.is_err() {
@@ -281,7 +305,7 @@ pub async fn websocket(
                 break e;
             }
         };
-        if !space.track.is_current_source(generation) {
+        if claim.lost(&space) {
             break Some((wsframe::CLOSE_POLICY, "replaced by a newer source for this space".into()));
         }
         let packet = match msg {
@@ -314,6 +338,7 @@ pub async fn websocket(
         match packet {
             Ok(p) => {
                 let samples = p.samples as u64;
+                claim.take(&space);
                 packets.push(p);
                 if !publish(&hub, &space, &mut packets) {
                     break Some((wsframe::CLOSE_GOING_AWAY, "this space has ended".into()));
@@ -330,9 +355,7 @@ pub async fn websocket(
             }
         }
     };
-    if space.track.is_current_source(generation) {
-        space.track.flush();
-    }
+    claim.release(&space);
     tracing::info!(space = %id, %peer, reason = ?end, "websocket source ended");
     if let Some((code, why)) = end {
         close(&mut stream, code, &why).await;
