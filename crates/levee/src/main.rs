@@ -108,10 +108,11 @@ fn main() -> std::process::ExitCode {
             }
         };
         let base = format!("http://{}", server.addr);
-        // The first line of stdout is machine-readable: scripts and tests wait for it.
+        let demo_space = demo.then(|| levee_server::demo::start(server.hub.clone()));
+        // The first line of stdout is machine-readable: scripts and tests wait for it, and
+        // everything (the demo space included) is ready when it appears.
         println!("levee listening on {base}");
-        if demo {
-            let space = levee_server::demo::start(server.hub.clone());
+        if let Some(space) = demo_space {
             let id = space.snapshot().id;
             println!("demo space live: open {base}/space/{id} (lobby: {base}/)");
             println!("listen with: ffplay {base}/live/{id}.ogg");

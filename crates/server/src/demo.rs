@@ -28,6 +28,8 @@ pub fn start(hub: Arc<Hub>) -> Arc<Space> {
     let space = hub
         .create(req.validate().expect("valid title"), Some(DEMO_ID))
         .unwrap_or_else(|_| hub.get(DEMO_ID).expect("demo space exists"));
+    // The programme is on air from now on.
+    space.go_live();
     tokio::spawn(run(hub, space.clone(), packets));
     space
 }
