@@ -233,7 +233,11 @@ mod tests {
         write_page(spec(FLAG_BOS, 0), &[head], &mut out).unwrap();
         write_page(spec(0, 1), &[opus::tags("x", &[])], &mut out).unwrap();
         for i in 0..audio_pages {
-            let flags = if eos && i + 1 == audio_pages { FLAG_EOS } else { 0 };
+            let flags = if eos && i + 1 == audio_pages {
+                FLAG_EOS
+            } else {
+                0
+            };
             write_page(spec(flags, 2 + i as u32), &[SILENCE_20MS; 3], &mut out).unwrap();
         }
         out.to_vec()
@@ -243,8 +247,12 @@ mod tests {
     fn valid_stream_yields_timed_packets() {
         let mut ing = OggIngest::new();
         let mut out = Vec::new();
-        ing.push(&stream(&OpusHead::new(2).to_bytes(), 2, false), 1_000_000, &mut out)
-            .unwrap();
+        ing.push(
+            &stream(&OpusHead::new(2).to_bytes(), 2, false),
+            1_000_000,
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(out.len(), 6);
         assert_eq!(ing.head().unwrap().channels, 2);
         let times: Vec<u64> = out[..3].iter().map(|p| p.capture_us).collect();
@@ -255,7 +263,11 @@ mod tests {
     fn vorbis_is_refused_by_name() {
         let mut ing = OggIngest::new();
         let err = ing
-            .push(&stream(b"\x01vorbis\0\0\0\0\x02\x44\xac", 1, false), 0, &mut Vec::new())
+            .push(
+                &stream(b"\x01vorbis\0\0\0\0\x02\x44\xac", 1, false),
+                0,
+                &mut Vec::new(),
+            )
             .unwrap_err();
         assert_eq!(err.kind(), "wrong_codec");
         assert!(err.to_string().contains("Vorbis"));
@@ -286,7 +298,12 @@ mod tests {
         );
         // Bad TOC: a code-3 packet with zero frames.
         let mut out = BytesMut::new();
-        let spec = |flags, seq| PageSpec { flags, granule: 0, serial: 1, seq };
+        let spec = |flags, seq| PageSpec {
+            flags,
+            granule: 0,
+            serial: 1,
+            seq,
+        };
         write_page(spec(FLAG_BOS, 0), &[OpusHead::new(1).to_bytes()], &mut out).unwrap();
         write_page(spec(0, 1), &[opus::tags("x", &[])], &mut out).unwrap();
         write_page(spec(0, 2), &[[0xfb, 0x00]], &mut out).unwrap();

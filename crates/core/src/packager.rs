@@ -219,7 +219,12 @@ mod tests {
             };
             let hdr = wsframe::header_len(len);
             let mut masked = BytesMut::new();
-            encode_client_frame(bytes[at] & 0x0f, &bytes[at + hdr..at + hdr + len], [1, 2, 3, 4], &mut masked);
+            encode_client_frame(
+                bytes[at] & 0x0f,
+                &bytes[at + hdr..at + hdr + len],
+                [1, 2, 3, 4],
+                &mut masked,
+            );
             d.push(&masked);
             at += hdr + len;
             if let Some(Message::Binary(b)) = d.next().unwrap() {
@@ -240,7 +245,10 @@ mod tests {
         assert_eq!((out[0].first_seq, out[0].packets), (0, 5));
         assert_eq!((out[1].first_seq, out[1].packets), (5, 5));
         p.flush(&mut out);
-        assert_eq!((out[2].first_seq, out[2].packets, out[2].samples), (10, 2, 1920));
+        assert_eq!(
+            (out[2].first_seq, out[2].packets, out[2].samples),
+            (10, 2, 1920)
+        );
     }
 
     #[test]
@@ -278,16 +286,34 @@ mod tests {
             p.push(packet(i), 2 * 960, &mut out);
         }
         let msgs: Vec<WireMessage> = out.iter().flat_map(|c| ws_messages(&c.ws)).collect();
-        assert_eq!(msgs[0], WireMessage::Stats { server_us: 99, listeners: 3 });
+        assert_eq!(
+            msgs[0],
+            WireMessage::Stats {
+                server_us: 99,
+                listeners: 3
+            }
+        );
         let seqs: Vec<(u64, u64)> = msgs[1..]
             .iter()
             .map(|m| match m {
-                WireMessage::Audio { seq, capture_us, .. } => (*seq, *capture_us),
+                WireMessage::Audio {
+                    seq, capture_us, ..
+                } => (*seq, *capture_us),
                 other => panic!("unexpected {other:?}"),
             })
             .collect();
-        assert_eq!(seqs, (0..4).map(|i| (i, 1_000_000 + i * 20_000)).collect::<Vec<_>>());
-        assert_eq!(ws_messages(&p.headers().ws), vec![WireMessage::Head(Bytes::copy_from_slice(&OpusHead::new(1).to_bytes()))]);
+        assert_eq!(
+            seqs,
+            (0..4)
+                .map(|i| (i, 1_000_000 + i * 20_000))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            ws_messages(&p.headers().ws),
+            vec![WireMessage::Head(Bytes::copy_from_slice(
+                &OpusHead::new(1).to_bytes()
+            ))]
+        );
     }
 
     #[test]
@@ -304,6 +330,8 @@ mod tests {
         }
         p.flush(&mut out);
         assert_eq!(out.iter().map(|c| c.packets).sum::<u32>(), 40);
-        assert!(out.iter().all(|c| c.ogg.len() <= ogg::HEADER_FIXED + 255 + MAX_PAGE_BODY));
+        assert!(out
+            .iter()
+            .all(|c| c.ogg.len() <= ogg::HEADER_FIXED + 255 + MAX_PAGE_BODY));
     }
 }

@@ -180,10 +180,19 @@ mod tests {
 
     #[test]
     fn titles_are_checked_and_trimmed() {
-        assert_eq!(req("  Morning show ").validate().unwrap().title, "Morning show");
+        assert_eq!(
+            req("  Morning show ").validate().unwrap().title,
+            "Morning show"
+        );
         assert_eq!(req("   ").validate(), Err(SpaceError::EmptyTitle));
-        assert_eq!(req(&"x".repeat(201)).validate(), Err(SpaceError::TitleTooLong(201)));
-        assert_eq!(req("a\u{7}b").validate(), Err(SpaceError::TitleControlChars));
+        assert_eq!(
+            req(&"x".repeat(201)).validate(),
+            Err(SpaceError::TitleTooLong(201))
+        );
+        assert_eq!(
+            req("a\u{7}b").validate(),
+            Err(SpaceError::TitleControlChars)
+        );
     }
 
     #[test]

@@ -218,8 +218,7 @@ impl FrameDecoder {
                     let mut p = &payload[..];
                     let (code, reason) = if p.len() >= 2 {
                         let code = p.get_u16();
-                        let reason =
-                            std::str::from_utf8(p).map_err(|_| FrameError::BadUtf8)?;
+                        let reason = std::str::from_utf8(p).map_err(|_| FrameError::BadUtf8)?;
                         (Some(code), reason.to_owned())
                     } else {
                         (None, String::new())
@@ -272,7 +271,11 @@ impl FrameDecoder {
         }
         let masked = b1 & 0x80 != 0;
         if masked != self.expect_masked {
-            return Err(if masked { FrameError::Masked } else { FrameError::Unmasked });
+            return Err(if masked {
+                FrameError::Masked
+            } else {
+                FrameError::Unmasked
+            });
         }
         let (len, mut at) = match b1 & 0x7f {
             126 => {
@@ -362,7 +365,13 @@ mod tests {
 
     #[test]
     fn server_frame_headers_use_the_shortest_length() {
-        for (len, hdr) in [(0usize, 2usize), (125, 2), (126, 4), (65535, 4), (65536, 10)] {
+        for (len, hdr) in [
+            (0usize, 2usize),
+            (125, 2),
+            (126, 4),
+            (65535, 4),
+            (65536, 10),
+        ] {
             let mut out = BytesMut::new();
             encode_frame(OP_BINARY, &vec![0; len], &mut out);
             assert_eq!(out.len(), hdr + len);
@@ -388,8 +397,14 @@ mod tests {
         out.extend_from_slice(&close_frame(CLOSE_GOING_AWAY, "bye"));
         let mut d = FrameDecoder::for_server_frames(1024);
         d.push(&out);
-        assert_eq!(d.next(), Ok(Some(Message::Binary(Bytes::from(vec![7; 300])))));
-        assert_eq!(d.next(), Ok(Some(Message::Close(Some(CLOSE_GOING_AWAY), "bye".into()))));
+        assert_eq!(
+            d.next(),
+            Ok(Some(Message::Binary(Bytes::from(vec![7; 300]))))
+        );
+        assert_eq!(
+            d.next(),
+            Ok(Some(Message::Close(Some(CLOSE_GOING_AWAY), "bye".into())))
+        );
         let mut masked = BytesMut::new();
         encode_client_frame(OP_BINARY, b"x", [1, 2, 3, 4], &mut masked);
         let mut d = FrameDecoder::for_server_frames(1024);
@@ -403,7 +418,10 @@ mod tests {
         encode_client_frame(OP_BINARY, &[0; 2000], [1, 2, 3, 4], &mut out);
         let mut d = FrameDecoder::new(1000);
         d.push(&out[..4]);
-        assert!(matches!(d.next(), Err(FrameError::TooBig { size: 2000, .. })));
+        assert!(matches!(
+            d.next(),
+            Err(FrameError::TooBig { size: 2000, .. })
+        ));
     }
 
     #[test]

@@ -564,9 +564,11 @@ mod tests {
         r.push(&second);
         let mut asm = PacketAssembler::new(1000);
         let mut out = Vec::new();
-        asm.push(&r.next_page().unwrap().unwrap(), &mut out).unwrap();
+        asm.push(&r.next_page().unwrap().unwrap(), &mut out)
+            .unwrap();
         assert!(out.is_empty());
-        asm.push(&r.next_page().unwrap().unwrap(), &mut out).unwrap();
+        asm.push(&r.next_page().unwrap().unwrap(), &mut out)
+            .unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].data.as_ref(), &big[..]);
         assert_eq!(out[0].page_granule, 960);

@@ -170,7 +170,8 @@ pub fn check_tags(packet: &[u8]) -> Result<(), OpusError> {
 
 /// Builds an `OpusTags` packet with `vendor` and `KEY=value` comments.
 pub fn tags(vendor: &str, comments: &[String]) -> Vec<u8> {
-    let mut b = Vec::with_capacity(16 + vendor.len() + comments.iter().map(|c| c.len() + 4).sum::<usize>());
+    let mut b =
+        Vec::with_capacity(16 + vendor.len() + comments.iter().map(|c| c.len() + 4).sum::<usize>());
     b.extend_from_slice(b"OpusTags");
     b.extend_from_slice(&(vendor.len() as u32).to_le_bytes());
     b.extend_from_slice(vendor.as_bytes());
@@ -201,7 +202,9 @@ pub fn packet_samples(packet: &[u8]) -> Result<u32, OpusError> {
         return Err(OpusError::PacketTooLarge(packet.len()));
     }
     if identify_other_codec(packet).is_some() || packet.starts_with(b"OpusHead") {
-        return Err(OpusError::BadPacket("a header packet where audio was expected"));
+        return Err(OpusError::BadPacket(
+            "a header packet where audio was expected",
+        ));
     }
     let frame = frame_samples(toc >> 3);
     let frames = match toc & 0x3 {
@@ -253,7 +256,10 @@ mod tests {
             OpusHead::parse(b"\x7fFLAC\x01\x00"),
             Err(OpusError::WrongCodec("FLAC"))
         );
-        assert!(OpusHead::parse(b"garbage").unwrap_err().to_string().contains("OpusHead"));
+        assert!(OpusHead::parse(b"garbage")
+            .unwrap_err()
+            .to_string()
+            .contains("OpusHead"));
     }
 
     #[test]

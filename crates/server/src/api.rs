@@ -38,8 +38,14 @@ pub fn router(hub: Arc<Hub>) -> Router {
     let max_body = hub.config.max_api_body;
     Router::new()
         .route("/", get(|| async { Html(crate::web::LOBBY_HTML) }))
-        .route("/space/{id}", get(|| async { Html(crate::web::SPACE_HTML) }))
-        .route("/space/{id}/host", get(|| async { Html(crate::web::HOST_HTML) }))
+        .route(
+            "/space/{id}",
+            get(|| async { Html(crate::web::SPACE_HTML) }),
+        )
+        .route(
+            "/space/{id}/host",
+            get(|| async { Html(crate::web::HOST_HTML) }),
+        )
         .route("/assets/{file}", get(asset))
         .route("/api/spaces", get(list_spaces).post(create_space))
         .route("/api/spaces/{id}", get(get_space).delete(end_space))
@@ -57,7 +63,10 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response {
 async fn asset(Path(file): Path<String>) -> Response {
     match crate::web::asset(&file) {
         Some((mime, body)) => (
-            [(header::CONTENT_TYPE, mime), (header::CACHE_CONTROL, "no-cache")],
+            [
+                (header::CONTENT_TYPE, mime),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
             body,
         )
             .into_response(),
@@ -67,7 +76,10 @@ async fn asset(Path(file): Path<String>) -> Response {
 
 async fn metrics_text(State(hub): State<Arc<Hub>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         metrics::render(&hub),
     )
         .into_response()
@@ -77,7 +89,10 @@ async fn metrics_text(State(hub): State<Arc<Hub>>) -> Response {
 fn base_url(hub: &Hub, headers: &HeaderMap) -> (String, String) {
     if let Some(u) = &hub.config.public_url {
         let u = u.trim_end_matches('/').to_owned();
-        let authority = u.split_once("://").map_or(u.as_str(), |(_, a)| a).to_owned();
+        let authority = u
+            .split_once("://")
+            .map_or(u.as_str(), |(_, a)| a)
+            .to_owned();
         return (u, authority);
     }
     let host = headers
@@ -86,7 +101,8 @@ fn base_url(hub: &Hub, headers: &HeaderMap) -> (String, String) {
         .filter(|h| {
             !h.is_empty()
                 && h.len() <= 255
-                && h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
         })
         .map(str::to_owned)
         .unwrap_or_else(|| hub.config.listen.to_string());
@@ -117,7 +133,10 @@ fn space_json(space: &Space, base: &str, authority: &str, with_key: bool) -> Val
         },
     });
     if with_key {
-        urls["source"] = json!(format!("icecast://source:{}@{authority}/live/{id}.ogg", info.host_key));
+        urls["source"] = json!(format!(
+            "icecast://source:{}@{authority}/live/{id}.ogg",
+            info.host_key
+        ));
         v["host_key"] = json!(info.host_key);
     }
     v["urls"] = urls;
@@ -153,7 +172,11 @@ async fn create_space(
     match hub.create(new, None) {
         Ok(space) => {
             let (base, authority) = base_url(&hub, &headers);
-            (StatusCode::CREATED, Json(space_json(&space, &base, &authority, true))).into_response()
+            (
+                StatusCode::CREATED,
+                Json(space_json(&space, &base, &authority, true)),
+            )
+                .into_response()
         }
         Err(CreateError::Full(n)) => error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -200,9 +223,17 @@ async fn end_space(
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.strip_prefix("Bearer "))
     else {
-        return error(StatusCode::UNAUTHORIZED, "ending a space needs Authorization: Bearer <host key>");
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "ending a space needs Authorization: Bearer <host key>",
+        );
     };
-    if !space.info.lock().expect("space lock").key_matches(key.trim()) {
+    if !space
+        .info
+        .lock()
+        .expect("space lock")
+        .key_matches(key.trim())
+    {
         return error(StatusCode::FORBIDDEN, "wrong host key for this space");
     }
     if space.state() != SpaceState::Ended {

@@ -173,29 +173,56 @@ pub async fn accept_loop(listener: TcpListener, hub: Arc<Hub>, router: axum::Rou
 
 async fn handle(mut stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>, router: axum::Router) {
     let cfg = &hub.config;
-    let read = tokio::time::timeout(cfg.header_timeout, read_head(&mut stream, cfg.max_head_bytes));
+    let read = tokio::time::timeout(
+        cfg.header_timeout,
+        read_head(&mut stream, cfg.max_head_bytes),
+    );
     let (head, buf, head_len) = match read.await {
         Ok(Ok(v)) => v,
         Ok(Err(HeadError::Closed)) => return,
         Ok(Err(HeadError::TooLarge)) => {
             hub.node.bad_requests.fetch_add(1, Relaxed);
             let body = format!("request head exceeds {} bytes\n", cfg.max_head_bytes);
-            return respond(&mut stream, 431, "Request Header Fields Too Large", "", &body).await;
+            return respond(
+                &mut stream,
+                431,
+                "Request Header Fields Too Large",
+                "",
+                &body,
+            )
+            .await;
         }
         Ok(Err(HeadError::Malformed(why))) => {
             hub.node.bad_requests.fetch_add(1, Relaxed);
-            return respond(&mut stream, 400, "Bad Request", "", &format!("malformed request: {why}\n")).await;
+            return respond(
+                &mut stream,
+                400,
+                "Bad Request",
+                "",
+                &format!("malformed request: {why}\n"),
+            )
+            .await;
         }
         Err(_) => {
             hub.node.bad_requests.fetch_add(1, Relaxed);
-            let body = format!("request head not received within {:?}\n", cfg.header_timeout);
+            let body = format!(
+                "request head not received within {:?}\n",
+                cfg.header_timeout
+            );
             return respond(&mut stream, 408, "Request Timeout", "", &body).await;
         }
     };
     match route(&head) {
         Route::Media { id, kind } => {
             let Some(space) = hub.get(id).filter(|_| is_valid_id(id)) else {
-                return respond(&mut stream, 404, "Not Found", "", &format!("no space '{id}'\n")).await;
+                return respond(
+                    &mut stream,
+                    404,
+                    "Not Found",
+                    "",
+                    &format!("no space '{id}'\n"),
+                )
+                .await;
             };
             let rest = Bytes::copy_from_slice(&buf[head_len..]);
             drop(buf);
@@ -225,14 +252,26 @@ fn route(head: &Head) -> Route<'_> {
     let m = head.method.as_str();
     if let Some(id) = rest.strip_suffix(".ogg") {
         return match m {
-            "GET" | "HEAD" => Route::Media { id, kind: MediaKind::ListenOgg },
-            "PUT" | "SOURCE" => Route::Media { id, kind: MediaKind::PublishIcecast },
+            "GET" | "HEAD" => Route::Media {
+                id,
+                kind: MediaKind::ListenOgg,
+            },
+            "PUT" | "SOURCE" => Route::Media {
+                id,
+                kind: MediaKind::PublishIcecast,
+            },
             _ => Route::Api,
         };
     }
     match (m, rest.split_once('/')) {
-        ("GET", Some((id, "ws"))) if head.is_websocket() => Route::Media { id, kind: MediaKind::ListenWs },
-        ("GET", Some((id, "publish"))) if head.is_websocket() => Route::Media { id, kind: MediaKind::PublishWs },
+        ("GET", Some((id, "ws"))) if head.is_websocket() => Route::Media {
+            id,
+            kind: MediaKind::ListenWs,
+        },
+        ("GET", Some((id, "publish"))) if head.is_websocket() => Route::Media {
+            id,
+            kind: MediaKind::PublishWs,
+        },
         _ => Route::Api,
     }
 }
@@ -254,10 +293,24 @@ async fn media(
         }
         MediaKind::ListenWs | MediaKind::PublishWs => {
             let Some(key) = head.header("sec-websocket-key").map(str::to_owned) else {
-                return respond(&mut stream, 400, "Bad Request", "", "missing Sec-WebSocket-Key\n").await;
+                return respond(
+                    &mut stream,
+                    400,
+                    "Bad Request",
+                    "",
+                    "missing Sec-WebSocket-Key\n",
+                )
+                .await;
             };
             if head.header("sec-websocket-version") != Some("13") {
-                return respond(&mut stream, 426, "Upgrade Required", "Sec-WebSocket-Version: 13\r\n", "WebSocket version 13 required\n").await;
+                return respond(
+                    &mut stream,
+                    426,
+                    "Upgrade Required",
+                    "Sec-WebSocket-Version: 13\r\n",
+                    "WebSocket version 13 required\n",
+                )
+                .await;
             }
             drop(head);
             let accept = levee_core::wsframe::accept_key(&key);
@@ -307,7 +360,11 @@ impl AsyncRead for Rewind {
 }
 
 impl AsyncWrite for Rewind {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -133,12 +133,23 @@ impl Track {
 
     /// Where a new listener starts: `backlog` chunks behind the live edge.
     pub fn join_cursor(&self, backlog: u64) -> u64 {
-        self.inner.lock().expect("track lock").ring.join_cursor(backlog)
+        self.inner
+            .lock()
+            .expect("track lock")
+            .ring
+            .join_cursor(backlog)
     }
 
     /// Reads up to `max` chunks of `format` from `cursor`, appending their bytes to `out`
     /// (reference-counted handles: nothing is copied).
-    pub fn read(&self, cursor: u64, max: usize, backlog: u64, format: Format, out: &mut Vec<Bytes>) -> Batch {
+    pub fn read(
+        &self,
+        cursor: u64,
+        max: usize,
+        backlog: u64,
+        format: Format,
+        out: &mut Vec<Bytes>,
+    ) -> Batch {
         let inner = self.inner.lock().expect("track lock");
         match inner.ring.read(cursor, max, backlog) {
             Read::Chunks { from, to } => {
@@ -162,7 +173,13 @@ impl Track {
 
     /// Packages `packets` and wakes listeners. `chunk_samples` is the target chunk duration;
     /// `listeners` is the current audience (sent in STATS frames about once a second).
-    pub fn publish(&self, packets: Vec<AudioPacket>, chunk_samples: u32, listeners: u32, now: u64) -> u64 {
+    pub fn publish(
+        &self,
+        packets: Vec<AudioPacket>,
+        chunk_samples: u32,
+        listeners: u32,
+        now: u64,
+    ) -> u64 {
         let mut inner = self.inner.lock().expect("track lock");
         let inner = &mut *inner;
         if now.saturating_sub(inner.last_stats_us) >= 1_000_000 {
@@ -308,7 +325,13 @@ impl Hub {
 
     /// All spaces, newest first.
     pub fn list(&self) -> Vec<Arc<Space>> {
-        let mut v: Vec<Arc<Space>> = self.spaces.read().expect("hub lock").values().cloned().collect();
+        let mut v: Vec<Arc<Space>> = self
+            .spaces
+            .read()
+            .expect("hub lock")
+            .values()
+            .cloned()
+            .collect();
         v.sort_by_key(|s| std::cmp::Reverse(s.info.lock().expect("space lock").created_at));
         v
     }

@@ -29,7 +29,9 @@ pub const MAX_CLOCK_SKEW_US: u64 = 5_000_000;
 
 /// The password of a `Basic` authorization header (the user name is ignored, as Icecast does).
 fn basic_password(header: Option<&str>) -> Option<String> {
-    let encoded = header?.strip_prefix("Basic ").or_else(|| header?.strip_prefix("basic "))?;
+    let encoded = header?
+        .strip_prefix("Basic ")
+        .or_else(|| header?.strip_prefix("basic "))?;
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
         .ok()?;
@@ -79,7 +81,10 @@ pub(crate) fn publish(hub: &Hub, space: &Space, packets: &mut Vec<AudioPacket>) 
         return false;
     }
     let listeners = space.counters.listeners();
-    space.counters.ingest_packets.fetch_add(packets.len() as u64, Relaxed);
+    space
+        .counters
+        .ingest_packets
+        .fetch_add(packets.len() as u64, Relaxed);
     let target = hub.config.cadence.chunk_samples(listeners);
     space
         .track
@@ -158,22 +163,35 @@ pub async fn icecast(
             None => {
                 buf.clear();
                 buf.reserve(READ_CHUNK);
-                match tokio::time::timeout(hub.config.source_idle_timeout, stream.read_buf(&mut buf)).await {
+                match tokio::time::timeout(
+                    hub.config.source_idle_timeout,
+                    stream.read_buf(&mut buf),
+                )
+                .await
+                {
                     Ok(Ok(0)) => break Ok(()),
                     Ok(Ok(_)) => buf.split().freeze(),
                     Ok(Err(_)) => break Ok(()),
                     Err(_) => {
                         hub.node.ingest_errors.inc("idle");
-                        break Err((408, "Request Timeout", format!(
-                            "no data for {:?}; source dropped\n",
-                            hub.config.source_idle_timeout
-                        )));
+                        break Err((
+                            408,
+                            "Request Timeout",
+                            format!(
+                                "no data for {:?}; source dropped\n",
+                                hub.config.source_idle_timeout
+                            ),
+                        ));
                     }
                 }
             }
         };
         if claim.lost(&space) {
-            break Err((409, "Conflict", "replaced by a newer source for this space\n".into()));
+            break Err((
+                409,
+                "Conflict",
+                "replaced by a newer source for this space\n".into(),
+            ));
         }
         if let Err(e) = ingest.push(&data, now_us(), &mut packets) {
             hub.node.ingest_errors.inc(e.kind());
@@ -276,13 +294,24 @@ pub async fn websocket(
         }
         Err(None) => return,
     };
-    let authorized = hello.is_some_and(|h| space.info.lock().expect("space lock").key_matches(&h.key));
+    let authorized =
+        hello.is_some_and(|h| space.info.lock().expect("space lock").key_matches(&h.key));
     if !authorized {
         hub.node.ingest_errors.inc("bad_key");
-        return close(&mut stream, wsframe::CLOSE_POLICY, "first message must be {\"key\": \"<host key>\"} with this space's host key").await;
+        return close(
+            &mut stream,
+            wsframe::CLOSE_POLICY,
+            "first message must be {\"key\": \"<host key>\"} with this space's host key",
+        )
+        .await;
     }
     if space.state() == SpaceState::Ended {
-        return close(&mut stream, wsframe::CLOSE_GOING_AWAY, "this space has ended").await;
+        return close(
+            &mut stream,
+            wsframe::CLOSE_GOING_AWAY,
+            "this space has ended",
+        )
+        .await;
     }
     let mut claim = Claim::default();
     let mut ready = BytesMut::new();
@@ -295,7 +324,8 @@ pub async fn websocket(
     let mut pacer = Pacer::new(now_us(), cfg.source_burst.as_micros() as u64);
     let mut packets = Vec::new();
     let end: Option<(u16, String)> = loop {
-        let msg = match next_message(&mut stream, &mut dec, &mut buf, cfg.source_idle_timeout).await {
+        let msg = match next_message(&mut stream, &mut dec, &mut buf, cfg.source_idle_timeout).await
+        {
             Ok(m) => m,
             Err(e) => {
                 if e.is_some() {
@@ -306,18 +336,30 @@ pub async fn websocket(
             }
         };
         if claim.lost(&space) {
-            break Some((wsframe::CLOSE_POLICY, "replaced by a newer source for this space".into()));
+            break Some((
+                wsframe::CLOSE_POLICY,
+                "replaced by a newer source for this space".into(),
+            ));
         }
         let packet = match msg {
             Message::Binary(b) => match wire::decode(&b) {
-                Ok(WireMessage::Audio { capture_us, packet, .. }) => {
+                Ok(WireMessage::Audio {
+                    capture_us, packet, ..
+                }) => {
                     let now = now_us();
-                    let ts = if now.abs_diff(capture_us) <= MAX_CLOCK_SKEW_US { capture_us } else { now };
+                    let ts = if now.abs_diff(capture_us) <= MAX_CLOCK_SKEW_US {
+                        capture_us
+                    } else {
+                        now
+                    };
                     single_packet(packet, ts)
                 }
                 Ok(_) => {
                     hub.node.ingest_errors.inc("bad_structure");
-                    break Some((wsframe::CLOSE_UNSUPPORTED, "hosts send AUDIO messages (kind 0x02) only".into()));
+                    break Some((
+                        wsframe::CLOSE_UNSUPPORTED,
+                        "hosts send AUDIO messages (kind 0x02) only".into(),
+                    ));
                 }
                 Err(e) => {
                     hub.node.ingest_errors.inc("bad_frame");

@@ -43,7 +43,10 @@ pub async fn ogg(mut stream: TcpStream, hub: Arc<Hub>, space: Arc<Space>, head_o
 pub async fn ws(mut stream: TcpStream, hub: Arc<Hub>, space: Arc<Space>, rest: Bytes) {
     if space.state() == levee_core::space::SpaceState::Ended {
         let _ = stream
-            .write_all(&wsframe::close_frame(wsframe::CLOSE_GOING_AWAY, "this space has ended"))
+            .write_all(&wsframe::close_frame(
+                wsframe::CLOSE_GOING_AWAY,
+                "this space has ended",
+            ))
             .await;
         return;
     }
@@ -118,13 +121,17 @@ async fn on_inbound<W: AsyncWrite + Unpin>(
                 }
             }
             Ok(Some(Message::Close(..))) => {
-                let _ = w.write_all(&wsframe::close_frame(wsframe::CLOSE_NORMAL, "")).await;
+                let _ = w
+                    .write_all(&wsframe::close_frame(wsframe::CLOSE_NORMAL, ""))
+                    .await;
                 return Inbound::Leave;
             }
             // Listeners have nothing to send yet; small messages are ignored.
             Ok(Some(Message::Text(_) | Message::Binary(_) | Message::Pong)) => {}
             Err(e) => {
-                let _ = w.write_all(&wsframe::close_frame(e.close_code(), &e.to_string())).await;
+                let _ = w
+                    .write_all(&wsframe::close_frame(e.close_code(), &e.to_string()))
+                    .await;
                 return Inbound::Leave;
             }
         }
@@ -143,7 +150,10 @@ async fn pump(
     let i = format.idx();
     counters.joins[i].fetch_add(1, Relaxed);
     counters.listeners[i].fetch_add(1, Relaxed);
-    let _listening = Listening { space: &space, format };
+    let _listening = Listening {
+        space: &space,
+        format,
+    };
     let (mut rd, mut wr) = stream.split();
     let mut edge = space.track.subscribe();
     let stall = cfg.stall_timeout;
@@ -159,7 +169,10 @@ async fn pump(
     let mut rbuf = [0u8; 256];
     let mut uploaded = 0usize;
     loop {
-        match space.track.read(cursor, max_batch, cfg.join_backlog, format, &mut bufs) {
+        match space
+            .track
+            .read(cursor, max_batch, cfg.join_backlog, format, &mut bufs)
+        {
             Batch::Data(n) => {
                 cursor += n;
                 let bytes: usize = bufs.iter().map(Bytes::len).sum();
@@ -185,7 +198,8 @@ async fn pump(
             Batch::UpToDate => {
                 if edge.borrow().ended {
                     if dec.is_some() {
-                        let close = wsframe::close_frame(wsframe::CLOSE_GOING_AWAY, "this space has ended");
+                        let close =
+                            wsframe::close_frame(wsframe::CLOSE_GOING_AWAY, "this space has ended");
                         let _ = tokio::time::timeout(stall, wr.write_all(&close)).await;
                     }
                     return;

@@ -91,26 +91,98 @@ pub fn render(hub: &Hub) -> String {
     let spaces = hub.list();
     let node = &hub.node;
     let scalar = |out: &mut String, name: &str, kind: &str, help: &str, v: u64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
     };
-    scalar(&mut out, "levee_connections_total", "counter", "Connections accepted.", node.connections.load(Relaxed));
-    scalar(&mut out, "levee_open_connections", "gauge", "Connections open now.", node.open_connections.load(Relaxed));
-    scalar(&mut out, "levee_connections_refused_capacity_total", "counter", "Connections closed at once: node at max_connections.", node.refused_capacity.load(Relaxed));
-    scalar(&mut out, "levee_bad_requests_total", "counter", "Requests refused for a malformed, oversized or slow head.", node.bad_requests.load(Relaxed));
-    scalar(&mut out, "levee_spaces", "gauge", "Spaces held by this node.", spaces.len() as u64);
+    scalar(
+        &mut out,
+        "levee_connections_total",
+        "counter",
+        "Connections accepted.",
+        node.connections.load(Relaxed),
+    );
+    scalar(
+        &mut out,
+        "levee_open_connections",
+        "gauge",
+        "Connections open now.",
+        node.open_connections.load(Relaxed),
+    );
+    scalar(
+        &mut out,
+        "levee_connections_refused_capacity_total",
+        "counter",
+        "Connections closed at once: node at max_connections.",
+        node.refused_capacity.load(Relaxed),
+    );
+    scalar(
+        &mut out,
+        "levee_bad_requests_total",
+        "counter",
+        "Requests refused for a malformed, oversized or slow head.",
+        node.bad_requests.load(Relaxed),
+    );
+    scalar(
+        &mut out,
+        "levee_spaces",
+        "gauge",
+        "Spaces held by this node.",
+        spaces.len() as u64,
+    );
     let _ = writeln!(out, "# HELP levee_ingest_errors_total Sources refused or dropped, by reason.\n# TYPE levee_ingest_errors_total counter");
     for (i, k) in INGEST_ERROR_KINDS.iter().enumerate() {
-        let _ = writeln!(out, "levee_ingest_errors_total{{reason=\"{k}\"}} {}", node.ingest_errors.0[i].load(Relaxed));
+        let _ = writeln!(
+            out,
+            "levee_ingest_errors_total{{reason=\"{k}\"}} {}",
+            node.ingest_errors.0[i].load(Relaxed)
+        );
     }
     type Field = fn(&crate::metrics::SpaceCounters) -> &[AtomicU64; 2];
     let per_format: [(&str, &str, &str, Field); 7] = [
-        ("levee_listeners", "gauge", "Listeners connected now.", |c| &c.listeners),
-        ("levee_joins_total", "counter", "Listeners that joined.", |c| &c.joins),
-        ("levee_bytes_sent_total", "counter", "Bytes written to listeners.", |c| &c.bytes_sent),
-        ("levee_chunks_sent_total", "counter", "Chunks written to listeners.", |c| &c.chunks_sent),
-        ("levee_lagging_skips_total", "counter", "Times a lagging listener skipped to the live edge.", |c| &c.lag_skips),
-        ("levee_chunks_skipped_total", "counter", "Chunks lagging listeners lost by skipping.", |c| &c.chunks_skipped),
-        ("levee_stalled_cuts_total", "counter", "Listeners disconnected for stalling.", |c| &c.stall_cuts),
+        (
+            "levee_listeners",
+            "gauge",
+            "Listeners connected now.",
+            |c| &c.listeners,
+        ),
+        (
+            "levee_joins_total",
+            "counter",
+            "Listeners that joined.",
+            |c| &c.joins,
+        ),
+        (
+            "levee_bytes_sent_total",
+            "counter",
+            "Bytes written to listeners.",
+            |c| &c.bytes_sent,
+        ),
+        (
+            "levee_chunks_sent_total",
+            "counter",
+            "Chunks written to listeners.",
+            |c| &c.chunks_sent,
+        ),
+        (
+            "levee_lagging_skips_total",
+            "counter",
+            "Times a lagging listener skipped to the live edge.",
+            |c| &c.lag_skips,
+        ),
+        (
+            "levee_chunks_skipped_total",
+            "counter",
+            "Chunks lagging listeners lost by skipping.",
+            |c| &c.chunks_skipped,
+        ),
+        (
+            "levee_stalled_cuts_total",
+            "counter",
+            "Listeners disconnected for stalling.",
+            |c| &c.stall_cuts,
+        ),
     ];
     for (name, kind, help, field) in per_format {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -124,14 +196,29 @@ pub fn render(hub: &Hub) -> String {
     }
     type Scalar = fn(&crate::metrics::SpaceCounters) -> &AtomicU64;
     let per_space: [(&str, &str, Scalar); 3] = [
-        ("levee_ingest_packets_total", "Opus packets accepted from sources.", |c| &c.ingest_packets),
-        ("levee_space_ingest_errors_total", "Sources of this space refused or dropped for bad input.", |c| &c.ingest_errors),
-        ("levee_sources_total", "Sources that connected.", |c| &c.sources),
+        (
+            "levee_ingest_packets_total",
+            "Opus packets accepted from sources.",
+            |c| &c.ingest_packets,
+        ),
+        (
+            "levee_space_ingest_errors_total",
+            "Sources of this space refused or dropped for bad input.",
+            |c| &c.ingest_errors,
+        ),
+        ("levee_sources_total", "Sources that connected.", |c| {
+            &c.sources
+        }),
     ];
     for (name, help, field) in per_space {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         for s in &spaces {
-            let _ = writeln!(out, "{name}{{space=\"{}\"}} {}", s.snapshot().id, field(&s.counters).load(Relaxed));
+            let _ = writeln!(
+                out,
+                "{name}{{space=\"{}\"}} {}",
+                s.snapshot().id,
+                field(&s.counters).load(Relaxed)
+            );
         }
     }
     out
