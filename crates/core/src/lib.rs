@@ -6,16 +6,24 @@
 //! - [`ingest`]: source validation (Ogg/Opus or single packets) and real-time pacing.
 //! - [`cadence`]: chunk duration as a function of the audience (latency vs. CPU).
 //! - [`space`]: identity, host key and the `scheduled → live → ended` state machine.
+//! - [`admission`]: the waiting room as two counters (FIFO, pre-queue lottery, honest ETAs).
+//! - [`ticket`]: stateless signed tokens (join tickets, places in line, proof-of-work).
+//! - [`sketch`]: fixed-size count-min counters for per-source limits.
+//! - [`source`]: source addresses, their /24 and /48 networks, CIDR lists.
 //! - [`wire`]: levee's WebSocket message format.
 //! - [`wsframe`]: WebSocket framing: encode once for everyone, decode clients with bounds.
 //!
 //! Time is always a parameter (µs or s since the Unix epoch), never read here.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod admission;
 pub mod cadence;
 pub mod ingest;
 pub mod packager;
 pub mod ring;
+pub mod sketch;
+pub mod source;
 pub mod space;
+pub mod ticket;
 pub mod wire;
 pub mod wsframe;
