@@ -13,8 +13,13 @@
 //! - [`cli`]: the `levee storm` command line.
 #![warn(missing_docs)]
 
+pub mod client;
+pub mod engine;
 pub mod hist;
+pub mod host;
+pub mod http;
 pub mod marker;
 pub mod measure;
 pub mod proto;
+pub mod scenario;
 pub mod stats;

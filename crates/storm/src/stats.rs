@@ -290,6 +290,8 @@ pub struct Point {
     pub drops: u64,
     /// Audio frames received.
     pub frames: u64,
+    /// Audio received, µs.
+    pub audio_us: u64,
     /// Gaps that ended in the second.
     pub gaps: u64,
     /// Missing audio of those gaps, µs.
@@ -322,6 +324,7 @@ impl Point {
         self.failures += o.failures;
         self.drops += o.drops;
         self.frames += o.frames;
+        self.audio_us += o.audio_us;
         self.gaps += o.gaps;
         self.gap_us += o.gap_us;
         self.stalls += o.stalls;
