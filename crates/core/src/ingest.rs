@@ -215,6 +215,48 @@ impl Pacer {
     }
 }
 
+/// Drops sources that deliver audio too slowly: a slow drip of bytes (a slow-body attack, or a
+/// link too poor to carry the stream) holds a connection without feeding listeners.
+///
+/// Over each window, the audio received must reach `min_ratio` of the wall time elapsed.
+#[derive(Debug, Clone, Copy)]
+pub struct MinRate {
+    window_start_us: u64,
+    media_us: u64,
+    window_us: u64,
+    min_ratio: f64,
+}
+
+impl MinRate {
+    /// Windows of `window_us` starting at `now_us`, requiring `min_ratio` of real time.
+    pub fn new(now_us: u64, window_us: u64, min_ratio: f64) -> Self {
+        MinRate {
+            window_start_us: now_us,
+            media_us: 0,
+            window_us: window_us.max(1),
+            min_ratio,
+        }
+    }
+
+    /// Records `samples` of audio at `now_us`. At the end of a window, returns the ratio
+    /// achieved as an error if it was below the minimum.
+    pub fn record(&mut self, samples: u64, now_us: u64) -> Result<(), f64> {
+        self.media_us += samples * 1_000_000 / 48_000;
+        let elapsed = now_us.saturating_sub(self.window_start_us);
+        if elapsed < self.window_us {
+            return Ok(());
+        }
+        let ratio = self.media_us as f64 / elapsed as f64;
+        self.window_start_us = now_us;
+        self.media_us = 0;
+        if ratio < self.min_ratio {
+            Err(ratio)
+        } else {
+            Ok(())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,6 +351,22 @@ mod tests {
         write_page(spec(0, 2), &[[0xfb, 0x00]], &mut out).unwrap();
         let err = OggIngest::new().push(&out, 0, &mut Vec::new()).unwrap_err();
         assert_eq!(err.kind(), "bad_opus");
+    }
+
+    #[test]
+    fn a_source_dripping_audio_slower_than_half_real_time_is_dropped() {
+        let mut m = MinRate::new(0, 10_000_000, 0.5);
+        // Real time: 20 ms every 20 ms for 10 s.
+        for i in 1..=500u64 {
+            assert_eq!(m.record(960, i * 20_000), Ok(()));
+        }
+        // Then 20 ms of audio every 100 ms: 20 % of real time.
+        let mut result = Ok(());
+        for i in 1..=101u64 {
+            result = result.and(m.record(960, 10_000_000 + i * 100_000));
+        }
+        let ratio = result.unwrap_err();
+        assert!((ratio - 0.2).abs() < 0.01, "{ratio}");
     }
 
     #[test]

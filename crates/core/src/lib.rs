@@ -7,6 +7,7 @@
 //! - [`cadence`]: chunk duration as a function of the audience (latency vs. CPU).
 //! - [`space`]: identity, host key and the `scheduled → live → ended` state machine.
 //! - [`admission`]: the waiting room as two counters (FIFO, pre-queue lottery, honest ETAs).
+//! - [`pressure`]: escalation to proof-of-work under attack, and relaxation.
 //! - [`ticket`]: stateless signed tokens (join tickets, places in line, proof-of-work).
 //! - [`sketch`]: fixed-size count-min counters for per-source limits.
 //! - [`source`]: source addresses, their /24 and /48 networks, CIDR lists.
@@ -20,6 +21,7 @@ pub mod admission;
 pub mod cadence;
 pub mod ingest;
 pub mod packager;
+pub mod pressure;
 pub mod ring;
 pub mod sketch;
 pub mod source;

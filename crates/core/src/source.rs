@@ -45,7 +45,7 @@ pub fn wide_prefix(ip: IpAddr) -> Cidr {
 }
 
 /// An address block such as `10.0.0.0/8` or `2001:db8::/32`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Cidr {
     addr: IpAddr,
     len: u8,

@@ -1,6 +1,7 @@
 //! The `levee` command: CLI wiring only.
 
 use clap::{Args, Parser, Subcommand};
+use levee_core::source::Cidr;
 use levee_server::{Config, Server};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -18,6 +19,8 @@ enum Command {
     Serve(ServeArgs),
     /// Run the server with the demo space live (a looped programme shipped with levee).
     Demo(ServeArgs),
+    /// Load and measure: simulated listeners report what each one got (docs/storm.md).
+    Storm(levee_storm::cli::StormArgs),
 }
 
 #[derive(Args)]
@@ -58,10 +61,69 @@ struct ServeArgs {
     /// Longest chunk, ms (latency ceiling under load).
     #[arg(long, default_value_t = 500)]
     chunk_max_ms: u32,
+    /// Listeners one space may hold.
+    #[arg(long, default_value_t = 12_000)]
+    max_listeners_per_space: usize,
+    #[command(flatten)]
+    shield: ShieldArgs,
+}
+
+/// Per-source limits, bans, tickets and admission.
+#[derive(Args)]
+struct ShieldArgs {
+    /// Secret from which ticket keys derive; give every node of a cluster the same one.
+    /// Random when absent (tickets then verify on this node only).
+    #[arg(long, env = "LEVEE_TICKET_SECRET", hide_env_values = true)]
+    ticket_secret: Option<String>,
+    /// Bearer key of the admin API (/api/admin/...). Random and printed when absent.
+    #[arg(long, env = "LEVEE_ADMIN_KEY", hide_env_values = true)]
+    admin_key: Option<String>,
+    /// Sources exempt from limits and bans (repeatable CIDR).
+    #[arg(long = "allow", default_values_t = ["127.0.0.1/32".to_string(), "::1/128".to_string()])]
+    allow: Vec<String>,
+    /// Proxies whose X-Forwarded-For is believed (repeatable CIDR).
+    #[arg(long = "trusted-proxy")]
+    trusted_proxies: Vec<String>,
+    /// Open connections per source address.
+    #[arg(long, default_value_t = 256)]
+    max_conns_per_ip: i32,
+    /// Open connections per /24 (IPv4) or /48 (IPv6).
+    #[arg(long, default_value_t = 4_096)]
+    max_conns_per_prefix: i32,
+    /// New connections per second per source address.
+    #[arg(long, default_value_t = 100.0)]
+    conn_rate_per_ip: f64,
+    /// New connections per second per /24 or /48.
+    #[arg(long, default_value_t = 2_000.0)]
+    conn_rate_per_prefix: f64,
+    /// Join requests per second per source address.
+    #[arg(long, default_value_t = 20.0)]
+    join_rate_per_ip: f64,
+    /// Join requests per second per /24 or /48.
+    #[arg(long, default_value_t = 1_000.0)]
+    join_rate_per_prefix: f64,
+    /// Refusals within 10 s that get an address banned.
+    #[arg(long, default_value_t = 200.0)]
+    strikes_to_ban: f64,
+    /// First automatic ban (doubles on each repeat, up to an hour).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    ban_base: Duration,
+    /// Admissions per second per space (the waiting room's outflow).
+    #[arg(long, default_value_t = 2_000.0)]
+    admission_rate: f64,
+    /// Admissions at once when a space's line is empty.
+    #[arg(long, default_value_t = 2_000)]
+    admission_burst: u64,
+    /// Callers a space's line holds before it answers "full".
+    #[arg(long, default_value_t = 1_000_000)]
+    max_waiting: u64,
+    /// Join requests per second to one space that escalate it to proof of work.
+    #[arg(long, default_value_t = 5_000.0)]
+    challenge_join_rate: f64,
 }
 
 impl ServeArgs {
-    fn config(&self) -> Config {
+    fn config(&self) -> Result<Config, String> {
         let mut c = Config {
             listen: self.listen,
             public_url: self.public_url.clone(),
@@ -77,12 +139,43 @@ impl ServeArgs {
         };
         c.cadence.min_ms = self.chunk_min_ms.max(1);
         c.cadence.max_ms = self.chunk_max_ms.max(c.cadence.min_ms);
-        c
+        c.max_listeners_per_space = self.max_listeners_per_space;
+        let sh = &self.shield;
+        let z = &mut c.shield;
+        if let Some(secret) = &sh.ticket_secret {
+            z.secret = secret.as_bytes().to_vec();
+        }
+        if let Some(key) = &sh.admin_key {
+            z.admin_key = key.clone();
+        }
+        let cidrs = |list: &[String]| -> Result<Vec<Cidr>, String> {
+            list.iter().map(|s| Cidr::parse(s).map_err(|e| e.to_string())).collect()
+        };
+        z.allow = cidrs(&sh.allow)?;
+        z.trusted_proxies = cidrs(&sh.trusted_proxies)?;
+        z.max_conns_per_ip = sh.max_conns_per_ip;
+        z.max_conns_per_prefix = sh.max_conns_per_prefix;
+        z.conn_rate_per_ip = sh.conn_rate_per_ip;
+        z.conn_rate_per_prefix = sh.conn_rate_per_prefix;
+        z.join_rate_per_ip = sh.join_rate_per_ip;
+        z.join_rate_per_prefix = sh.join_rate_per_prefix;
+        z.strikes_to_ban = sh.strikes_to_ban;
+        z.ban_base = sh.ban_base;
+        z.line.rate_per_s = sh.admission_rate.max(0.1);
+        z.line.burst = sh.admission_burst;
+        z.line.max_waiting = sh.max_waiting;
+        z.line.capacity = self.max_listeners_per_space as u64;
+        z.space_pressure.join_rate_high = sh.challenge_join_rate;
+        Ok(c)
     }
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Command::Storm(_) = &cli.command {
+        let Command::Storm(args) = cli.command else { unreachable!() };
+        return levee_storm::cli::main(args);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -99,8 +192,17 @@ fn main() -> std::process::ExitCode {
         let (args, demo) = match &cli.command {
             Command::Serve(a) => (a, false),
             Command::Demo(a) => (a, true),
+            Command::Storm(_) => unreachable!("handled before the runtime starts"),
         };
-        let server = match Server::start(args.config()).await {
+        let config = match args.config() {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("levee: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        };
+        let admin_key = config.shield.admin_key.clone();
+        let server = match Server::start(config).await {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("levee: cannot listen on {}: {e}", args.listen);
@@ -112,6 +214,9 @@ fn main() -> std::process::ExitCode {
         // The first line of stdout is machine-readable: scripts and tests wait for it, and
         // everything (the demo space included) is ready when it appears.
         println!("levee listening on {base}");
+        if args.shield.admin_key.is_none() {
+            println!("admin key (for /api/admin/...): {admin_key}");
+        }
         if let Some(space) = demo_space {
             let id = space.snapshot().id;
             println!("demo space live: open {base}/space/{id} (lobby: {base}/)");

@@ -5,6 +5,7 @@
 use crate::front::Rewind;
 use crate::hub::{CreateError, Format, Hub, Space};
 use crate::metrics;
+use crate::shield::{Access, Shield};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -17,19 +18,35 @@ use hyper_util::service::TowerToHyperService;
 use levee_core::space::{NewSpace, SpaceState};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use tokio::net::TcpStream;
+use tower::ServiceExt;
+
+/// The socket address of the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
 
 /// Serves one request on a connection whose head the front already read (`pre`).
-pub async fn serve_connection(stream: TcpStream, pre: Bytes, hub: Arc<Hub>, router: Router) {
+pub async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    pre: Bytes,
+    hub: Arc<Hub>,
+    router: Router,
+) {
     let io = TokioIo::new(Rewind::new(pre, stream));
+    let svc = router.map_request(move |mut req: http::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(Peer(peer));
+        req
+    });
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(false)
         .max_buf_size(hub.config.max_head_bytes.max(8192))
         .timer(TokioTimer::new())
         .header_read_timeout(hub.config.header_timeout)
-        .serve_connection(io, TowerToHyperService::new(router));
+        .serve_connection(io, TowerToHyperService::new(svc));
     let _ = tokio::time::timeout(hub.config.api_timeout, conn).await;
 }
 
@@ -49,6 +66,23 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/assets/{file}", get(asset))
         .route("/api/spaces", get(list_spaces).post(create_space))
         .route("/api/spaces/{id}", get(get_space).delete(end_space))
+        .route(
+            "/api/spaces/{id}/join",
+            axum::routing::post(crate::join::join),
+        )
+        .route("/api/admin/shield", get(crate::join::shield_status))
+        .route(
+            "/api/admin/bans",
+            get(crate::join::list_bans)
+                .post(crate::join::add_ban)
+                .delete(crate::join::remove_ban),
+        )
+        .route(
+            "/api/admin/allow",
+            get(crate::join::list_allow)
+                .post(crate::join::add_allow)
+                .delete(crate::join::remove_allow),
+        )
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
@@ -56,7 +90,8 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .with_state(hub)
 }
 
-fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+/// A JSON error answer `{"error": msg}`.
+pub fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(json!({ "error": msg.into() }))).into_response()
 }
 
@@ -86,7 +121,7 @@ async fn metrics_text(State(hub): State<Arc<Hub>>) -> Response {
 }
 
 /// The base of absolute URLs: `--public-url`, else the request's `Host`, else the listen address.
-fn base_url(hub: &Hub, headers: &HeaderMap) -> (String, String) {
+pub fn base_url(hub: &Hub, headers: &HeaderMap) -> (String, String) {
     if let Some(u) = &hub.config.public_url {
         let u = u.trim_end_matches('/').to_owned();
         let authority = u
@@ -119,6 +154,7 @@ fn space_json(space: &Space, base: &str, authority: &str, with_key: bool) -> Val
         "publish": format!("{ws_base}/live/{id}/publish"),
         "page": format!("{base}/space/{id}"),
         "host_page": format!("{base}/space/{id}/host"),
+        "join": format!("{base}/api/spaces/{id}/join"),
     });
     let mut v = json!({
         "id": id,
@@ -131,6 +167,8 @@ fn space_json(space: &Space, base: &str, authority: &str, with_key: bool) -> Val
             "ogg": space.counters.listeners[Format::Ogg.idx()].load(Relaxed),
             "ws": space.counters.listeners[Format::Ws.idx()].load(Relaxed),
         },
+        "access": Shield::load_access(&space.shield.access).as_str(),
+        "queue_waiting": space.shield.line.lock().expect("line lock").waiting(),
     });
     if with_key {
         urls["source"] = json!(format!(
@@ -149,6 +187,8 @@ struct CreateReq {
     title: String,
     #[serde(default)]
     scheduled_start: Option<u64>,
+    #[serde(default)]
+    access: Option<String>,
 }
 
 async fn create_space(
@@ -161,7 +201,7 @@ async fn create_space(
         Err(rej) => return error(rej.status(), rej.body_text()),
     };
     let new = match (NewSpace {
-        title: req.title,
+        title: req.title.clone(),
         scheduled_start: req.scheduled_start,
     })
     .validate()
@@ -169,7 +209,17 @@ async fn create_space(
         Ok(n) => n,
         Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
     };
-    match hub.create(new, None) {
+    let access = match req.access.as_deref().map(Access::parse) {
+        None => Access::Open,
+        Some(Some(a)) => a,
+        Some(None) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "access must be \"open\", \"ticketed\" or \"challenge\"",
+            )
+        }
+    };
+    match hub.create(new, access, None) {
         Ok(space) => {
             let (base, authority) = base_url(&hub, &headers);
             (

@@ -1,5 +1,6 @@
 //! Server settings. Every bound the server enforces is named here, with its default.
 
+use crate::shield::ShieldConfig;
 use levee_core::cadence::Cadence;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -47,6 +48,15 @@ pub struct Config {
     pub max_ws_listener_message: usize,
     /// Chunk duration policy.
     pub cadence: Cadence,
+    /// Listeners one space may hold (a bulkhead: a flood on one space leaves room for others).
+    pub max_listeners_per_space: usize,
+    /// Connections kept for hosts: listeners are refused once the node holds
+    /// `max_connections − ingest_reserve` of them.
+    pub ingest_reserve: usize,
+    /// A source must deliver at least this fraction of real time over each 10 s window.
+    pub min_source_realtime: f64,
+    /// Per-source limits, bans, tickets, admission and escalation.
+    pub shield: ShieldConfig,
 }
 
 impl Default for Config {
@@ -71,6 +81,10 @@ impl Default for Config {
             max_ws_ingest_message: 8 * 1024,
             max_ws_listener_message: 1024,
             cadence: Cadence::default(),
+            max_listeners_per_space: 12_000,
+            ingest_reserve: 256,
+            min_source_realtime: 0.5,
+            shield: ShieldConfig::default(),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::hub::{now_us, Hub, Space};
 use crate::ingest::publish;
+use crate::shield::Access;
 use levee_core::ingest::OggIngest;
 use levee_core::packager::AudioPacket;
 use levee_core::space::NewSpace;
@@ -26,7 +27,11 @@ pub fn start(hub: Arc<Hub>) -> Arc<Space> {
         scheduled_start: None,
     };
     let space = hub
-        .create(req.validate().expect("valid title"), Some(DEMO_ID))
+        .create(
+            req.validate().expect("valid title"),
+            Access::Open,
+            Some(DEMO_ID),
+        )
         .unwrap_or_else(|_| hub.get(DEMO_ID).expect("demo space exists"));
     // The programme is on air from now on.
     space.go_live();

@@ -7,10 +7,12 @@
 //! Bounds: `max_connections` open connections, `max_head_bytes` per request head, and
 //! `header_timeout` to send it (slowloris costs at most that long and that many bytes).
 
-use crate::hub::{Hub, Space};
+use crate::hub::{now_us, Hub, Space};
+use crate::shield::{Access, ConnKeys, Refusal};
 use crate::{api, ingest, listen};
 use bytes::{Bytes, BytesMut};
 use levee_core::space::is_valid_id;
+use levee_core::ticket::Ticket;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -129,12 +131,13 @@ pub async fn respond(
     let _ = stream.flush().await;
 }
 
-/// Tracks one open connection; decrements the gauge when dropped.
-struct ConnGuard(Arc<Hub>);
+/// Tracks one open connection; gives back its counts when dropped.
+struct ConnGuard(Arc<Hub>, ConnKeys);
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.0.node.open_connections.fetch_sub(1, Relaxed);
+        self.0.shield.release_connection(self.1.take());
     }
 }
 
@@ -151,16 +154,28 @@ pub async fn accept_loop(listener: TcpListener, hub: Arc<Hub>, router: axum::Rou
             }
         };
         hub.node.connections.fetch_add(1, Relaxed);
+        let keys = match hub.shield.admit_connection(peer.ip(), now_us()) {
+            Ok(keys) => keys,
+            // Banned: not even an answer.
+            Err(Refusal::Banned) => continue,
+            Err(_) => {
+                let _ = stream.try_write(
+                    b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 5\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                continue;
+            }
+        };
         let open = hub.node.open_connections.fetch_add(1, Relaxed) + 1;
         if open as usize > hub.config.max_connections {
             hub.node.open_connections.fetch_sub(1, Relaxed);
+            hub.shield.release_connection(keys);
             hub.node.refused_capacity.fetch_add(1, Relaxed);
             let _ = stream.try_write(
                 b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             );
             continue;
         }
-        let guard = ConnGuard(hub.clone());
+        let guard = ConnGuard(hub.clone(), keys);
         let hub = hub.clone();
         let router = router.clone();
         tokio::spawn(async move {
@@ -228,7 +243,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>, router: 
             drop(buf);
             media(stream, peer, hub, space, head, rest, kind).await
         }
-        Route::Api => api::serve_connection(stream, buf.freeze(), hub, router).await,
+        Route::Api => api::serve_connection(stream, peer, buf.freeze(), hub, router).await,
     }
 }
 
@@ -285,6 +300,11 @@ async fn media(
     rest: Bytes,
     kind: MediaKind,
 ) {
+    if matches!(kind, MediaKind::ListenOgg | MediaKind::ListenWs) {
+        if let Err((status, reason, body)) = admit_listener(&hub, &space, &head, peer) {
+            return respond(&mut stream, status, reason, "", &body).await;
+        }
+    }
     match kind {
         MediaKind::ListenOgg => {
             let head_only = head.method == "HEAD";
@@ -383,4 +403,62 @@ impl AsyncWrite for Rewind {
     fn is_write_vectored(&self) -> bool {
         true
     }
+}
+
+/// The value of query parameter `name`.
+pub fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Checks a listener before any per-listener state exists: ticket (when the space's access
+/// asks for one) and capacity (the space's bulkhead, and the node's room kept for hosts).
+fn admit_listener(
+    hub: &Hub,
+    space: &Space,
+    head: &Head,
+    peer: SocketAddr,
+) -> Result<(), (u16, &'static str, String)> {
+    let shield = &hub.shield;
+    let configured = crate::shield::Shield::load_access(&space.shield.access);
+    let (access, _) = shield.effective_access(configured, space.shield.difficulty.load(Relaxed));
+    if access != Access::Open {
+        let now = now_us();
+        let ip = shield.source_ip(peer.ip(), head.header("x-forwarded-for"));
+        let id = space.info.lock().expect("space lock").id.clone();
+        let token = query_param(head.query.as_deref(), "ticket").unwrap_or("");
+        if let Err(e) = Ticket::verify(&shield.signer, token, &id, ip, now / 1_000_000) {
+            shield.offence(ip, "ticket", now);
+            let why = if token.is_empty() {
+                "this space needs a ticket: POST /api/spaces/{id}/join".to_owned()
+            } else {
+                e.to_string()
+            };
+            return Err((403, "Forbidden", format!("{why}\n")));
+        }
+    }
+    if space.counters.listeners() as usize >= hub.config.max_listeners_per_space {
+        shield.counters.refuse("space_full");
+        return Err((
+            503,
+            "Service Unavailable",
+            "this space is full: try again shortly\n".into(),
+        ));
+    }
+    let node_room = hub
+        .config
+        .max_connections
+        .saturating_sub(hub.config.ingest_reserve);
+    if hub.total_listeners() as usize >= node_room {
+        shield.counters.refuse("node_full");
+        return Err((
+            503,
+            "Service Unavailable",
+            "this node is full: try again shortly\n".into(),
+        ));
+    }
+    Ok(())
 }

@@ -6,6 +6,7 @@
 
 use crate::config::Config;
 use crate::metrics::SpaceCounters;
+use crate::shield::{Access, Shield, SpaceShield};
 use bytes::Bytes;
 use levee_core::packager::{AudioPacket, Chunk, Packager};
 use levee_core::ring::{Read, Ring};
@@ -225,6 +226,8 @@ pub struct Space {
     pub track: Track,
     /// Its counters.
     pub counters: SpaceCounters,
+    /// Its access, waiting room and escalation.
+    pub shield: SpaceShield,
 }
 
 impl Space {
@@ -260,6 +263,8 @@ pub struct Hub {
     spaces: RwLock<HashMap<String, Arc<Space>>>,
     /// Node-wide counters.
     pub node: crate::metrics::NodeCounters,
+    /// Per-source limits, bans, tickets and escalation.
+    pub shield: Shield,
 }
 
 fn random<const N: usize>() -> [u8; N] {
@@ -271,15 +276,23 @@ fn random<const N: usize>() -> [u8; N] {
 impl Hub {
     /// An empty hub.
     pub fn new(config: Config) -> Arc<Self> {
+        let shield = Shield::new(config.shield.clone());
         Arc::new(Hub {
             config,
             spaces: RwLock::new(HashMap::new()),
             node: Default::default(),
+            shield,
         })
     }
 
-    /// Creates a space; `id` overrides the random identifier (used for the demo space).
-    pub fn create(&self, req: NewSpace, id: Option<&str>) -> Result<Arc<Space>, CreateError> {
+    /// Creates a space with `access`; `id` overrides the random identifier (the demo space).
+    pub fn create(
+        &self,
+        req: NewSpace,
+        access: Access,
+        id: Option<&str>,
+    ) -> Result<Arc<Space>, CreateError> {
+        let start_us = req.scheduled_start.map(|s| s.saturating_mul(1_000_000));
         let mut info = SpaceInfo::new(req, random(), random(), now_us() / 1_000_000);
         if let Some(id) = id {
             info.id = id.to_owned();
@@ -313,6 +326,7 @@ impl Hub {
             info: Mutex::new(info.clone()),
             track,
             counters: SpaceCounters::default(),
+            shield: SpaceShield::new(&self.config.shield, access, start_us),
         });
         spaces.insert(info.id, space.clone());
         Ok(space)

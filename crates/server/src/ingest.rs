@@ -10,7 +10,7 @@ use crate::front::{respond, Head};
 use crate::hub::{now_us, Hub, Space};
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
-use levee_core::ingest::{single_packet, IngestError, OggIngest, Pacer};
+use levee_core::ingest::{single_packet, IngestError, MinRate, OggIngest, Pacer};
 use levee_core::packager::AudioPacket;
 use levee_core::space::SpaceState;
 use levee_core::wire::{self, WireMessage};
@@ -21,6 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// Window over which a source's delivery rate is judged.
+pub const MIN_RATE_WINDOW_US: u64 = 10_000_000;
 
 /// Bytes read from a source per read call.
 pub const READ_CHUNK: usize = 16 * 1024;
@@ -37,6 +40,14 @@ fn basic_password(header: Option<&str>) -> Option<String> {
         .ok()?;
     let text = String::from_utf8(decoded).ok()?;
     text.split_once(':').map(|(_, p)| p.to_owned())
+}
+
+fn too_slow(ratio: f64) -> String {
+    format!(
+        "source delivered {:.0}% of real time over {} s; dropped (a source must keep up with its own audio)\n",
+        ratio * 100.0,
+        MIN_RATE_WINDOW_US / 1_000_000
+    )
 }
 
 fn status_for(e: &IngestError) -> (u16, &'static str) {
@@ -154,6 +165,7 @@ pub async fn icecast(
 
     let mut ingest = OggIngest::new();
     let mut pacer = Pacer::new(now_us(), hub.config.source_burst.as_micros() as u64);
+    let mut min_rate = MinRate::new(now_us(), MIN_RATE_WINDOW_US, hub.config.min_source_realtime);
     let mut packets = Vec::new();
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut first = Some(rest);
@@ -212,6 +224,10 @@ pub async fn icecast(
         }
         if !publish(&hub, &space, &mut packets) {
             break Err((410, "Gone", "this space has ended\n".into()));
+        }
+        if let Err(ratio) = min_rate.record(samples, now_us()) {
+            hub.node.ingest_errors.inc("idle");
+            break Err((408, "Request Timeout", too_slow(ratio)));
         }
         let wait = pacer.ahead_us(samples, now_us());
         if wait > 0 {
@@ -322,6 +338,7 @@ pub async fn websocket(
     let id = space.snapshot().id;
     tracing::info!(space = %id, %peer, "websocket source connected");
     let mut pacer = Pacer::new(now_us(), cfg.source_burst.as_micros() as u64);
+    let mut min_rate = MinRate::new(now_us(), MIN_RATE_WINDOW_US, cfg.min_source_realtime);
     let mut packets = Vec::new();
     let end: Option<(u16, String)> = loop {
         let msg = match next_message(&mut stream, &mut dec, &mut buf, cfg.source_idle_timeout).await
@@ -375,7 +392,13 @@ pub async fn websocket(
                 continue;
             }
             Message::Close(..) => break Some((wsframe::CLOSE_NORMAL, String::new())),
-            Message::Text(_) | Message::Pong => continue,
+            Message::Text(_) | Message::Pong => {
+                if let Err(ratio) = min_rate.record(0, now_us()) {
+                    hub.node.ingest_errors.inc("idle");
+                    break Some((wsframe::CLOSE_POLICY, too_slow(ratio)));
+                }
+                continue;
+            }
         };
         match packet {
             Ok(p) => {
@@ -384,6 +407,10 @@ pub async fn websocket(
                 packets.push(p);
                 if !publish(&hub, &space, &mut packets) {
                     break Some((wsframe::CLOSE_GOING_AWAY, "this space has ended".into()));
+                }
+                if let Err(ratio) = min_rate.record(samples, now_us()) {
+                    hub.node.ingest_errors.inc("idle");
+                    break Some((wsframe::CLOSE_POLICY, too_slow(ratio)));
                 }
                 let wait = pacer.ahead_us(samples, now_us());
                 if wait > 0 {

@@ -10,8 +10,10 @@ pub mod demo;
 pub mod front;
 pub mod hub;
 pub mod ingest;
+pub mod join;
 pub mod listen;
 pub mod metrics;
+pub mod shield;
 pub mod web;
 
 pub use config::Config;
@@ -51,11 +53,35 @@ impl Server {
         let hub = Hub::new(config);
         let router = api::router(hub.clone());
         let task = tokio::spawn(front::accept_loop(listener, hub.clone(), router));
+        tokio::spawn(shield_ticker(hub.clone()));
         Ok(Server { addr, hub, task })
+    }
+
+    /// Stops accepting and ends background tasks.
+    pub fn abort(&self) {
+        self.task.abort();
     }
 
     /// Serves until the accept loop ends.
     pub async fn wait(self) {
         let _ = self.task.await;
+    }
+}
+
+/// Feeds the shield's escalation once a second, node-wide and per space.
+async fn shield_ticker(hub: Arc<Hub>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let now = hub::now_us();
+        let connections = hub
+            .node
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed);
+        hub.shield.tick(connections, now);
+        for space in hub.list() {
+            space.shield.tick(now);
+        }
     }
 }

@@ -194,6 +194,78 @@ pub fn render(hub: &Hub) -> String {
             }
         }
     }
+    let sc = &hub.shield.counters;
+    let _ = writeln!(out, "# HELP levee_shield_refused_total Requests and connections the shield refused, by reason.\n# TYPE levee_shield_refused_total counter");
+    for (i, r) in crate::shield::REFUSALS.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "levee_shield_refused_total{{reason=\"{r}\"}} {}",
+            sc.refused[i].load(Relaxed)
+        );
+    }
+    scalar(
+        &mut out,
+        "levee_join_requests_total",
+        "counter",
+        "Join requests received.",
+        sc.join_requests.load(Relaxed),
+    );
+    scalar(
+        &mut out,
+        "levee_tickets_issued_total",
+        "counter",
+        "Join tickets issued.",
+        sc.tickets.load(Relaxed),
+    );
+    scalar(
+        &mut out,
+        "levee_join_queued_total",
+        "counter",
+        "Join answers that gave a place in line.",
+        sc.queued.load(Relaxed),
+    );
+    scalar(
+        &mut out,
+        "levee_challenges_issued_total",
+        "counter",
+        "Proof-of-work challenges handed out.",
+        sc.challenges.load(Relaxed),
+    );
+    scalar(
+        &mut out,
+        "levee_bans_total",
+        "counter",
+        "Automatic bans imposed.",
+        sc.bans.load(Relaxed),
+    );
+    scalar(
+        &mut out,
+        "levee_node_challenge_difficulty",
+        "gauge",
+        "Node-wide proof-of-work difficulty in force (0 = none).",
+        hub.shield.node_difficulty() as u64,
+    );
+    let _ = writeln!(out, "# HELP levee_challenge_difficulty Proof-of-work difficulty a space's escalation asks for.\n# TYPE levee_challenge_difficulty gauge");
+    for sp in &spaces {
+        let _ = writeln!(
+            out,
+            "levee_challenge_difficulty{{space=\"{}\"}} {}",
+            sp.snapshot().id,
+            sp.shield.difficulty.load(Relaxed)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP levee_queue_waiting Callers in a space's line.\n# TYPE levee_queue_waiting gauge"
+    );
+    for sp in &spaces {
+        let _ = writeln!(
+            out,
+            "levee_queue_waiting{{space=\"{}\"}} {}",
+            sp.snapshot().id,
+            sp.shield.line.lock().expect("line lock").waiting()
+        );
+    }
     type Scalar = fn(&crate::metrics::SpaceCounters) -> &AtomicU64;
     let per_space: [(&str, &str, Scalar); 3] = [
         (

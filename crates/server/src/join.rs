@@ -1,0 +1,487 @@
+//! The join API (`POST /api/spaces/{id}/join`) and the admin API of the shield.
+//!
+//! A join answers within one request, whatever the load: `200` with a ticket and stream URLs,
+//! `202` with a place in line, `401` with a proof-of-work challenge (under attack), `429` when
+//! the caller asks too fast, `503` when the line is full. Each answer says when to ask again.
+//! See `docs/protocol.md`.
+
+use crate::api::{base_url, error, Peer};
+use crate::hub::{now_us, Hub};
+use crate::shield::{random_u64, random_unit, Refusal, Shield, REFUSALS};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use bytes::Bytes;
+use levee_core::admission::Decision;
+use levee_core::source::{wide_prefix, Cidr};
+use levee_core::space::SpaceState;
+use levee_core::ticket::{Challenge, QueueToken, Ticket};
+use serde::Deserialize;
+use serde_json::json;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct JoinReq {
+    /// The token of a place in line, when asking again.
+    #[serde(default)]
+    queue_token: Option<String>,
+    /// A solved challenge.
+    #[serde(default)]
+    pow: Option<Pow>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Pow {
+    seed: String,
+    nonce: u64,
+}
+
+fn with_retry_after(mut resp: Response, ms: u64) -> Response {
+    let secs = ms.div_ceil(1000).max(1);
+    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    resp
+}
+
+fn challenge(hub: &Hub, space: &str, ip: IpAddr, difficulty: u8, why: &str) -> Response {
+    let now = now_us();
+    let cfg = &hub.shield.cfg;
+    let c = Challenge {
+        space: space.to_owned(),
+        difficulty,
+        expires_s: now / 1_000_000 + cfg.challenge_ttl_s,
+        prefix: cfg.bind_to_prefix.then(|| wide_prefix(ip)),
+        salt: random_u64(),
+    };
+    hub.shield.counters.challenges.fetch_add(1, Relaxed);
+    let seed = c.sign(&hub.shield.signer, now / 1_000_000);
+    let mut resp = (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({
+            "error": why,
+            "challenge": {
+                "seed": seed,
+                "difficulty": difficulty,
+                "algorithm": "sha256(seed + decimal nonce) with `difficulty` leading zero bits",
+                "expires_in_s": cfg.challenge_ttl_s,
+            }
+        })),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("PoW difficulty={difficulty}")) {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    resp
+}
+
+/// `POST /api/spaces/{id}/join`.
+pub(crate) async fn join(
+    State(hub): State<Arc<Hub>>,
+    Path(id): Path<String>,
+    Extension(Peer(peer)): Extension<Peer>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let now = now_us();
+    let now_s = now / 1_000_000;
+    let shield = &hub.shield;
+    let ip = shield.source_ip(
+        peer.ip(),
+        headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
+    );
+    let Some(space) = hub.get(&id) else {
+        return error(StatusCode::NOT_FOUND, format!("no space '{id}'"));
+    };
+    let ss = &space.shield;
+    ss.join_requests.fetch_add(1, Relaxed);
+    if let Err(r) = shield.admit_join(ip, now) {
+        ss.join_refused.fetch_add(1, Relaxed);
+        let (status, msg) = match r {
+            Refusal::Banned => (StatusCode::FORBIDDEN, "this network is temporarily banned"),
+            _ => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many join requests from this network: slow down",
+            ),
+        };
+        let retry = 2_000 + (random_unit() * 3_000.0) as u64;
+        return with_retry_after(
+            (
+                status,
+                Json(json!({ "error": msg, "retry_after_ms": retry })),
+            )
+                .into_response(),
+            retry,
+        );
+    }
+    if space.state() == SpaceState::Ended {
+        shield.counters.refuse("space_ended");
+        return error(StatusCode::GONE, "this space has ended");
+    }
+    let req: JoinReq = if body.iter().all(u8::is_ascii_whitespace) {
+        JoinReq::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid join request: {e}"),
+                )
+            }
+        }
+    };
+    let configured = Shield::load_access(&ss.access);
+    let (access, difficulty) = shield.effective_access(configured, ss.difficulty.load(Relaxed));
+    let listeners = space.counters.listeners();
+
+    let (decision, listener) = match &req.queue_token {
+        Some(token) => match QueueToken::verify(&shield.signer, token, &id, now_s) {
+            Ok(q) => {
+                let d = ss.line.lock().expect("line lock").recheck(
+                    q.number,
+                    now,
+                    listeners,
+                    random_unit(),
+                );
+                (d, q.listener)
+            }
+            Err(e) => {
+                ss.join_refused.fetch_add(1, Relaxed);
+                shield.offence(ip, "ticket", now);
+                return error(StatusCode::FORBIDDEN, format!("queue token refused: {e}"));
+            }
+        },
+        None => {
+            // Entering the line: under pressure, pay with work first.
+            if difficulty > 0 {
+                match &req.pow {
+                    None => {
+                        return challenge(&hub, &id, ip, difficulty, "solve this challenge to join")
+                    }
+                    Some(p) => match Challenge::verify_solution(
+                        &shield.signer,
+                        &p.seed,
+                        p.nonce,
+                        &id,
+                        ip,
+                        now_s,
+                    ) {
+                        Ok(c) if c.difficulty >= difficulty => {
+                            if !shield.spend_challenge(&p.seed, now) {
+                                ss.join_refused.fetch_add(1, Relaxed);
+                                shield.offence(ip, "challenge", now);
+                                return challenge(
+                                    &hub,
+                                    &id,
+                                    ip,
+                                    difficulty,
+                                    "that challenge was already used",
+                                );
+                            }
+                        }
+                        Ok(_) => {
+                            return challenge(
+                                &hub,
+                                &id,
+                                ip,
+                                difficulty,
+                                "the difficulty rose: solve this one",
+                            )
+                        }
+                        Err(e) => {
+                            ss.join_refused.fetch_add(1, Relaxed);
+                            shield.offence(ip, "challenge", now);
+                            return challenge(
+                                &hub,
+                                &id,
+                                ip,
+                                difficulty,
+                                &format!("challenge refused: {e}"),
+                            );
+                        }
+                    },
+                }
+            }
+            let draw = random_u64() as u32;
+            let d = ss
+                .line
+                .lock()
+                .expect("line lock")
+                .arrive(now, listeners, draw, random_unit());
+            (d, random_u64())
+        }
+    };
+    let cfg = &shield.cfg;
+    match decision {
+        Decision::Admit => {
+            let ticket = Ticket {
+                space: id.clone(),
+                listener,
+                expires_s: now_s + cfg.ticket_ttl_s,
+                prefix: cfg.bind_to_prefix.then(|| wide_prefix(ip)),
+            }
+            .sign(&shield.signer, now_s);
+            shield.counters.tickets.fetch_add(1, Relaxed);
+            let (base, _) = base_url(&hub, &headers);
+            let ws_base = base.replacen("http", "ws", 1);
+            Json(json!({
+                "ticket": ticket,
+                "expires_in_s": cfg.ticket_ttl_s,
+                "access": access.as_str(),
+                "urls": {
+                    "ogg": format!("{base}/live/{id}.ogg?ticket={ticket}"),
+                    "ws": format!("{ws_base}/live/{id}/ws?ticket={ticket}"),
+                },
+            }))
+            .into_response()
+        }
+        Decision::Wait {
+            number,
+            position,
+            eta_ms,
+            retry_after_ms,
+        } => {
+            let token = QueueToken {
+                space: id.clone(),
+                number,
+                listener,
+                expires_s: now_s + cfg.queue_token_ttl_s,
+            }
+            .sign(&shield.signer, now_s);
+            shield.counters.queued.fetch_add(1, Relaxed);
+            let body = json!({
+                "queue": {
+                    "position": position,
+                    "eta_ms": eta_ms,
+                    "retry_after_ms": retry_after_ms,
+                    "token": token,
+                }
+            });
+            with_retry_after(
+                (StatusCode::ACCEPTED, Json(body)).into_response(),
+                retry_after_ms,
+            )
+        }
+        Decision::Full { retry_after_ms } => {
+            shield.counters.refuse("line_full");
+            let body = json!({
+                "error": "the line for this space is full",
+                "retry_after_ms": retry_after_ms,
+            });
+            with_retry_after(
+                (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response(),
+                retry_after_ms,
+            )
+        }
+    }
+}
+
+fn admin(hub: &Hub, headers: &HeaderMap) -> Result<(), Response> {
+    let key = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "));
+    match key {
+        None => Err(error(
+            StatusCode::UNAUTHORIZED,
+            "the admin API needs Authorization: Bearer <admin key>",
+        )),
+        Some(k)
+            if levee_core::space::constant_time_eq(
+                k.trim().as_bytes(),
+                hub.shield.cfg.admin_key.as_bytes(),
+            ) =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(error(StatusCode::FORBIDDEN, "wrong admin key")),
+    }
+}
+
+/// `GET /api/admin/shield`: escalation and counters.
+pub(crate) async fn shield_status(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
+    if let Err(r) = admin(&hub, &headers) {
+        return r;
+    }
+    let c = &hub.shield.counters;
+    let refused: serde_json::Map<String, serde_json::Value> = REFUSALS
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.to_string(), json!(c.refused[i].load(Relaxed))))
+        .collect();
+    let spaces: Vec<_> = hub
+        .list()
+        .iter()
+        .map(|s| {
+            json!({
+                "id": s.snapshot().id,
+                "access": Shield::load_access(&s.shield.access).as_str(),
+                "difficulty": s.shield.difficulty.load(Relaxed),
+                "queue_waiting": s.shield.line.lock().expect("line lock").waiting(),
+            })
+        })
+        .collect();
+    Json(json!({
+        "node_difficulty": hub.shield.node_difficulty(),
+        "refused": refused,
+        "join_requests": c.join_requests.load(Relaxed),
+        "tickets": c.tickets.load(Relaxed),
+        "queued": c.queued.load(Relaxed),
+        "challenges": c.challenges.load(Relaxed),
+        "bans_imposed": c.bans.load(Relaxed),
+        "limiter_bytes": hub.shield.sketch_bytes(),
+        "spaces": spaces,
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BanReq {
+    cidr: String,
+    #[serde(default)]
+    seconds: Option<u64>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct CidrQuery {
+    cidr: String,
+}
+
+fn parse_cidr(s: &str) -> Result<Cidr, Response> {
+    Cidr::parse(s).map_err(|e| error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))
+}
+
+/// `GET /api/admin/bans`.
+pub(crate) async fn list_bans(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
+    if let Err(r) = admin(&hub, &headers) {
+        return r;
+    }
+    let now = now_us();
+    let bans: Vec<_> = hub
+        .shield
+        .bans(now)
+        .into_iter()
+        .map(|b| {
+            json!({
+                "cidr": b.cidr.to_string(),
+                "remaining_s": b.until_us.saturating_sub(now).div_ceil(1_000_000),
+                "repeat": b.count,
+                "manual": b.manual,
+            })
+        })
+        .collect();
+    Json(json!({ "bans": bans })).into_response()
+}
+
+/// `POST /api/admin/bans` `{"cidr": "...", "seconds": N}` (default one hour).
+pub(crate) async fn add_ban(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    body: Result<Json<BanReq>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Err(r) = admin(&hub, &headers) {
+        return r;
+    }
+    let req = match body {
+        Ok(Json(r)) => r,
+        Err(rej) => return error(rej.status(), rej.body_text()),
+    };
+    let cidr = match parse_cidr(&req.cidr) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let secs = req.seconds.unwrap_or(3_600).min(30 * 86_400);
+    hub.shield.ban(cidr, secs, now_us());
+    tracing::warn!(%cidr, seconds = secs, "operator banned a network");
+    (
+        StatusCode::CREATED,
+        Json(json!({ "cidr": cidr.to_string(), "remaining_s": secs })),
+    )
+        .into_response()
+}
+
+/// `DELETE /api/admin/bans?cidr=...`.
+pub(crate) async fn remove_ban(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Query(q): Query<CidrQuery>,
+) -> Response {
+    if let Err(r) = admin(&hub, &headers) {
+        return r;
+    }
+    match parse_cidr(&q.cidr) {
+        Ok(c) if hub.shield.unban(c) => {
+            Json(json!({ "cidr": c.to_string(), "banned": false })).into_response()
+        }
+        Ok(c) => error(StatusCode::NOT_FOUND, format!("{c} is not banned")),
+        Err(r) => r,
+    }
+}
+
+/// `GET /api/admin/allow`.
+pub(crate) async fn list_allow(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
+    if let Err(r) = admin(&hub, &headers) {
+        return r;
+    }
+    let list: Vec<String> = hub.shield.allowlist().iter().map(Cidr::to_string).collect();
+    Json(json!({ "allow": list })).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AllowReq {
+    cidr: String,
+}
+
+/// `POST /api/admin/allow` `{"cidr": "..."}`.
+pub(crate) async fn add_allow(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    body: Result<Json<AllowReq>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Err(r) = admin(&hub, &headers) {
+        return r;
+    }
+    let req = match body {
+        Ok(Json(r)) => r,
+        Err(rej) => return error(rej.status(), rej.body_text()),
+    };
+    match parse_cidr(&req.cidr) {
+        Ok(c) if hub.shield.allow(c) => {
+            (StatusCode::CREATED, Json(json!({ "cidr": c.to_string() }))).into_response()
+        }
+        Ok(_) => error(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "the allowlist holds its maximum of 4,096 entries",
+        ),
+        Err(r) => r,
+    }
+}
+
+/// `DELETE /api/admin/allow?cidr=...`.
+pub(crate) async fn remove_allow(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Query(q): Query<CidrQuery>,
+) -> Response {
+    if let Err(r) = admin(&hub, &headers) {
+        return r;
+    }
+    match parse_cidr(&q.cidr) {
+        Ok(c) if hub.shield.disallow(c) => {
+            Json(json!({ "cidr": c.to_string(), "allowed": false })).into_response()
+        }
+        Ok(c) => error(
+            StatusCode::NOT_FOUND,
+            format!("{c} is not on the allowlist"),
+        ),
+        Err(r) => r,
+    }
+}

@@ -1,0 +1,861 @@
+//! The shield in front of every endpoint: per-source limits, bans, the join API's admission
+//! and tickets, and escalation to proof-of-work under pressure.
+//!
+//! Cost model: a refusal at accept is a few atomic adds and a close; a refused join is a
+//! sketch lookup and a small JSON answer; a refused ticket is one HMAC. None of them allocates
+//! per-source state: limiter memory is fixed at start (count-min sketches), bans are a bounded
+//! map, and the waiting room is two counters per space.
+
+use crate::hub::now_us;
+use levee_core::admission::LineConfig;
+use levee_core::pressure::{Pressure, PressureConfig, Signals};
+use levee_core::sketch::{CountMin, RateSketch, DEPTH};
+use levee_core::source::{self, Cidr, SourceKey};
+use levee_core::ticket::Signer;
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::{Mutex, RwLock};
+use std::time::Duration;
+
+/// How a space's stream endpoints admit listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Access {
+    /// Anyone may connect; the join API is optional.
+    Open = 0,
+    /// A ticket from the join API is required.
+    Ticketed = 1,
+    /// A ticket is required and the join API demands proof of work.
+    Challenge = 2,
+}
+
+impl Access {
+    /// Name used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Open => "open",
+            Access::Ticketed => "ticketed",
+            Access::Challenge => "challenge",
+        }
+    }
+    /// Parses an API name.
+    pub fn parse(s: &str) -> Option<Access> {
+        match s {
+            "open" => Some(Access::Open),
+            "ticketed" => Some(Access::Ticketed),
+            "challenge" => Some(Access::Challenge),
+            _ => None,
+        }
+    }
+    fn from_u8(v: u8) -> Access {
+        match v {
+            0 => Access::Open,
+            1 => Access::Ticketed,
+            _ => Access::Challenge,
+        }
+    }
+}
+
+/// Shield settings; every limit is named here with its default.
+#[derive(Debug, Clone)]
+pub struct ShieldConfig {
+    /// Secret from which ticket keys derive; nodes sharing it verify each other's tickets.
+    pub secret: Vec<u8>,
+    /// Key rotation period, s (tokens of the current and previous period verify).
+    pub key_period_s: u64,
+    /// How long a ticket may be used to open a stream, s.
+    pub ticket_ttl_s: u64,
+    /// How long a place in line is honoured, s.
+    pub queue_token_ttl_s: u64,
+    /// How long a challenge may be solved, s.
+    pub challenge_ttl_s: u64,
+    /// Bind tickets and challenges to the caller's /24 (IPv4) or /48 (IPv6).
+    pub bind_to_prefix: bool,
+    /// Open connections per address.
+    pub max_conns_per_ip: i32,
+    /// Open connections per /24 or /48.
+    pub max_conns_per_prefix: i32,
+    /// New connections per second per address.
+    pub conn_rate_per_ip: f64,
+    /// New connections per second per /24 or /48.
+    pub conn_rate_per_prefix: f64,
+    /// Join requests per second per address.
+    pub join_rate_per_ip: f64,
+    /// Join requests per second per /24 or /48.
+    pub join_rate_per_prefix: f64,
+    /// Refusals within 10 s that get an address banned.
+    pub strikes_to_ban: f64,
+    /// First ban; each repeat doubles it.
+    pub ban_base: Duration,
+    /// Longest automatic ban.
+    pub ban_max: Duration,
+    /// Bans held at most (the earliest to expire is dropped first).
+    pub max_bans: usize,
+    /// Sources exempt from limits and bans.
+    pub allow: Vec<Cidr>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Bearer key of the admin API.
+    pub admin_key: String,
+    /// Each space's waiting room.
+    pub line: LineConfig,
+    /// Escalation thresholds of a space.
+    pub space_pressure: PressureConfig,
+    /// Escalation thresholds of the node.
+    pub node_pressure: PressureConfig,
+    /// Counters per sketch row (memory: 4 rows × 4 B × width per sketch).
+    pub sketch_width: usize,
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b).expect("the OS random source works");
+    b
+}
+
+/// A random u64.
+pub fn random_u64() -> u64 {
+    u64::from_le_bytes(random_bytes())
+}
+
+/// A random f64 in [0, 1).
+pub fn random_unit() -> f64 {
+    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+impl Default for ShieldConfig {
+    fn default() -> Self {
+        ShieldConfig {
+            secret: random_bytes::<32>().to_vec(),
+            key_period_s: 600,
+            ticket_ttl_s: 60,
+            queue_token_ttl_s: 900,
+            challenge_ttl_s: 120,
+            bind_to_prefix: true,
+            max_conns_per_ip: 256,
+            max_conns_per_prefix: 4_096,
+            conn_rate_per_ip: 100.0,
+            conn_rate_per_prefix: 2_000.0,
+            join_rate_per_ip: 20.0,
+            join_rate_per_prefix: 1_000.0,
+            strikes_to_ban: 200.0,
+            ban_base: Duration::from_secs(30),
+            ban_max: Duration::from_secs(3_600),
+            max_bans: 65_536,
+            allow: vec![
+                Cidr::parse("127.0.0.1/32").expect("valid"),
+                Cidr::parse("::1/128").expect("valid"),
+            ],
+            trusted_proxies: Vec::new(),
+            admin_key: random_bytes::<16>()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+            line: LineConfig::default(),
+            space_pressure: PressureConfig::default(),
+            node_pressure: PressureConfig {
+                join_rate_high: 20_000.0,
+                cpu_high: 1.8,
+                ..PressureConfig::default()
+            },
+            sketch_width: 32_768,
+        }
+    }
+}
+
+/// Why the shield refused something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The source is banned.
+    Banned,
+    /// Too many open connections from the address or its network.
+    ConnLimit,
+    /// Connecting too fast.
+    ConnRate,
+    /// Asking to join too fast.
+    JoinRate,
+}
+
+impl Refusal {
+    /// Label used in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::Banned => "banned",
+            Refusal::ConnLimit => "conn_limit",
+            Refusal::ConnRate => "conn_rate",
+            Refusal::JoinRate => "join_rate",
+        }
+    }
+}
+
+/// Labels of [`ShieldCounters::refused`].
+pub const REFUSALS: [&str; 10] = [
+    "banned",
+    "conn_limit",
+    "conn_rate",
+    "join_rate",
+    "ticket",
+    "challenge",
+    "line_full",
+    "space_full",
+    "node_full",
+    "space_ended",
+];
+
+/// Shield counters.
+#[derive(Debug, Default)]
+pub struct ShieldCounters {
+    /// Refusals by reason ([`REFUSALS`]).
+    pub refused: [AtomicU64; REFUSALS.len()],
+    /// Join requests received.
+    pub join_requests: AtomicU64,
+    /// Tickets issued.
+    pub tickets: AtomicU64,
+    /// Callers told to wait in line.
+    pub queued: AtomicU64,
+    /// Challenges handed out.
+    pub challenges: AtomicU64,
+    /// Automatic bans imposed.
+    pub bans: AtomicU64,
+}
+
+impl ShieldCounters {
+    /// Counts a refusal.
+    pub fn refuse(&self, label: &str) {
+        if let Some(i) = REFUSALS.iter().position(|r| *r == label) {
+            self.refused[i].fetch_add(1, Relaxed);
+        }
+    }
+    fn total_refused(&self) -> u64 {
+        self.refused.iter().map(|a| a.load(Relaxed)).sum()
+    }
+}
+
+/// A ban in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ban {
+    /// What is banned.
+    pub cidr: Cidr,
+    /// Until when, µs since the Unix epoch.
+    pub until_us: u64,
+    /// How many times this block was banned automatically.
+    pub count: u32,
+    /// Set by an operator rather than by the limiter.
+    pub manual: bool,
+}
+
+#[derive(Debug, Default)]
+struct Bans {
+    by_cidr: HashMap<Cidr, Ban>,
+    by_expiry: BTreeSet<(u64, Cidr)>,
+    /// Repeat counts of expired automatic bans, so that the next ban is longer (bounded too).
+    history: HashMap<Cidr, u32>,
+}
+
+impl Bans {
+    fn insert(&mut self, ban: Ban, max: usize) {
+        if let Some(old) = self.by_cidr.insert(ban.cidr, ban) {
+            self.by_expiry.remove(&(old.until_us, old.cidr));
+        }
+        self.by_expiry.insert((ban.until_us, ban.cidr));
+        while self.by_cidr.len() > max {
+            if let Some(first) = self.by_expiry.pop_first() {
+                self.by_cidr.remove(&first.1);
+            }
+        }
+        if self.history.len() > max {
+            self.history.clear();
+        }
+    }
+
+    fn remove(&mut self, cidr: Cidr) -> bool {
+        match self.by_cidr.remove(&cidr) {
+            Some(b) => {
+                self.by_expiry.remove(&(b.until_us, b.cidr));
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn expire(&mut self, now_us: u64) {
+        while let Some(&(until, cidr)) = self.by_expiry.first() {
+            if until > now_us {
+                break;
+            }
+            self.by_expiry.pop_first();
+            if let Some(b) = self.by_cidr.remove(&cidr) {
+                if !b.manual {
+                    self.history.insert(cidr, b.count);
+                }
+            }
+        }
+    }
+
+    fn find(&self, ip: IpAddr) -> Option<Ban> {
+        if self.by_cidr.is_empty() {
+            return None;
+        }
+        let ip = source::canonical(ip);
+        let lens: &[u8] = if ip.is_ipv4() {
+            &[32, 24, 16, 8]
+        } else {
+            &[128, 64, 48, 32]
+        };
+        lens.iter()
+            .find_map(|&l| self.by_cidr.get(&Cidr::new(ip, l)).copied())
+            .or_else(|| self.by_cidr.values().find(|b| b.cidr.contains(ip)).copied())
+    }
+}
+
+/// Node-wide escalation and the signals that drive it.
+#[derive(Debug)]
+struct NodeState {
+    pressure: Pressure,
+    last_joins: u64,
+    last_refused: u64,
+    last_connections: u64,
+    last_cpu_ticks: u64,
+    last_us: u64,
+}
+
+/// The node's shield. See the module docs.
+pub struct Shield {
+    /// Settings in force.
+    pub cfg: ShieldConfig,
+    /// Signs and verifies tickets, queue tokens and challenges.
+    pub signer: Signer,
+    /// Counters.
+    pub counters: ShieldCounters,
+    conns: CountMin,
+    conn_rate: RateSketch,
+    join_rate: RateSketch,
+    strikes: RateSketch,
+    spent: RateSketch,
+    bans: Mutex<Bans>,
+    allow: RwLock<Vec<Cidr>>,
+    node: Mutex<NodeState>,
+    node_difficulty: AtomicU8,
+}
+
+/// A connection's place in the per-source counts (`None` for exempt sources); give it back
+/// with [`Shield::release_connection`].
+pub type ConnKeys = Option<(SourceKey, SourceKey)>;
+
+fn cpu_ticks() -> u64 {
+    // utime + stime of this process, in clock ticks (fields 14 and 15 of /proc/self/stat).
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1.to_owned();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
+}
+
+impl Shield {
+    /// A shield with fresh random sketch seeds.
+    pub fn new(cfg: ShieldConfig) -> Self {
+        let now = now_us();
+        let seeds = || -> [u64; DEPTH] { std::array::from_fn(|_| random_u64()) };
+        let w = cfg.sketch_width;
+        Shield {
+            signer: Signer::new(&cfg.secret, cfg.key_period_s),
+            counters: ShieldCounters::default(),
+            conns: CountMin::new(w, seeds()),
+            conn_rate: RateSketch::new(w, 1_000_000, seeds(), now),
+            join_rate: RateSketch::new(w, 1_000_000, seeds(), now),
+            strikes: RateSketch::new(w, 10_000_000, seeds(), now),
+            spent: RateSketch::new(w, cfg.challenge_ttl_s * 1_000_000, seeds(), now),
+            bans: Mutex::new(Bans::default()),
+            allow: RwLock::new(cfg.allow.clone()),
+            node: Mutex::new(NodeState {
+                pressure: Pressure::new(cfg.node_pressure.clone()),
+                last_joins: 0,
+                last_refused: 0,
+                last_connections: 0,
+                last_cpu_ticks: cpu_ticks(),
+                last_us: now,
+            }),
+            node_difficulty: AtomicU8::new(0),
+            cfg,
+        }
+    }
+
+    /// Bytes of fixed limiter state (it never grows).
+    pub fn sketch_bytes(&self) -> usize {
+        self.conns.bytes()
+            + self.conn_rate.bytes()
+            + self.join_rate.bytes()
+            + self.strikes.bytes()
+            + self.spent.bytes()
+    }
+
+    /// True when `ip` is on the allowlist.
+    pub fn allowed(&self, ip: IpAddr) -> bool {
+        self.allow
+            .read()
+            .expect("allow lock")
+            .iter()
+            .any(|c| c.contains(ip))
+    }
+
+    /// The source of a request: the socket's address, or, from a trusted proxy, the last
+    /// untrusted address of `X-Forwarded-For`.
+    pub fn source_ip(&self, peer: IpAddr, forwarded_for: Option<&str>) -> IpAddr {
+        let trusted = |ip: IpAddr| self.cfg.trusted_proxies.iter().any(|c| c.contains(ip));
+        if !trusted(peer) {
+            return peer;
+        }
+        forwarded_for
+            .into_iter()
+            .flat_map(|h| h.rsplit(','))
+            .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+            .find(|ip| !trusted(*ip))
+            .unwrap_or(peer)
+    }
+
+    /// The ban in force on `ip`, if any.
+    pub fn banned(&self, ip: IpAddr, now: u64) -> Option<Ban> {
+        let mut bans = self.bans.lock().expect("bans lock");
+        bans.expire(now);
+        bans.find(ip)
+    }
+
+    /// Records a refusal of `ip`; bans it (for a doubling time) when it keeps offending.
+    fn strike(&self, ip: IpAddr, now: u64) {
+        let (narrow, _) = source::keys(ip);
+        if self.strikes.observe(narrow, now) < self.cfg.strikes_to_ban {
+            return;
+        }
+        let len = if source::canonical(ip).is_ipv4() {
+            32
+        } else {
+            64
+        };
+        let cidr = Cidr::new(ip, len);
+        let mut bans = self.bans.lock().expect("bans lock");
+        bans.expire(now);
+        if bans.by_cidr.contains_key(&cidr) {
+            return;
+        }
+        let count = bans.history.get(&cidr).copied().unwrap_or(0) + 1;
+        let secs = self
+            .cfg
+            .ban_base
+            .as_secs()
+            .saturating_mul(1 << (count - 1).min(20));
+        let secs = secs.min(self.cfg.ban_max.as_secs());
+        bans.insert(
+            Ban {
+                cidr,
+                until_us: now + secs * 1_000_000,
+                count,
+                manual: false,
+            },
+            self.cfg.max_bans,
+        );
+        self.counters.bans.fetch_add(1, Relaxed);
+        tracing::warn!(%cidr, seconds = secs, repeat = count, "banned a repeat offender");
+    }
+
+    /// Admits a new connection from `peer`, or says why not. Cheap: a few atomic operations.
+    pub fn admit_connection(&self, peer: IpAddr, now: u64) -> Result<ConnKeys, Refusal> {
+        if self.allowed(peer) || self.cfg.trusted_proxies.iter().any(|c| c.contains(peer)) {
+            return Ok(None);
+        }
+        if self.banned(peer, now).is_some() {
+            self.counters.refuse("banned");
+            return Err(Refusal::Banned);
+        }
+        let (narrow, wide) = source::keys(peer);
+        if self.conn_rate.observe(narrow, now) > self.cfg.conn_rate_per_ip
+            || self.conn_rate.observe(wide, now) > self.cfg.conn_rate_per_prefix
+        {
+            self.counters.refuse("conn_rate");
+            self.strike(peer, now);
+            return Err(Refusal::ConnRate);
+        }
+        let n = self.conns.add(narrow, 1);
+        let w = self.conns.add(wide, 1);
+        if n > self.cfg.max_conns_per_ip || w > self.cfg.max_conns_per_prefix {
+            self.release_connection(Some((narrow, wide)));
+            self.counters.refuse("conn_limit");
+            self.strike(peer, now);
+            return Err(Refusal::ConnLimit);
+        }
+        Ok(Some((narrow, wide)))
+    }
+
+    /// Gives back a connection's place in the per-source counts.
+    pub fn release_connection(&self, keys: ConnKeys) {
+        if let Some((narrow, wide)) = keys {
+            self.conns.add(narrow, -1);
+            self.conns.add(wide, -1);
+        }
+    }
+
+    /// Counts a join request from `ip`; refuses it when the source asks too fast.
+    pub fn admit_join(&self, ip: IpAddr, now: u64) -> Result<(), Refusal> {
+        self.counters.join_requests.fetch_add(1, Relaxed);
+        if self.allowed(ip) {
+            return Ok(());
+        }
+        if self.banned(ip, now).is_some() {
+            self.counters.refuse("banned");
+            return Err(Refusal::Banned);
+        }
+        let (narrow, wide) = source::keys(ip);
+        if self.join_rate.observe(narrow, now) > self.cfg.join_rate_per_ip
+            || self.join_rate.observe(wide, now) > self.cfg.join_rate_per_prefix
+        {
+            self.counters.refuse("join_rate");
+            self.strike(ip, now);
+            return Err(Refusal::JoinRate);
+        }
+        Ok(())
+    }
+
+    /// Records a failed ticket or challenge from `ip` (counts toward a ban).
+    pub fn offence(&self, ip: IpAddr, label: &str, now: u64) {
+        self.counters.refuse(label);
+        if !self.allowed(ip) {
+            self.strike(ip, now);
+        }
+    }
+
+    /// Marks a solved challenge as spent; false if it was already used.
+    pub fn spend_challenge(&self, seed: &str, now: u64) -> bool {
+        let h = seed.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        });
+        self.spent.observe(SourceKey(h), now) <= 1.0
+    }
+
+    /// The node-wide difficulty in force (0 = no challenge).
+    pub fn node_difficulty(&self) -> u8 {
+        self.node_difficulty.load(Relaxed)
+    }
+
+    /// Feeds the node's signals (called about once a second).
+    pub fn tick(&self, connections: u64, now: u64) -> Signals {
+        let mut n = self.node.lock().expect("node lock");
+        let dt = (now.saturating_sub(n.last_us) as f64 / 1e6).max(1e-3);
+        let joins = self.counters.join_requests.load(Relaxed);
+        let refused = self.counters.total_refused();
+        let ticks = cpu_ticks();
+        let requests = (joins - n.last_joins) + (connections - n.last_connections);
+        let signals = Signals {
+            join_rate: (joins - n.last_joins) as f64 / dt,
+            reject_ratio: if requests == 0 {
+                0.0
+            } else {
+                ((refused - n.last_refused) as f64 / requests as f64).min(1.0)
+            },
+            // Linux reports 100 clock ticks per second.
+            cpu: ticks.saturating_sub(n.last_cpu_ticks) as f64 / 100.0 / dt,
+        };
+        n.last_joins = joins;
+        n.last_refused = refused;
+        n.last_connections = connections;
+        n.last_cpu_ticks = ticks;
+        n.last_us = now;
+        let d = n.pressure.update(signals, now);
+        self.node_difficulty.store(d, Relaxed);
+        signals
+    }
+
+    /// Bans `cidr` for `secs` (operator action).
+    pub fn ban(&self, cidr: Cidr, secs: u64, now: u64) {
+        let mut bans = self.bans.lock().expect("bans lock");
+        bans.insert(
+            Ban {
+                cidr,
+                until_us: now + secs.saturating_mul(1_000_000),
+                count: 0,
+                manual: true,
+            },
+            self.cfg.max_bans,
+        );
+    }
+
+    /// Lifts the ban on `cidr`; false if there was none.
+    pub fn unban(&self, cidr: Cidr) -> bool {
+        self.bans.lock().expect("bans lock").remove(cidr)
+    }
+
+    /// The bans in force.
+    pub fn bans(&self, now: u64) -> Vec<Ban> {
+        let mut bans = self.bans.lock().expect("bans lock");
+        bans.expire(now);
+        bans.by_expiry
+            .iter()
+            .filter_map(|(_, c)| bans.by_cidr.get(c).copied())
+            .collect()
+    }
+
+    /// The allowlist.
+    pub fn allowlist(&self) -> Vec<Cidr> {
+        self.allow.read().expect("allow lock").clone()
+    }
+
+    /// Adds `cidr` to the allowlist (at most 4,096 entries).
+    pub fn allow(&self, cidr: Cidr) -> bool {
+        let mut a = self.allow.write().expect("allow lock");
+        if a.contains(&cidr) {
+            return true;
+        }
+        if a.len() >= 4_096 {
+            return false;
+        }
+        a.push(cidr);
+        true
+    }
+
+    /// Removes `cidr` from the allowlist; false if it was not there.
+    pub fn disallow(&self, cidr: Cidr) -> bool {
+        let mut a = self.allow.write().expect("allow lock");
+        let before = a.len();
+        a.retain(|c| *c != cidr);
+        a.len() != before
+    }
+
+    /// Access of a space given its configured access and its own escalation.
+    pub fn effective_access(&self, configured: Access, space_difficulty: u8) -> (Access, u8) {
+        let difficulty = space_difficulty.max(self.node_difficulty());
+        let escalated = if difficulty > 0 {
+            Access::Challenge
+        } else {
+            Access::Open
+        };
+        let access = configured.max(escalated);
+        let difficulty = match access {
+            // A space set to `challenge` always asks for at least the first level.
+            Access::Challenge => difficulty.max(
+                self.cfg
+                    .space_pressure
+                    .levels
+                    .first()
+                    .copied()
+                    .unwrap_or(12),
+            ),
+            _ => 0,
+        };
+        (access, difficulty)
+    }
+
+    /// Access stored in an atomic (see `SpaceShield`).
+    pub fn load_access(a: &AtomicU8) -> Access {
+        Access::from_u8(a.load(Relaxed))
+    }
+}
+
+/// A space's part of the shield: its configured access, its line and its escalation.
+pub struct SpaceShield {
+    /// Configured access (an [`Access`] as u8).
+    pub access: AtomicU8,
+    /// The waiting room.
+    pub line: Mutex<levee_core::admission::Line>,
+    /// Its own escalation.
+    pub pressure: Mutex<Pressure>,
+    /// Difficulty its escalation asks for now.
+    pub difficulty: AtomicU8,
+    /// Join requests to this space.
+    pub join_requests: AtomicU64,
+    /// Join requests refused (limits, bad tokens, failed challenges).
+    pub join_refused: AtomicU64,
+    last: Mutex<(u64, u64, u64)>,
+}
+
+impl SpaceShield {
+    /// A space's shield with `access` and a line opening now (pre-queue until `start_us`).
+    pub fn new(cfg: &ShieldConfig, access: Access, start_us: Option<u64>) -> Self {
+        let now = now_us();
+        SpaceShield {
+            access: AtomicU8::new(access as u8),
+            line: Mutex::new(levee_core::admission::Line::new(cfg.line, now, start_us)),
+            pressure: Mutex::new(Pressure::new(cfg.space_pressure.clone())),
+            difficulty: AtomicU8::new(0),
+            join_requests: AtomicU64::new(0),
+            join_refused: AtomicU64::new(0),
+            last: Mutex::new((0, 0, now)),
+        }
+    }
+
+    /// Feeds this space's signals (called about once a second).
+    pub fn tick(&self, now: u64) {
+        let mut last = self.last.lock().expect("space shield lock");
+        let dt = (now.saturating_sub(last.2) as f64 / 1e6).max(1e-3);
+        let req = self.join_requests.load(Relaxed);
+        let refused = self.join_refused.load(Relaxed);
+        let dr = req - last.0;
+        let signals = Signals {
+            join_rate: dr as f64 / dt,
+            reject_ratio: if dr == 0 {
+                0.0
+            } else {
+                ((refused - last.1) as f64 / dr as f64).min(1.0)
+            },
+            cpu: 0.0,
+        };
+        *last = (req, refused, now);
+        let d = self
+            .pressure
+            .lock()
+            .expect("pressure lock")
+            .update(signals, now);
+        self.difficulty.store(d, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn shield(f: impl FnOnce(&mut ShieldConfig)) -> Shield {
+        let mut cfg = ShieldConfig {
+            sketch_width: 1024,
+            ..Default::default()
+        };
+        f(&mut cfg);
+        Shield::new(cfg)
+    }
+
+    #[test]
+    fn concurrent_connections_per_address_are_capped_and_released() {
+        let s = shield(|c| c.max_conns_per_ip = 3);
+        let a = ip("10.0.0.1");
+        let permits: Vec<_> = (0..3).map(|i| s.admit_connection(a, i).unwrap()).collect();
+        assert!(matches!(s.admit_connection(a, 10), Err(Refusal::ConnLimit)));
+        assert!(
+            s.admit_connection(ip("10.0.0.2"), 10).is_ok(),
+            "a neighbour is not punished"
+        );
+        for p in permits {
+            s.release_connection(p);
+        }
+        assert!(s.admit_connection(a, 20).is_ok());
+    }
+
+    #[test]
+    fn a_network_is_capped_even_when_addresses_rotate() {
+        let s = shield(|c| c.max_conns_per_prefix = 10);
+        for i in 1..=10 {
+            s.admit_connection(ip(&format!("10.9.9.{i}")), 0).unwrap();
+        }
+        assert!(matches!(
+            s.admit_connection(ip("10.9.9.200"), 0),
+            Err(Refusal::ConnLimit)
+        ));
+        assert!(s.admit_connection(ip("10.9.8.1"), 0).is_ok());
+    }
+
+    #[test]
+    fn repeat_offender_is_banned_for_a_doubling_time_and_the_ban_expires() {
+        let s = shield(|c| {
+            c.join_rate_per_ip = 1.0;
+            c.strikes_to_ban = 5.0;
+            c.ban_base = Duration::from_secs(30);
+        });
+        let a = ip("10.1.1.1");
+        let mut t = 1_000_000;
+        for _ in 0..10 {
+            let _ = s.admit_join(a, t);
+            t += 1_000;
+        }
+        let ban = s.banned(a, t).expect("banned");
+        assert!((t + 29_000_000..=t + 30_000_000).contains(&ban.until_us));
+        assert!(matches!(s.admit_join(a, t), Err(Refusal::Banned)));
+        assert!(s.banned(a, t + 31_000_000).is_none(), "the ban expires");
+        // Offend again: the second ban lasts 60 s.
+        let mut t = t + 40_000_000;
+        for _ in 0..10 {
+            let _ = s.admit_join(a, t);
+            t += 1_000;
+        }
+        let ban = s.banned(a, t).expect("banned again");
+        assert_eq!(ban.count, 2);
+        assert!(ban.until_us > t + 50_000_000);
+    }
+
+    #[test]
+    fn allowlisted_sources_are_never_limited() {
+        let s = shield(|c| {
+            c.join_rate_per_ip = 1.0;
+            c.allow = vec![Cidr::parse("10.5.0.0/16").unwrap()];
+        });
+        for i in 0..100 {
+            assert!(s.admit_join(ip("10.5.1.1"), i).is_ok());
+        }
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_a_trusted_proxy() {
+        let s = shield(|c| c.trusted_proxies = vec![Cidr::parse("10.0.0.0/8").unwrap()]);
+        let xff = Some("203.0.113.7, 10.1.2.3");
+        assert_eq!(s.source_ip(ip("10.9.9.9"), xff), ip("203.0.113.7"));
+        assert_eq!(s.source_ip(ip("198.51.100.1"), xff), ip("198.51.100.1"));
+        assert_eq!(
+            s.source_ip(ip("10.9.9.9"), Some("nonsense")),
+            ip("10.9.9.9")
+        );
+    }
+
+    #[test]
+    fn manual_bans_cover_networks_and_can_be_lifted() {
+        let s = shield(|_| {});
+        let net = Cidr::parse("198.51.100.0/24").unwrap();
+        s.ban(net, 60, 0);
+        assert!(matches!(
+            s.admit_connection(ip("198.51.100.77"), 1),
+            Err(Refusal::Banned)
+        ));
+        assert_eq!(s.bans(1).len(), 1);
+        assert!(s.unban(net));
+        assert!(s.admit_connection(ip("198.51.100.77"), 2).is_ok());
+    }
+
+    #[test]
+    fn bans_are_bounded() {
+        let s = shield(|c| c.max_bans = 100);
+        for i in 0..1_000u32 {
+            s.ban(
+                Cidr::new(IpAddr::from(i.to_be_bytes()), 32),
+                60 + i as u64,
+                0,
+            );
+        }
+        assert_eq!(s.bans(0).len(), 100);
+    }
+
+    #[test]
+    fn a_solved_challenge_is_spent_once() {
+        let s = shield(|_| {});
+        assert!(s.spend_challenge("seed-1", 0));
+        assert!(!s.spend_challenge("seed-1", 1));
+        assert!(s.spend_challenge("seed-2", 1));
+    }
+
+    #[test]
+    fn escalation_turns_an_open_space_into_a_challenge() {
+        let s = shield(|_| {});
+        assert_eq!(s.effective_access(Access::Open, 0), (Access::Open, 0));
+        assert_eq!(
+            s.effective_access(Access::Ticketed, 0),
+            (Access::Ticketed, 0)
+        );
+        assert_eq!(
+            s.effective_access(Access::Open, 16),
+            (Access::Challenge, 16)
+        );
+        assert_eq!(
+            s.effective_access(Access::Challenge, 0),
+            (Access::Challenge, 12)
+        );
+    }
+}
