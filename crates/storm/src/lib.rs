@@ -13,13 +13,18 @@
 //! - [`cli`]: the `levee storm` command line.
 #![warn(missing_docs)]
 
+pub mod agent;
+pub mod cli;
 pub mod client;
 pub mod engine;
 pub mod hist;
 pub mod host;
+pub mod html;
 pub mod http;
 pub mod marker;
 pub mod measure;
 pub mod proto;
+pub mod report;
+pub mod run;
 pub mod scenario;
 pub mod stats;

@@ -1,0 +1,779 @@
+//! The JSON summary of a run and its pass/fail objectives, as pure code.
+//!
+//! Contract: [`build`] turns the merged figures of a run into a [`Report`] (every field is
+//! documented in `docs/storm.md`; the names are fixed so scripts can rely on them).
+//! [`Objective::parse`] reads `METRIC OP VALUE[UNIT]` (for example `ttfa_p99 < 500ms`,
+//! `delivered_ratio > 0.999`, `listeners_with_stall_pct < 0.1`); [`evaluate`] judges objectives
+//! against any JSON object by the dotted path of a numeric field, with the aliases described
+//! in [`resolve`]. A missing metric fails its objective (a typo must not pass silently).
+
+use crate::engine::Health;
+use crate::hist::{Hist, Percentiles};
+use crate::host::HostStats;
+use crate::scenario::Scenario;
+use crate::stats::{pct, Aggregate, Format, FormatCounts, Point};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Comparison of an objective.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+    /// `==`
+    Eq,
+}
+
+/// One pass/fail objective.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Objective {
+    /// As written.
+    pub expr: String,
+    /// Metric name (resolved against the report by [`resolve`]).
+    pub metric: String,
+    /// Comparison.
+    pub op: Op,
+    /// Threshold, in the metric's unit (ms for durations, % for `_pct`).
+    pub value: f64,
+}
+
+impl Objective {
+    /// Parses `METRIC OP VALUE[UNIT]`; units: `us`, `ms`, `s` (converted to ms), `%`.
+    pub fn parse(expr: &str) -> Result<Objective, String> {
+        let ops = [
+            ("<=", Op::Le),
+            (">=", Op::Ge),
+            ("==", Op::Eq),
+            ("<", Op::Lt),
+            (">", Op::Gt),
+        ];
+        let (at, tok, op) = ops
+            .iter()
+            .filter_map(|(t, o)| expr.find(t).map(|i| (i, *t, *o)))
+            .min_by_key(|(i, t, _)| (*i, usize::MAX - t.len()))
+            .ok_or_else(|| format!("objective '{expr}': no comparison (<, <=, >, >=, ==)"))?;
+        let metric = expr[..at].trim();
+        let raw = expr[at + tok.len()..].trim();
+        if metric.is_empty() || raw.is_empty() {
+            return Err(format!("objective '{expr}': expected METRIC OP VALUE"));
+        }
+        let (num, scale) = if let Some(n) = raw.strip_suffix("ms") {
+            (n, 1.0)
+        } else if let Some(n) = raw.strip_suffix("us").or_else(|| raw.strip_suffix("µs")) {
+            (n, 0.001)
+        } else if let Some(n) = raw.strip_suffix('s') {
+            (n, 1000.0)
+        } else if let Some(n) = raw.strip_suffix('%') {
+            (n, 1.0)
+        } else {
+            (raw, 1.0)
+        };
+        let value: f64 = num
+            .trim()
+            .parse()
+            .map_err(|_| format!("objective '{expr}': '{raw}' is not a number"))?;
+        Ok(Objective {
+            expr: expr.trim().to_owned(),
+            metric: metric.to_owned(),
+            op,
+            value: value * scale,
+        })
+    }
+
+    /// Whether `actual` meets the objective.
+    pub fn holds(&self, actual: f64) -> bool {
+        match self.op {
+            Op::Lt => actual < self.value,
+            Op::Le => actual <= self.value,
+            Op::Gt => actual > self.value,
+            Op::Ge => actual >= self.value,
+            Op::Eq => (actual - self.value).abs() < 1e-9,
+        }
+    }
+}
+
+/// How one objective fared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObjectiveResult {
+    /// As written.
+    pub expr: String,
+    /// The report field it was judged on (`null` if none matched).
+    pub field: Option<String>,
+    /// The measured value.
+    pub actual: Option<f64>,
+    /// Whether it held.
+    pub passed: bool,
+}
+
+/// Every numeric field of a JSON object by dotted path (`ttfa_ms.p99`); booleans are 0/1.
+pub fn flatten(v: &Value) -> BTreeMap<String, f64> {
+    fn walk(prefix: &str, v: &Value, out: &mut BTreeMap<String, f64>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&p, x, out);
+                }
+            }
+            Value::Number(n) => {
+                if let Some(f) = n.as_f64() {
+                    out.insert(prefix.to_owned(), f);
+                }
+            }
+            Value::Bool(b) => {
+                out.insert(prefix.to_owned(), *b as u8 as f64);
+            }
+            _ => {}
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk("", v, &mut out);
+    out
+}
+
+/// Finds `metric` among `fields`: the exact path; else `X_pNN`, `X_max`, `X_mean` as
+/// `X_ms.pNN` (so `ttfa_p99` is `ttfa_ms.p99`, `e2e_latency_p99` is `e2e_latency_ms.p99`);
+/// else `e2e_pNN`/`latency_pNN` as `e2e_latency_ms.pNN`, `worst_gap_pNN` as
+/// `worst_gap_ms.pNN`; else a top-level name under `listeners.` (`failed`, `joined_pct`).
+pub fn resolve(metric: &str, fields: &BTreeMap<String, f64>) -> Option<(String, f64)> {
+    let mut tries = vec![metric.to_owned()];
+    if let Some((base, stat)) = metric.rsplit_once('_') {
+        if stat.starts_with('p') || stat == "max" || stat == "mean" {
+            tries.push(format!("{base}_ms.{stat}"));
+            if base == "e2e" || base == "latency" {
+                tries.push(format!("e2e_latency_ms.{stat}"));
+            }
+        }
+    }
+    tries.push(format!("listeners.{metric}"));
+    tries
+        .into_iter()
+        .find_map(|k| fields.get(&k).map(|v| (k, *v)))
+}
+
+/// Judges every objective against `fields`.
+pub fn evaluate(objs: &[Objective], fields: &BTreeMap<String, f64>) -> Vec<ObjectiveResult> {
+    objs.iter()
+        .map(|o| match resolve(&o.metric, fields) {
+            Some((field, actual)) => ObjectiveResult {
+                expr: o.expr.clone(),
+                field: Some(field),
+                actual: Some(actual),
+                passed: o.holds(actual),
+            },
+            None => ObjectiveResult {
+                expr: o.expr.clone(),
+                field: None,
+                actual: None,
+                passed: false,
+            },
+        })
+        .collect()
+}
+
+/// Listener counts of a run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Listeners {
+    /// Listeners in the plan.
+    pub planned: u64,
+    /// Listeners that ran (less than planned when a step-up stopped early).
+    pub started: u64,
+    /// Listeners that got audio at least once.
+    pub joined: u64,
+    /// Listeners that never got audio.
+    pub failed: u64,
+    /// Joined sessions lost before their planned end.
+    pub dropped: u64,
+    /// Most listeners with audio at once.
+    pub peak_connected: u64,
+    /// `joined` as % of `started`.
+    pub joined_pct: f64,
+    /// `failed` as % of `started`.
+    pub failed_pct: f64,
+}
+
+/// Connection attempts of a run (more than listeners in churn).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sessions {
+    /// Attempts.
+    pub attempts: u64,
+    /// Attempts that got audio.
+    pub joined: u64,
+    /// Attempts that failed before audio.
+    pub failed: u64,
+    /// Joined sessions lost before their planned end.
+    pub dropped: u64,
+}
+
+/// The generator's own cost and health.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Generator {
+    /// Processes (the parent included when it ran listeners).
+    pub procs: u32,
+    /// Worker threads in all.
+    pub threads: u32,
+    /// CPU of all generator processes, % of the machine (all cores).
+    pub cpu_pct: f64,
+    /// Busiest process, % of one core.
+    pub cpu_core_pct_max: f64,
+    /// Busiest process, % of its worker threads' capacity.
+    pub cpu_busy_pct_max: f64,
+    /// CPU time, s.
+    pub cpu_s: f64,
+    /// CPU per listener-second, µs.
+    pub cpu_us_per_listener_s: f64,
+    /// Listener-seconds of audio held (sum over seconds of listeners with audio).
+    pub listener_seconds: f64,
+    /// Peak resident memory of the listener processes, MiB.
+    pub rss_peak_mb: f64,
+    /// (Peak − start resident memory) / peak listeners, KiB.
+    pub mem_per_listener_kb: f64,
+    /// Event-loop lag (a 50 ms timer's lateness), ms.
+    pub loop_lag_ms: Percentiles,
+    /// Most sockets held at once.
+    pub sockets_peak: u64,
+    /// Failures due to the generator's own limits.
+    pub local_failures: u64,
+    /// Whether the generator was saturated (the run is then invalid).
+    pub saturated: bool,
+}
+
+/// One capacity level, judged on its hold window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepResult {
+    /// Listeners planned at this level.
+    pub level_listeners: u64,
+    /// Window start, s after the run's start.
+    pub from_s: u32,
+    /// Window end, s.
+    pub to_s: u32,
+    /// Mean listeners with audio over the window.
+    pub connected_mean: f64,
+    /// Audio delivered in the window.
+    pub delivered_ratio: f64,
+    /// End-to-end latency of the window's frames.
+    pub e2e_latency_ms: Percentiles,
+    /// Time to first audio of the joins completed in the window.
+    pub ttfa_ms: Percentiles,
+    /// Window counts under `listeners.` so objectives resolve as on the whole run.
+    pub listeners: BTreeMap<String, f64>,
+    /// Stalls ended in the window per mean listener, % (an approximation of the share of
+    /// listeners with a stall).
+    pub listeners_with_stall_pct: f64,
+    /// Whether every objective that applies to a window held.
+    pub passed: bool,
+    /// The objectives judged.
+    pub objectives: Vec<ObjectiveResult>,
+}
+
+/// One second of the timeline, as shown in reports.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    /// Seconds since the run's start.
+    pub t: u32,
+    /// Listeners with audio.
+    pub connected: u64,
+    /// Joins completed.
+    pub joins: u64,
+    /// Join failures.
+    pub failures: u64,
+    /// Sessions dropped.
+    pub drops: u64,
+    /// Frames received.
+    pub frames: u64,
+    /// Missing audio of gaps that ended in the second, ms.
+    pub gap_ms: f64,
+    /// Stalls that ended in the second.
+    pub stalls: u64,
+    /// Underruns.
+    pub underruns: u64,
+    /// End-to-end latency, ms.
+    pub latency_p50_ms: f64,
+    /// End-to-end latency, ms.
+    pub latency_p99_ms: f64,
+    /// End-to-end latency, ms.
+    pub latency_max_ms: f64,
+    /// Time to first audio of the second's joins, p99, ms.
+    pub ttfa_p99_ms: f64,
+}
+
+/// The JSON summary. See `docs/storm.md` for every field.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Format version of this summary.
+    pub version: u32,
+    /// The scenario run (durations as text).
+    pub scenario: Value,
+    /// Space listened to.
+    pub space: String,
+    /// False when the generator itself was saturated or hit its own limits.
+    pub valid: bool,
+    /// Why the run is invalid.
+    pub invalid_reasons: Vec<String>,
+    /// Whether every objective held (step-up: whether at least one level held).
+    pub passed: bool,
+    /// Run start, ms since the Unix epoch.
+    pub started_at_unix_ms: u64,
+    /// Run length, s.
+    pub duration_s: f64,
+    /// Listener counts.
+    pub listeners: Listeners,
+    /// Connection attempt counts.
+    pub sessions: Sessions,
+    /// Failed joins by reason.
+    pub failures: BTreeMap<String, u64>,
+    /// Dropped sessions by reason.
+    pub drops: BTreeMap<String, u64>,
+    /// Scheduled → TCP connected.
+    pub connect_ms: Percentiles,
+    /// Scheduled → HTTP answer.
+    pub response_ms: Percentiles,
+    /// Scheduled → first audio frame.
+    pub ttfa_ms: Percentiles,
+    /// Capture → arrival, every frame.
+    pub e2e_latency_ms: Percentiles,
+    /// Audio received / (received + missing).
+    pub delivered_ratio: f64,
+    /// Frames received.
+    pub frames_received: u64,
+    /// Audio received, s.
+    pub audio_received_s: f64,
+    /// Gaps.
+    pub gaps: u64,
+    /// Missing audio, ms.
+    pub gap_ms_total: f64,
+    /// Each listener's longest gap.
+    pub worst_gap_ms: Percentiles,
+    /// % of joined sessions with a gap.
+    pub listeners_with_gap_pct: f64,
+    /// Stall bound, ms.
+    pub stall_bound_ms: u64,
+    /// Stalls.
+    pub stalls: u64,
+    /// Time in stalls, ms.
+    pub stall_ms_total: f64,
+    /// Each listener's longest stall.
+    pub worst_stall_ms: Percentiles,
+    /// % of joined sessions with a stall longer than the bound.
+    pub listeners_with_stall_pct: f64,
+    /// Simulated playout buffer, ms.
+    pub playout_ms: u64,
+    /// Underruns.
+    pub underruns: u64,
+    /// Time the simulated players waited, ms.
+    pub underrun_ms_total: f64,
+    /// Each listener's total underrun time.
+    pub underrun_ms: Percentiles,
+    /// % of joined sessions with an underrun.
+    pub listeners_with_underrun_pct: f64,
+    /// Each listener's interarrival jitter.
+    pub jitter_ms: Percentiles,
+    /// Duplicate or reordered frames.
+    pub late_frames: u64,
+    /// Bytes received.
+    pub bytes_received: u64,
+    /// Counts per format.
+    pub by_format: BTreeMap<Format, FormatCounts>,
+    /// The generator's cost and health.
+    pub generator: Generator,
+    /// The synthetic host, when one ran.
+    pub host: Option<HostStats>,
+    /// The space's levee counters over the run (`/metrics` after − before), when readable.
+    pub server: Option<BTreeMap<String, f64>>,
+    /// Capacity levels, when stepping up.
+    pub steps: Vec<StepResult>,
+    /// Listeners at the highest level whose objectives held (step-up only).
+    pub knee_listeners: Option<u64>,
+    /// Objectives and how they fared.
+    pub objectives: Vec<ObjectiveResult>,
+    /// Time to first audio: (ms, joins) per histogram bucket.
+    pub ttfa_histogram: Vec<(f64, u64)>,
+    /// One row per second.
+    pub timeline: Vec<Row>,
+}
+
+/// Everything a report is built from.
+pub struct Inputs<'a> {
+    /// The scenario.
+    pub scenario: &'a Scenario,
+    /// Space id.
+    pub space: &'a str,
+    /// Run start, Unix µs.
+    pub start_us: u64,
+    /// Merged figures.
+    pub agg: &'a Aggregate,
+    /// Merged timeline.
+    pub timeline: &'a [Point],
+    /// Merged generator health (listener processes).
+    pub health: &'a Health,
+    /// Parent process CPU s (host, merging) when listeners ran in agents.
+    pub parent_cpu_s: f64,
+    /// Cores of the machine.
+    pub cores: u32,
+    /// The synthetic host.
+    pub host: Option<HostStats>,
+    /// Server counter deltas.
+    pub server: Option<BTreeMap<String, f64>>,
+    /// Listeners that ran.
+    pub started: u64,
+}
+
+/// Evaluates one capacity window from the timeline.
+pub fn step_result(
+    listeners: u64,
+    from_s: u32,
+    to_s: u32,
+    timeline: &[Point],
+    objectives: &[Objective],
+) -> StepResult {
+    let mut sum = Point::new(from_s);
+    let mut connected = 0u64;
+    let mut n = 0u64;
+    for p in timeline.iter().filter(|p| p.t >= from_s && p.t < to_s) {
+        sum.merge(p);
+        connected += p.connected;
+        n += 1;
+    }
+    let mean = if n == 0 {
+        0.0
+    } else {
+        connected as f64 / n as f64
+    };
+    let expected = sum.audio_us + sum.gap_us;
+    let mut s = StepResult {
+        level_listeners: listeners,
+        from_s,
+        to_s,
+        connected_mean: mean,
+        delivered_ratio: if expected == 0 {
+            1.0
+        } else {
+            sum.audio_us as f64 / expected as f64
+        },
+        e2e_latency_ms: sum.latency.summary_ms(),
+        ttfa_ms: sum.ttfa.summary_ms(),
+        listeners: BTreeMap::from([
+            ("failed".to_owned(), sum.failures as f64),
+            ("dropped".to_owned(), sum.drops as f64),
+            ("joined".to_owned(), sum.joins as f64),
+        ]),
+        listeners_with_stall_pct: if mean > 0.0 {
+            sum.stalls as f64 * 100.0 / mean
+        } else {
+            0.0
+        },
+        passed: true,
+        objectives: Vec::new(),
+    };
+    let fields = flatten(&serde_json::to_value(&s).unwrap_or(Value::Null));
+    // Only objectives whose metric a window has are judged per window.
+    let applicable: Vec<Objective> = objectives
+        .iter()
+        .filter(|o| resolve(&o.metric, &fields).is_some())
+        .cloned()
+        .collect();
+    s.objectives = evaluate(&applicable, &fields);
+    s.passed = s.objectives.iter().all(|o| o.passed);
+    s
+}
+
+/// Builds the summary (objectives judged, `passed` and `valid` set). See the module docs.
+pub fn build(inp: Inputs<'_>, objectives: &[Objective], steps: Vec<StepResult>) -> Report {
+    let a = inp.agg;
+    let h = inp.health;
+    let us_ms = |us: u64| us as f64 / 1000.0;
+    let listener_seconds: f64 = inp.timeline.iter().map(|p| p.connected as f64).sum();
+    let cpu_s = h.cpu_s + inp.parent_cpu_s;
+    let wall = h.wall_s.max(1e-9);
+    let mut invalid = Vec::new();
+    let saturated_cpu = h.cpu_busy_pct_max >= 90.0;
+    let lag_p99 = h.loop_lag.quantile(0.99);
+    if saturated_cpu {
+        invalid.push(format!(
+            "generator CPU saturated: a process used {:.0}% of its worker threads",
+            h.cpu_busy_pct_max
+        ));
+    }
+    if lag_p99 > 50_000 {
+        invalid.push(format!(
+            "generator event loop lagging: p99 lag {:.1} ms",
+            lag_p99 as f64 / 1000.0
+        ));
+    }
+    if a.local_failures > 0 {
+        invalid.push(format!(
+            "{} joins failed on the generator's own limits (addresses, ports, file descriptors)",
+            a.local_failures
+        ));
+    }
+    let generator = Generator {
+        procs: h.procs,
+        threads: h.threads,
+        cpu_pct: cpu_s * 100.0 / wall / inp.cores.max(1) as f64,
+        cpu_core_pct_max: h.cpu_core_pct_max,
+        cpu_busy_pct_max: h.cpu_busy_pct_max,
+        cpu_s,
+        cpu_us_per_listener_s: if listener_seconds > 0.0 {
+            h.cpu_s * 1e6 / listener_seconds
+        } else {
+            0.0
+        },
+        listener_seconds,
+        rss_peak_mb: h.rss_peak_kb as f64 / 1024.0,
+        mem_per_listener_kb: if h.listeners_peak > 0 {
+            h.rss_peak_kb.saturating_sub(h.rss_start_kb) as f64 / h.listeners_peak as f64
+        } else {
+            0.0
+        },
+        loop_lag_ms: h.loop_lag.summary_ms(),
+        sockets_peak: h.sockets_peak,
+        local_failures: a.local_failures,
+        saturated: saturated_cpu || lag_p99 > 50_000,
+    };
+    let started = inp.started;
+    let timeline = inp
+        .timeline
+        .iter()
+        .map(|p| Row {
+            t: p.t,
+            connected: p.connected,
+            joins: p.joins,
+            failures: p.failures,
+            drops: p.drops,
+            frames: p.frames,
+            gap_ms: us_ms(p.gap_us),
+            stalls: p.stalls,
+            underruns: p.underruns,
+            latency_p50_ms: us_ms(p.latency.quantile(0.5)),
+            latency_p99_ms: us_ms(p.latency.quantile(0.99)),
+            latency_max_ms: us_ms(p.latency.max()),
+            ttfa_p99_ms: us_ms(p.ttfa.quantile(0.99)),
+        })
+        .collect();
+    let mut r = Report {
+        version: 1,
+        scenario: serde_json::to_value(inp.scenario).unwrap_or(Value::Null),
+        space: inp.space.to_owned(),
+        valid: invalid.is_empty(),
+        invalid_reasons: invalid,
+        passed: false,
+        started_at_unix_ms: inp.start_us / 1000,
+        duration_s: h.wall_s,
+        listeners: Listeners {
+            planned: inp.scenario.planned_listeners(),
+            started,
+            joined: a.listeners_joined,
+            failed: a.listeners_failed,
+            dropped: a.sessions_dropped,
+            peak_connected: h.listeners_peak,
+            joined_pct: pct(a.listeners_joined, started),
+            failed_pct: pct(a.listeners_failed, started),
+        },
+        sessions: Sessions {
+            attempts: a.sessions,
+            joined: a.sessions_joined,
+            failed: a.sessions_failed,
+            dropped: a.sessions_dropped,
+        },
+        failures: a.failure_reasons.clone(),
+        drops: a.drop_reasons.clone(),
+        connect_ms: a.connect.summary_ms(),
+        response_ms: a.response.summary_ms(),
+        ttfa_ms: a.ttfa.summary_ms(),
+        e2e_latency_ms: a.e2e.summary_ms(),
+        delivered_ratio: a.delivered_ratio(),
+        frames_received: a.frames,
+        audio_received_s: a.audio_us as f64 / 1e6,
+        gaps: a.gaps,
+        gap_ms_total: us_ms(a.gap_us),
+        worst_gap_ms: zero_floor(&a.worst_gap),
+        listeners_with_gap_pct: pct(a.sessions_with_gap, a.sessions_joined),
+        stall_bound_ms: inp.scenario.meter.stall_ms,
+        stalls: a.stalls,
+        stall_ms_total: us_ms(a.stall_us),
+        worst_stall_ms: zero_floor(&a.worst_stall),
+        listeners_with_stall_pct: a.stall_pct(),
+        playout_ms: inp.scenario.meter.playout_ms,
+        underruns: a.underruns,
+        underrun_ms_total: us_ms(a.underrun_us),
+        underrun_ms: zero_floor(&a.underrun_time),
+        listeners_with_underrun_pct: pct(a.sessions_with_underrun, a.sessions_joined),
+        jitter_ms: a.jitter.summary_ms(),
+        late_frames: a.late_frames,
+        bytes_received: a.bytes,
+        by_format: a.by_format.clone(),
+        generator,
+        host: inp.host,
+        server: inp.server,
+        knee_listeners: None,
+        steps: Vec::new(),
+        objectives: Vec::new(),
+        ttfa_histogram: a
+            .ttfa
+            .buckets()
+            .into_iter()
+            .map(|(us, n)| (us_ms(us), n))
+            .collect(),
+        timeline,
+    };
+    let fields = flatten(&serde_json::to_value(&r).unwrap_or(Value::Null));
+    r.objectives = evaluate(objectives, &fields);
+    if steps.is_empty() {
+        r.passed = r.objectives.iter().all(|o| o.passed);
+    } else {
+        let knee = steps
+            .iter()
+            .take_while(|s| s.passed)
+            .last()
+            .map(|s| s.level_listeners);
+        r.knee_listeners = knee;
+        r.passed = knee.is_some();
+        r.steps = steps;
+    }
+    r
+}
+
+/// Percentiles where the histogram's 1 µs floor (recorded zeros) reads as 0.
+fn zero_floor(h: &Hist) -> Percentiles {
+    let mut p = h.summary_ms();
+    for v in [&mut p.p50, &mut p.p90, &mut p.p99, &mut p.p999, &mut p.max] {
+        if *v <= 0.001 {
+            *v = 0.0;
+        }
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::Kind;
+
+    #[test]
+    fn objectives_parse_units_and_operators() {
+        let o = Objective::parse("ttfa_p99 < 500ms").unwrap();
+        assert_eq!(
+            (o.metric.as_str(), o.op, o.value),
+            ("ttfa_p99", Op::Lt, 500.0)
+        );
+        let o = Objective::parse("e2e_latency_p99<=1.5s").unwrap();
+        assert_eq!((o.op, o.value), (Op::Le, 1500.0));
+        let o = Objective::parse("delivered_ratio>0.999").unwrap();
+        assert_eq!((o.op, o.value), (Op::Gt, 0.999));
+        let o = Objective::parse("listeners_with_stall_pct < 0.1%").unwrap();
+        assert_eq!(o.value, 0.1);
+        assert_eq!(Objective::parse("failed == 0").unwrap().op, Op::Eq);
+        assert!(Objective::parse("ttfa_p99 500").is_err());
+        assert!(Objective::parse("ttfa_p99 < fast").is_err());
+        assert!(Objective::parse("< 3").is_err());
+    }
+
+    #[test]
+    fn objectives_resolve_aliases_and_fail_on_unknown_metrics() {
+        let v = serde_json::json!({
+            "ttfa_ms": {"p99": 420.0},
+            "e2e_latency_ms": {"p99": 80.0},
+            "delivered_ratio": 0.9995,
+            "listeners": {"failed": 0},
+            "valid": true
+        });
+        let f = flatten(&v);
+        let objs: Vec<Objective> = [
+            "ttfa_p99 < 500ms",
+            "e2e_p99 < 100ms",
+            "delivered_ratio > 0.999",
+            "failed == 0",
+            "valid == 1",
+            "ttfa_p99 < 0.4s",
+            "no_such_metric < 1",
+        ]
+        .iter()
+        .map(|e| Objective::parse(e).unwrap())
+        .collect();
+        let r = evaluate(&objs, &f);
+        let passed: Vec<bool> = r.iter().map(|x| x.passed).collect();
+        assert_eq!(passed, [true, true, true, true, true, false, false]);
+        assert_eq!(r[0].field.as_deref(), Some("ttfa_ms.p99"));
+        assert_eq!(r[1].field.as_deref(), Some("e2e_latency_ms.p99"));
+        assert_eq!(r[6].field, None);
+    }
+
+    fn inputs<'a>(
+        sc: &'a Scenario,
+        agg: &'a Aggregate,
+        tl: &'a [Point],
+        h: &'a Health,
+    ) -> Inputs<'a> {
+        Inputs {
+            scenario: sc,
+            space: "s",
+            start_us: 0,
+            agg,
+            timeline: tl,
+            health: h,
+            parent_cpu_s: 0.0,
+            cores: 2,
+            host: None,
+            server: None,
+            started: 10,
+        }
+    }
+
+    #[test]
+    fn saturated_generators_make_the_run_invalid() {
+        let sc = Scenario::new(Kind::Capacity, 10);
+        let agg = Aggregate::default();
+        let mut h = Health {
+            procs: 1,
+            threads: 2,
+            wall_s: 10.0,
+            cpu_s: 19.0,
+            cpu_busy_pct_max: 95.0,
+            ..Default::default()
+        };
+        let r = build(inputs(&sc, &agg, &[], &h), &[], vec![]);
+        assert!(!r.valid);
+        assert!(r.generator.saturated);
+        assert!((r.generator.cpu_pct - 95.0).abs() < 1e-9);
+        h.cpu_busy_pct_max = 20.0;
+        let r = build(inputs(&sc, &agg, &[], &h), &[], vec![]);
+        assert!(r.valid && r.passed);
+    }
+
+    #[test]
+    fn capacity_windows_find_the_knee() {
+        // Two levels: the second has 5 % of its audio missing.
+        let mut tl = Vec::new();
+        for t in 0..20u32 {
+            let mut p = Point::new(t);
+            p.connected = if t < 10 { 100 } else { 200 };
+            p.audio_us = p.connected * 1_000_000;
+            p.gap_us = if t >= 10 { 10_000_000 } else { 0 };
+            p.latency.record(30_000);
+            tl.push(p);
+        }
+        let objs = [Objective::parse("delivered_ratio > 0.99").unwrap()];
+        let s1 = step_result(100, 0, 10, &tl, &objs);
+        let s2 = step_result(200, 10, 20, &tl, &objs);
+        assert!(s1.passed);
+        assert!(!s2.passed);
+        assert!((s2.delivered_ratio - 200.0 / 210.0).abs() < 1e-9);
+        let sc = Scenario::new(Kind::Capacity, 100);
+        let agg = Aggregate::default();
+        let h = Health::default();
+        let r = build(inputs(&sc, &agg, &tl, &h), &objs, vec![s1, s2]);
+        assert_eq!(r.knee_listeners, Some(100));
+        assert!(r.passed);
+    }
+}

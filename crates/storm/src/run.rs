@@ -1,0 +1,355 @@
+//! One whole run: the space (given, or created with a synthetic host), the listener processes,
+//! the live progress line, step-up judging, and the merged report.
+//!
+//! Contract: [`run`] validates the scenario, runs it against the server, and returns the
+//! [`Report`] (also written as JSON and HTML when asked). Every wait is bounded by the
+//! scenario's length plus fixed margins; the server is never anything but a loopback address.
+
+use crate::agent;
+use crate::client::{now_us, sleep_until_us};
+use crate::engine::{self, Health, PartResult, Plan, Progress};
+use crate::host::{self, HostStats};
+use crate::http::{self, Target};
+use crate::report::{self, Inputs, Objective, Report, StepResult};
+use crate::scenario::{Kind, Scenario};
+use crate::stats::{merge_points, Aggregate, Point};
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// Where the results go.
+#[derive(Debug, Clone, Default)]
+pub struct Output {
+    /// JSON summary path.
+    pub json: Option<PathBuf>,
+    /// HTML report path.
+    pub html: Option<PathBuf>,
+    /// No progress line.
+    pub quiet: bool,
+    /// The binary to start agents from (default: this one).
+    pub exe: Option<PathBuf>,
+}
+
+/// Live totals for the progress line.
+#[derive(Default)]
+struct Live {
+    /// Seconds → (merged point, parts reported, waiting, cpu %).
+    seconds: BTreeMap<u32, (Point, u32, u64, f64)>,
+    joins: u64,
+    failures: u64,
+    drops: u64,
+    shown: Option<u32>,
+}
+
+fn progress_line(
+    t: u32,
+    p: &Point,
+    waiting: u64,
+    cpu: f64,
+    totals: (u64, u64),
+    planned: u64,
+) -> String {
+    format!(
+        "storm {t:>4}s  listening {:>6}/{planned}  waiting {:>5}  failed {:>5}  dropped {:>4} | {:>7.1}k frames/s | e2e p50 {:>6.1} p99 {:>6.1} ms | gaps {:>4} stalls {:>4} | gen cpu {:>4.0}%",
+        p.connected,
+        waiting,
+        totals.0,
+        totals.1,
+        p.frames as f64 / 1000.0,
+        p.latency.quantile(0.5) as f64 / 1000.0,
+        p.latency.quantile(0.99) as f64 / 1000.0,
+        p.gaps,
+        p.stalls,
+        cpu
+    )
+}
+
+/// Runs `sc`. See the module docs.
+pub async fn run(sc: Scenario, out: Output) -> Result<Report, String> {
+    sc.validate()?;
+    let target = Target::parse(&sc.server)?;
+    let objectives = sc
+        .objectives
+        .iter()
+        .map(|e| Objective::parse(e))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (space, key) = match &sc.space {
+        Some(id) => {
+            http::get_space(&target, id).await?;
+            (id.clone(), None)
+        }
+        None => {
+            let info = http::create_space(&target, &format!("storm {}", sc.name)).await?;
+            let key = info.host_key.ok_or("the API gave no host key")?;
+            (info.id, Some(key))
+        }
+    };
+    let before = http::space_metrics(&target, &space).await.ok();
+    let procs = sc.procs.max(1);
+    let start_us = now_us() + if procs > 1 { 2_000_000 } else { 1_000_000 };
+    let run_end_us = start_us + sc.run_length().as_micros() as u64;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let parent_cpu0 = engine::rusage().0;
+
+    let host_task = key.clone().map(|k| {
+        tokio::spawn(host::run_host(
+            target.clone(),
+            space.clone(),
+            k,
+            sc.host.clone(),
+            start_us,
+            run_end_us,
+            stop_rx.clone(),
+        ))
+    });
+    let drain = key.is_some() && sc.host.end_space;
+    let plan = Plan {
+        scenario: sc.clone(),
+        space: space.clone(),
+        start_us,
+        proc_index: 0,
+        procs,
+        drain,
+    };
+    let (ptx, mut prx) = mpsc::channel::<(u32, Progress)>(1024);
+    let parts = if procs == 1 {
+        let (tx1, mut rx1) = mpsc::channel::<Progress>(64);
+        let fwd = ptx.clone();
+        tokio::spawn(async move {
+            while let Some(p) = rx1.recv().await {
+                let _ = fwd.try_send((0, p));
+            }
+        });
+        let threads = crate::cli::threads_per_proc(1);
+        let stop = stop_rx.clone();
+        vec![tokio::spawn(async move {
+            Ok::<PartResult, String>(engine::run_part(plan, tx1, stop, threads).await)
+        })]
+    } else {
+        let exe = match &out.exe {
+            Some(e) => e.clone(),
+            None => std::env::current_exe().map_err(|e| format!("current exe: {e}"))?,
+        };
+        agent::spawn_agents(&exe, &plan, ptx.clone(), stop_rx.clone())?
+    };
+    drop(ptx);
+    let mut all_done = tokio::spawn(async move {
+        let mut results = Vec::new();
+        for p in parts {
+            results.push(p.await.map_err(|e| e.to_string()).and_then(|r| r));
+        }
+        results
+    });
+
+    // Step-up windows, judged as they end.
+    let windows: Vec<(u64, Duration, Duration)> = if sc.kind == Kind::Capacity && sc.step.is_some()
+    {
+        sc.windows()
+    } else {
+        Vec::new()
+    };
+    let mut steps: Vec<StepResult> = Vec::new();
+    let mut live = Live::default();
+    let mut timeline: Vec<Point> = Vec::new();
+    let tty = std::io::stderr().is_terminal();
+    let planned = sc.planned_listeners();
+    let mut ended_space = false;
+    let mut stopped = false;
+    let hard_end = run_end_us + engine::DRAIN.as_micros() as u64 + 30_000_000;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let results = loop {
+        tokio::select! {
+            r = &mut all_done => break r.map_err(|e| e.to_string())?,
+            Some((_, p)) = prx.recv() => {
+                let t = p.point.t;
+                live.joins += p.point.joins;
+                live.failures += p.point.failures;
+                live.drops += p.point.drops;
+                merge_points(&mut timeline, std::slice::from_ref(&p.point), engine::MAX_POINTS);
+                let totals = (live.failures, live.drops);
+                let e = live.seconds.entry(t).or_insert_with(|| (Point::new(t), 0, 0, 0.0));
+                e.0.merge(&p.point);
+                e.1 += 1;
+                e.2 += p.waiting;
+                e.3 += p.cpu_pct;
+                let show = e.1 == procs && !out.quiet && live.shown.is_none_or(|s| t > s);
+                if show {
+                    let line = progress_line(t, &e.0, e.2, e.3, totals, planned);
+                    let mut err = std::io::stderr().lock();
+                    let _ = if tty { write!(err, "\r{line}") } else { writeln!(err, "{line}") };
+                    live.shown = Some(t);
+                }
+                live.seconds.retain(|&s, _| s + 5 > t);
+            }
+            _ = tick.tick() => {
+                let now = now_us();
+                // Judge each capacity window a little after it ends (its last second reported).
+                while steps.len() < windows.len() && !stopped {
+                    let (n, from, to) = windows[steps.len()];
+                    if now < start_us + to.as_micros() as u64 + 1_500_000 {
+                        break;
+                    }
+                    let s = report::step_result(n, from.as_secs() as u32, to.as_secs() as u32, &timeline, &objectives);
+                    let failed = !s.passed;
+                    if !out.quiet {
+                        eprintln!("\nstorm: level {n} listeners {}", if failed { "FAILED its objectives: stopping (knee found)" } else { "held" });
+                    }
+                    steps.push(s);
+                    if failed {
+                        stopped = true;
+                        let _ = stop_tx.send(true);
+                    }
+                }
+                if !ended_space && (now >= run_end_us || stopped) {
+                    ended_space = true;
+                    if drain {
+                        if let Some(k) = &key {
+                            // The host ends itself at run_end; give its last packets a moment.
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            if let Err(e) = http::end_space(&target, &space, k).await {
+                                eprintln!("storm: could not end space {space}: {e}");
+                            }
+                        }
+                    }
+                }
+                if now > hard_end {
+                    let _ = stop_tx.send(true);
+                    all_done.abort();
+                    return Err("listener processes did not finish in time".into());
+                }
+            }
+        }
+    };
+    if tty && !out.quiet {
+        eprintln!();
+    }
+    let host_stats: Option<HostStats> = match host_task {
+        Some(h) => h.await.ok(),
+        None => None,
+    };
+    // Server counters settle once listeners are gone.
+    sleep_until_us(now_us() + 100_000).await;
+    let after = http::space_metrics(&target, &space).await.ok();
+    let server = match (before, after) {
+        (Some(b), Some(a)) => Some(
+            a.iter()
+                .map(|(k, v)| (k.clone(), v - b.get(k).copied().unwrap_or(0.0)))
+                .collect(),
+        ),
+        _ => None,
+    };
+    let mut agg = Aggregate::default();
+    let mut merged_tl: Vec<Point> = Vec::new();
+    let mut health = Health::default();
+    let mut errors = Vec::new();
+    for r in results {
+        match r {
+            Ok(part) => {
+                agg.merge(&part.agg);
+                merge_points(&mut merged_tl, &part.timeline, engine::MAX_POINTS);
+                health.merge(&part.health);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    let parent_cpu_s = if procs > 1 {
+        engine::rusage().0 - parent_cpu0
+    } else {
+        0.0
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let started = agg.listeners;
+    let mut rep = report::build(
+        Inputs {
+            scenario: &sc,
+            space: &space,
+            start_us,
+            agg: &agg,
+            timeline: &merged_tl,
+            health: &health,
+            parent_cpu_s,
+            cores,
+            host: host_stats.clone(),
+            server,
+            started,
+        },
+        &objectives,
+        steps,
+    );
+    if !errors.is_empty() {
+        rep.valid = false;
+        rep.invalid_reasons.extend(errors);
+    }
+    if let Some(e) = host_stats.as_ref().and_then(|h| h.error.clone()) {
+        rep.valid = false;
+        rep.invalid_reasons
+            .push(format!("synthetic host failed: {e}"));
+    }
+    if let Some(p) = &out.json {
+        let text = serde_json::to_string_pretty(&rep).map_err(|e| e.to_string())?;
+        std::fs::write(p, text).map_err(|e| format!("write {}: {e}", p.display()))?;
+    }
+    if let Some(p) = &out.html {
+        std::fs::write(p, crate::html::render(&rep))
+            .map_err(|e| format!("write {}: {e}", p.display()))?;
+    }
+    Ok(rep)
+}
+
+/// A short human summary of a report.
+pub fn summary_text(r: &Report) -> String {
+    let mut s = String::new();
+    let _ = std::fmt::Write::write_fmt(
+        &mut s,
+        format_args!(
+            "storm {} on space {}: {} ({})\n\
+             listeners: planned {} joined {} failed {} dropped {} (peak {})\n\
+             ttfa ms: p50 {:.1} p99 {:.1} max {:.1} | e2e latency ms: p50 {:.1} p99 {:.1} max {:.1}\n\
+             delivered {:.5} | gaps {} ({:.0} ms) | worst gap p99 {:.1} ms | stalls {} | listeners with stall {:.2}% | underruns {}\n\
+             generator: cpu {:.1}% of the machine ({:.1} µs per listener-second), {:.1} KiB per listener, loop lag p99 {:.1} ms\n",
+            r.scenario["kind"].as_str().unwrap_or("?"),
+            r.space,
+            if r.passed { "PASSED" } else { "FAILED" },
+            if r.valid { "valid".to_owned() } else { format!("INVALID: {}", r.invalid_reasons.join("; ")) },
+            r.listeners.planned,
+            r.listeners.joined,
+            r.listeners.failed,
+            r.listeners.dropped,
+            r.listeners.peak_connected,
+            r.ttfa_ms.p50,
+            r.ttfa_ms.p99,
+            r.ttfa_ms.max,
+            r.e2e_latency_ms.p50,
+            r.e2e_latency_ms.p99,
+            r.e2e_latency_ms.max,
+            r.delivered_ratio,
+            r.gaps,
+            r.gap_ms_total,
+            r.worst_gap_ms.p99,
+            r.stalls,
+            r.listeners_with_stall_pct,
+            r.underruns,
+            r.generator.cpu_pct,
+            r.generator.cpu_us_per_listener_s,
+            r.generator.mem_per_listener_kb,
+            r.generator.loop_lag_ms.p99,
+        ),
+    );
+    for o in &r.objectives {
+        s.push_str(&format!(
+            "objective {:<36} {} (measured {})\n",
+            o.expr,
+            if o.passed { "ok" } else { "FAILED" },
+            o.actual.map_or("n/a".into(), |v| format!("{v:.4}"))
+        ));
+    }
+    if let Some(k) = r.knee_listeners {
+        s.push_str(&format!("knee: objectives held up to {k} listeners\n"));
+    }
+    if !r.failures.is_empty() {
+        s.push_str(&format!("join failures: {:?}\n", r.failures));
+    }
+    s
+}
