@@ -98,7 +98,7 @@ struct Common {
     #[arg(long, default_value_t = 1)]
     procs: u32,
     /// Source addresses to bind listeners to (a CIDR inside 127.0.0.0/8).
-    #[arg(long, default_value = "127.0.1.0/24")]
+    #[arg(long, default_value = "127.1.0.0/16")]
     sources: String,
     /// Share of listeners on progressive Ogg (the rest on WebSocket), 0..=1.
     #[arg(long, default_value_t = 0.0)]

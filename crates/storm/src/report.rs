@@ -429,6 +429,11 @@ pub struct Inputs<'a> {
     pub started: u64,
 }
 
+/// Event-loop lag (p99) above which the generator counts as saturated, µs.
+pub const LAG_LIMIT_US: u64 = 100_000;
+/// CPU use of one process, % of its worker threads, at which it counts as saturated.
+pub const CPU_LIMIT_PCT: f64 = 90.0;
+
 /// Evaluates one capacity window from the timeline.
 pub fn step_result(
     listeners: u64,
@@ -497,7 +502,7 @@ pub fn build(inp: Inputs<'_>, objectives: &[Objective], steps: Vec<StepResult>) 
     let cpu_s = h.cpu_s + inp.parent_cpu_s;
     let wall = h.wall_s.max(1e-9);
     let mut invalid = Vec::new();
-    let saturated_cpu = h.cpu_busy_pct_max >= 90.0;
+    let saturated_cpu = h.cpu_busy_pct_max >= CPU_LIMIT_PCT;
     let lag_p99 = h.loop_lag.quantile(0.99);
     if saturated_cpu {
         invalid.push(format!(
@@ -505,7 +510,7 @@ pub fn build(inp: Inputs<'_>, objectives: &[Objective], steps: Vec<StepResult>) 
             h.cpu_busy_pct_max
         ));
     }
-    if lag_p99 > 50_000 {
+    if lag_p99 > LAG_LIMIT_US {
         invalid.push(format!(
             "generator event loop lagging: p99 lag {:.1} ms",
             lag_p99 as f64 / 1000.0
@@ -539,7 +544,7 @@ pub fn build(inp: Inputs<'_>, objectives: &[Objective], steps: Vec<StepResult>) 
         loop_lag_ms: h.loop_lag.summary_ms(),
         sockets_peak: h.sockets_peak,
         local_failures: a.local_failures,
-        saturated: saturated_cpu || lag_p99 > 50_000,
+        saturated: saturated_cpu || lag_p99 > LAG_LIMIT_US,
     };
     let started = inp.started;
     let timeline = inp

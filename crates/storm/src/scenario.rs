@@ -251,7 +251,7 @@ fn default_hold() -> Duration {
     Duration::from_secs(30)
 }
 fn default_sources() -> String {
-    "127.0.1.0/24".into()
+    "127.1.0.0/16".into()
 }
 fn default_procs() -> u32 {
     1
@@ -528,13 +528,24 @@ pub fn parse_cidr(cidr: &str) -> Result<Vec<Ipv4Addr>, String> {
         ));
     }
     let base = u32::from(addr) & (u32::MAX << (32 - len).min(31));
-    let size = 1u64 << (32 - len);
-    let (first, count) = if size > 2 { (1, size - 2) } else { (0, size) };
-    // Bounded: at most /8 = 16 M addresses; listeners use them round-robin.
-    let count = count.min(1 << 16);
-    Ok((0..count)
-        .map(|k| Ipv4Addr::from(base + first as u32 + k as u32))
-        .collect())
+    if len >= 24 {
+        let size = 1u64 << (32 - len);
+        let (first, count) = if size > 2 { (1, size - 2) } else { (0, size) };
+        return Ok((0..count)
+            .map(|k| Ipv4Addr::from(base + (first + k) as u32))
+            .collect());
+    }
+    // Wider than a /24: interleave the /24s (host .1 of every /24, then .2, ...), so that
+    // consecutive listeners come from different prefixes, as an audience does. Bounded to the
+    // first 256 /24s (65,024 addresses).
+    let prefixes = (1u32 << (24 - len)).min(256);
+    let mut out = Vec::with_capacity(prefixes as usize * 254);
+    for host in 1..=254u32 {
+        for p in 0..prefixes {
+            out.push(Ipv4Addr::from(base + (p << 8) + host));
+        }
+    }
+    Ok(out)
 }
 
 /// Serde for `Duration` as humantime text ("10s", "250ms").
@@ -660,7 +671,13 @@ mod tests {
         assert_eq!(parse_cidr("127.0.0.8/31").unwrap().len(), 2);
         assert!(parse_cidr("10.0.0.0/8").is_err());
         assert!(parse_cidr("127.0.0.0/4").is_err());
-        assert_eq!(parse_cidr("127.0.0.0/8").unwrap().len(), 1 << 16);
+        // Wide ranges interleave their /24s.
+        let wide = parse_cidr("127.1.0.0/16").unwrap();
+        assert_eq!(wide.len(), 256 * 254);
+        assert_eq!(wide[0], Ipv4Addr::new(127, 1, 0, 1));
+        assert_eq!(wide[1], Ipv4Addr::new(127, 1, 1, 1));
+        assert_eq!(wide[256], Ipv4Addr::new(127, 1, 0, 2));
+        assert_eq!(parse_cidr("127.0.0.0/8").unwrap().len(), 256 * 254);
     }
 
     #[test]

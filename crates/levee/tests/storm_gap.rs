@@ -1,0 +1,153 @@
+//! `levee storm` finds a gap it injected: the synthetic host drops 1 s of audio (as a network
+//! outage would) and every listener's report shows one gap of that duration, on both formats.
+//! Also covers `storm run SCENARIO.toml` and objectives gating the exit code.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const LEVEE: &str = env!("CARGO_BIN_EXE_levee");
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve() -> Server {
+    let mut child = Command::new(LEVEE)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start levee serve");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    lines.read_line(&mut line).expect("first line");
+    std::thread::spawn(move || std::io::copy(&mut lines, &mut std::io::sink()));
+    let base = line
+        .trim()
+        .strip_prefix("levee listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    Server { child, base }
+}
+
+fn temp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("levee-{name}-{}", std::process::id()))
+}
+
+fn storm(args: &[&str]) -> (i32, String) {
+    let mut child = Command::new(LEVEE)
+        .arg("storm")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start levee storm");
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return (st.code().unwrap_or(-1), out);
+        }
+        assert!(Instant::now() < deadline, "storm did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn injected_one_second_gap_is_found_with_its_duration() {
+    let server = serve();
+    let scenario = temp("storm-gap.toml");
+    let json = temp("storm-gap.json");
+    std::fs::write(
+        &scenario,
+        format!(
+            r#"
+name = "gap-injection"
+kind = "capacity"
+server = "{}"
+listeners = 60
+ramp = "1s"
+hold = "4s"
+sources = "127.4.0.0/16"
+objectives = ["gap_ms_total < 1ms"]
+[mix]
+ws = 1.0
+ogg = 1.0
+[host]
+pause_at = "2500ms"
+pause_for = "1s"
+"#,
+            server.base
+        ),
+    )
+    .unwrap();
+    let (code, out) = storm(&[
+        "run",
+        scenario.to_str().unwrap(),
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json written")).unwrap();
+    // The objective forbids any gap, so the run must fail, and say so in its exit code.
+    assert_ne!(code, 0, "{out}");
+    assert_eq!(r["passed"], false);
+    assert_eq!(r["objectives"][0]["passed"], false);
+
+    let joined = r["listeners"]["joined"].as_u64().unwrap();
+    assert_eq!(joined, 60, "{out}");
+    assert_eq!(
+        r["host"]["packets_dropped"], 50,
+        "1 s of 20 ms packets dropped"
+    );
+    // One gap per listener, of 1 s (50 frames × 20 ms), whatever the format.
+    assert_eq!(r["gaps"].as_u64().unwrap(), joined, "{out}");
+    let total = r["gap_ms_total"].as_f64().unwrap();
+    assert!(
+        (total - 1000.0 * joined as f64).abs() < 1.0 * joined as f64,
+        "gap total {total}"
+    );
+    for q in ["p50", "max"] {
+        let worst = r["worst_gap_ms"][q].as_f64().unwrap();
+        assert!((worst - 1000.0).abs() <= 5.0, "worst gap {q} {worst}");
+    }
+    assert!(r["by_format"]["ogg"]["joined"].as_u64().unwrap() > 10);
+    assert!(r["by_format"]["ws"]["joined"].as_u64().unwrap() > 10);
+    // Nothing came for 1 s (plus a packet), longer than the 1 s stall bound: one stall each.
+    assert_eq!(r["listeners_with_stall_pct"], 100.0);
+    let stall = r["worst_stall_ms"]["p50"].as_f64().unwrap();
+    assert!((1000.0..1300.0).contains(&stall), "stall {stall}");
+    // The gap shows in the timeline at the second it ended (3 s after the start).
+    let at: Vec<u64> = r["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["gap_ms"].as_f64().unwrap() > 0.0)
+        .map(|p| p["t"].as_u64().unwrap())
+        .collect();
+    assert!(
+        !at.is_empty() && at.iter().all(|t| (3..=4).contains(t)),
+        "gap seconds {at:?}"
+    );
+    let delivered = r["delivered_ratio"].as_f64().unwrap();
+    assert!(delivered < 0.9 && delivered > 0.7, "delivered {delivered}");
+    let _ = std::fs::remove_file(scenario);
+    let _ = std::fs::remove_file(json);
+}
