@@ -34,7 +34,7 @@ impl Levee {
         let mut child = Command::new(env!("CARGO_BIN_EXE_levee"))
             .args([mode, "--listen", "127.0.0.1:0"])
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", std::env::var("LEVEE_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -116,6 +116,9 @@ impl Levee {
 
 impl Drop for Levee {
     fn drop(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            eprintln!("levee had exited before the test ended: {status}");
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -232,9 +235,21 @@ impl Heard {
 /// Connects a WebSocket listener to `url` and records what arrives for `listen_for` after the
 /// first audio message (or until the server closes), waiting at most `first_within` for audio.
 pub async fn ws_listen(url: &str, first_within: Duration, listen_for: Duration) -> Heard {
-    let (mut ws, _) = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(url))
+    ws_listen_from(None, url, first_within, listen_for).await
+}
+
+/// As [`ws_listen`], connecting from source address `src` when given.
+pub async fn ws_listen_from(src: Option<std::net::IpAddr>, url: &str, first_within: Duration, listen_for: Duration) -> Heard {
+    let hostport = url.split("://").nth(1).and_then(|r| r.split('/').next()).expect("URL with a host");
+    let addr: SocketAddr = hostport.parse().expect("numeric host:port");
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(src) = src {
+        sock.bind(SocketAddr::new(src, 0)).unwrap();
+    }
+    let tcp = sock.connect(addr).await.expect("TCP connect");
+    let (mut ws, _) = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::client_async(url, tcp))
         .await
-        .expect("WebSocket connect within 10 s")
+        .expect("WebSocket handshake within 10 s")
         .expect("WebSocket handshake");
     let mut heard = Heard::default();
     let mut deadline = tokio::time::Instant::now() + first_within;
@@ -314,4 +329,39 @@ pub fn dominant_frequency(x: &[f64], rate: f64) -> f64 {
         .map(|f| (f, goertzel(x, rate, f)))
         .fold((0.0, f64::MIN), |best, cur| if cur.1 > best.1 { cur } else { best })
         .0
+}
+
+/// One HTTP/1.1 request from source address `src` (a loopback address: bind before connect).
+pub async fn http_from(
+    src: std::net::IpAddr,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::new(src, 0))?;
+    let mut s = sock.connect(addr).await?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await?;
+    s.write_all(body).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    if raw.is_empty() {
+        return Err(std::io::ErrorKind::ConnectionReset.into());
+    }
+    Ok(parse_response(&raw))
+}
+
+/// The `i`-th loopback source address of block `block` (127.block.x.y, never .0 or .255).
+pub fn source(block: u8, i: u32) -> std::net::IpAddr {
+    std::net::IpAddr::from([127, block, (i / 250) as u8, (i % 250 + 1) as u8])
 }
