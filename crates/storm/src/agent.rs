@@ -26,7 +26,7 @@ pub const MAX_LINE: usize = 64 << 20;
 #[serde(rename_all = "lowercase")]
 pub enum AgentMsg {
     /// One second of progress.
-    Progress(Progress),
+    Progress(Box<Progress>),
     /// The final figures.
     Result(Box<PartResult>),
     /// Why the agent could not run.
@@ -89,7 +89,7 @@ pub fn spawn_agents(
                 }
                 match serde_json::from_str::<AgentMsg>(&buf) {
                     Ok(AgentMsg::Progress(p)) => {
-                        let _ = progress.try_send((k, p));
+                        let _ = progress.try_send((k, *p));
                     }
                     Ok(AgentMsg::Result(r)) => result = Ok(*r),
                     Ok(AgentMsg::Error(e)) => result = Err(format!("agent {k}: {e}")),
@@ -165,7 +165,7 @@ pub fn agent_main() -> std::process::ExitCode {
         let (ptx, mut prx) = mpsc::channel::<Progress>(64);
         let printer = tokio::spawn(async move {
             while let Some(p) = prx.recv().await {
-                emit(&AgentMsg::Progress(p));
+                emit(&AgentMsg::Progress(Box::new(p)));
             }
         });
         let r = engine::run_part(plan, ptx, stop_rx, threads).await;

@@ -101,6 +101,8 @@ impl Drop for SocketGuard<'_> {
     }
 }
 
+// One per listener, never moved: boxing the larger variant would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 enum Parser {
     Ws(WsParser),
     Ogg(OggParser),

@@ -458,9 +458,9 @@ figure{{margin:12px 0}} .grid{{display:flex;flex-wrap:wrap;gap:24px}}
         }
         s.push_str("</table>");
     }
-    let _ = write!(
+    let _ = writeln!(
         s,
-        "<h2>Scenario</h2><pre>{}</pre></body></html>\n",
+        "<h2>Scenario</h2><pre>{}</pre></body></html>",
         esc(&serde_json::to_string_pretty(&r.scenario).unwrap_or_default())
     );
     s

@@ -713,3 +713,27 @@ mod tests {
         assert!(bad.validate().is_err());
     }
 }
+
+#[cfg(test)]
+mod shipped {
+    use super::*;
+
+    #[test]
+    fn shipped_scenarios_parse_and_validate() {
+        for (name, text) in [
+            ("capacity", include_str!("../../../scenarios/capacity.toml")),
+            (
+                "start-storm",
+                include_str!("../../../scenarios/start-storm.toml"),
+            ),
+            ("churn", include_str!("../../../scenarios/churn.toml")),
+        ] {
+            let sc = Scenario::from_toml(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            sc.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(sc.kind.label(), name);
+            for o in &sc.objectives {
+                crate::report::Objective::parse(o).unwrap();
+            }
+        }
+    }
+}
