@@ -8,10 +8,31 @@ pub const SPACE_HTML: &str = include_str!("../../../web/space.html");
 pub const HOST_HTML: &str = include_str!("../../../web/host.html");
 
 const ASSETS: &[(&str, &str, &str)] = &[
-    ("levee.css", "text/css; charset=utf-8", include_str!("../../../web/levee.css")),
-    ("lobby.js", "text/javascript; charset=utf-8", include_str!("../../../web/lobby.js")),
-    ("player.js", "text/javascript; charset=utf-8", include_str!("../../../web/player.js")),
-    ("host.js", "text/javascript; charset=utf-8", include_str!("../../../web/host.js")),
+    (
+        "levee.css",
+        "text/css; charset=utf-8",
+        include_str!("../../../web/levee.css"),
+    ),
+    (
+        "lobby.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../../web/lobby.js"),
+    ),
+    (
+        "player.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../../web/player.js"),
+    ),
+    (
+        "host.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../../web/host.js"),
+    ),
+    (
+        "capture-worklet.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../../web/capture-worklet.js"),
+    ),
 ];
 
 /// The MIME type and body of the asset called `name`.
