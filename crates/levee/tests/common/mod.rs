@@ -26,6 +26,8 @@ pub struct Levee {
     child: Child,
     pub addr: SocketAddr,
     pub base: String,
+    /// Source address of the test's own control requests (`None`: the kernel's choice).
+    pub control: Option<std::net::IpAddr>,
 }
 
 impl Levee {
@@ -57,7 +59,7 @@ impl Levee {
             .unwrap_or_else(|| panic!("unexpected first line: {line}"))
             .to_owned();
         let addr = base.trim_start_matches("http://").parse().expect("address");
-        Levee { child, addr, base }
+        Levee { child, addr, base, control: None }
     }
 
     /// Starts `levee serve` with extra flags.
@@ -78,7 +80,7 @@ impl Levee {
 
     /// Sends one request and reads the whole response.
     pub fn http(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
-        http(self.addr, method, path, headers, body)
+        http_via(self.control, self.addr, method, path, headers, body)
     }
 
     /// Creates a space and returns its JSON.
@@ -134,7 +136,24 @@ pub struct Response {
 
 /// One HTTP/1.1 request with `Connection: close`; reads until the server closes (10 s at most).
 pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
-    let mut s = TcpStream::connect(addr).expect("connect");
+    http_via(None, addr, method, path, headers, body)
+}
+
+/// As [`http`], from source address `src` when given.
+pub fn http_via(
+    src: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    if let Some(src) = src {
+        sock.bind(&SocketAddr::new(src, 0).into()).expect("bind source address");
+    }
+    sock.connect(&addr.into()).expect("connect");
+    let mut s: TcpStream = sock.into();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
