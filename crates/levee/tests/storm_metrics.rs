@@ -1,5 +1,5 @@
 //! `levee storm` against the real binary: a small storm's report agrees with what the server's
-//! own `/metrics` says it sent.
+//! own `/metrics` says it sent, with the listeners spread over two agent processes.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -121,6 +121,9 @@ fn small_storm_report_matches_the_servers_metrics() {
         "0.4",
         "--sources",
         "127.3.0.0/16",
+        // Two agent processes: their counts and histograms are merged, never averaged.
+        "--procs",
+        "2",
         "--quiet",
         "--json",
         json.to_str().unwrap(),
@@ -185,6 +188,9 @@ fn small_storm_report_matches_the_servers_metrics() {
     assert!(r["ttfa_ms"]["p99"].as_f64().unwrap() > 0.0);
     assert!(r["e2e_latency_ms"]["count"].as_u64().unwrap() > 10_000);
     assert!(r["generator"]["cpu_pct"].as_f64().unwrap() > 0.0);
+    assert_eq!(r["generator"]["procs"], 2);
+    assert_eq!(r["e2e_latency_ms"]["count"], r["frames_received"]);
+    assert_eq!(r["ttfa_ms"]["count"], 300);
     let page = std::fs::read_to_string(&html).expect("html written");
     assert!(page.contains("<svg") && !page.contains("<script"));
     let _ = std::fs::remove_file(json);

@@ -203,6 +203,8 @@ async fn run_slot(ctx: Arc<Ctx>, slot: Slot) {
     let mut rng = Rng::new(sc.seed ^ slot.index.wrapping_mul(0x2545_F491_4F6C_DD1D));
     let mut ever_joined = false;
     let mut nonce = slot.index << 16;
+    // Churn: when the listener last left in a wave (Unix µs), until it has audio again.
+    let mut left_at: Option<u64> = None;
     'segments: for (join, leave) in segments(sc, &slot) {
         let leave_us = ctx.start_us + leave;
         let mut at = ctx.start_us + join;
@@ -230,10 +232,17 @@ async fn run_slot(ctx: Arc<Ctx>, slot: Slot) {
             .await;
             let failed = rec.join_failure.is_some();
             ever_joined |= !failed;
-            ctx.agg
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .record_session(&rec);
+            {
+                let mut agg = ctx.agg.lock().unwrap_or_else(|e| e.into_inner());
+                agg.record_session(&rec);
+                if attempt > 0 && rec.drop.is_none() {
+                    agg.retries += 1;
+                }
+                if let (Some(left), Some(audio)) = (left_at, rec.join.first_audio_us) {
+                    agg.rejoin.record(audio.saturating_sub(left));
+                    left_at = None;
+                }
+            }
             attempt += 1;
             if !retries || attempt >= sc.churn.max_attempts {
                 break;
@@ -259,6 +268,9 @@ async fn run_slot(ctx: Arc<Ctx>, slot: Slot) {
                 break;
             };
             at = now_us() + delay.max(1_000);
+        }
+        if leave_us < ctx.run_end_us {
+            left_at = Some(leave_us);
         }
     }
     ctx.agg

@@ -246,7 +246,11 @@ figure{{margin:12px 0}} .grid{{display:flex;flex-wrap:wrap;gap:24px}}
         ("end-to-end latency", &r.e2e_latency_ms),
         ("worst gap per listener", &r.worst_gap_ms),
         ("worst stall per listener", &r.worst_stall_ms),
+        ("rejoin after a wave (churn)", &r.rejoin_ms),
     ] {
+        if p.count == 0 && k.starts_with("rejoin") {
+            continue;
+        }
         let _ = write!(
             s,
             "<tr><th>{k}</th><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td></tr>",

@@ -214,6 +214,8 @@ pub struct Sessions {
     pub failed: u64,
     /// Joined sessions lost before their planned end.
     pub dropped: u64,
+    /// Attempts that retried a failed join (churn).
+    pub retries: u64,
 }
 
 /// The generator's own cost and health.
@@ -343,6 +345,8 @@ pub struct Report {
     pub ttfa_ms: Percentiles,
     /// Capture → arrival, every frame.
     pub e2e_latency_ms: Percentiles,
+    /// Churn: leaving in a wave → audio again (the rejoin delay, backoff and retries included).
+    pub rejoin_ms: Percentiles,
     /// Audio received / (received + missing).
     pub delivered_ratio: f64,
     /// Frames received.
@@ -590,6 +594,7 @@ pub fn build(inp: Inputs<'_>, objectives: &[Objective], steps: Vec<StepResult>) 
             joined: a.sessions_joined,
             failed: a.sessions_failed,
             dropped: a.sessions_dropped,
+            retries: a.retries,
         },
         failures: a.failure_reasons.clone(),
         drops: a.drop_reasons.clone(),
@@ -597,6 +602,7 @@ pub fn build(inp: Inputs<'_>, objectives: &[Objective], steps: Vec<StepResult>) 
         response_ms: a.response.summary_ms(),
         ttfa_ms: a.ttfa.summary_ms(),
         e2e_latency_ms: a.e2e.summary_ms(),
+        rejoin_ms: a.rejoin.summary_ms(),
         delivered_ratio: a.delivered_ratio(),
         frames_received: a.frames,
         audio_received_s: a.audio_us as f64 / 1e6,

@@ -363,6 +363,12 @@ pub fn summary_text(r: &Report) -> String {
             o.actual.map_or("n/a".into(), |v| format!("{v:.4}"))
         ));
     }
+    if r.rejoin_ms.count > 0 {
+        s.push_str(&format!(
+            "churn: {} rejoins, leave → audio again ms: p50 {:.1} p99 {:.1} max {:.1}; {} retried joins\n",
+            r.rejoin_ms.count, r.rejoin_ms.p50, r.rejoin_ms.p99, r.rejoin_ms.max, r.sessions.retries
+        ));
+    }
     if let Some(k) = r.knee_listeners {
         s.push_str(&format!("knee: objectives held up to {k} listeners\n"));
     }

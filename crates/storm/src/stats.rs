@@ -131,6 +131,10 @@ pub struct Aggregate {
     pub jitter: Hist,
     /// Each joined session's total underrun time, µs.
     pub underrun_time: Hist,
+    /// Churn: from leaving in a wave to audio again (backoff and retries included), µs.
+    pub rejoin: Hist,
+    /// Join attempts that retried a failed one.
+    pub retries: u64,
 }
 
 impl Aggregate {
@@ -247,6 +251,7 @@ impl Aggregate {
         self.worst_stall.merge(&o.worst_stall);
         self.jitter.merge(&o.jitter);
         self.underrun_time.merge(&o.underrun_time);
+        self.rejoin.merge(&o.rejoin);
     }
 
     /// Audio received over audio that should have been: frames / (frames + missing frames),
