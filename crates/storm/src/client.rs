@@ -382,6 +382,7 @@ pub async fn session(
     use std::sync::atomic::Ordering::Relaxed;
     let mut join = JoinTiming {
         scheduled_us: bounds.scheduled_us,
+        started_us: Some(now_us()),
         ..JoinTiming::default()
     };
     let mut reader = Reader::new(format, ep.meter);

@@ -433,6 +433,11 @@ figure{{margin:12px 0}} .grid{{display:flex;flex-wrap:wrap;gap:24px}}
         "event-loop lag p99 / max, ms",
         format!("{:.1} / {:.1}", g.loop_lag_ms.p99, g.loop_lag_ms.max),
     );
+    row(
+        &mut s,
+        "join start lag p99 / max, ms",
+        format!("{:.1} / {:.1}", g.start_lag_ms.p99, g.start_lag_ms.max),
+    );
     row(&mut s, "sockets peak", g.sockets_peak);
     row(&mut s, "saturated", g.saturated);
     s.push_str("</table>");

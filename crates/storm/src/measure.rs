@@ -296,6 +296,8 @@ impl ListenerMeter {
 pub struct JoinTiming {
     /// When the listener was scheduled to press "listen" (the open-model arrival).
     pub scheduled_us: u64,
+    /// When the generator actually started the connection (its own lateness, if any).
+    pub started_us: Option<u64>,
     /// TCP connection established.
     pub connected_us: Option<u64>,
     /// The server's answer (101 or 200) read.
@@ -305,6 +307,10 @@ pub struct JoinTiming {
 }
 
 impl JoinTiming {
+    /// Scheduled → connection started: the generator's own lateness, µs.
+    pub fn start_lag_us(&self) -> Option<u64> {
+        self.started_us.map(|t| t.saturating_sub(self.scheduled_us))
+    }
     /// Scheduled → connected, µs.
     pub fn connect_us(&self) -> Option<u64> {
         self.connected_us
@@ -570,10 +576,12 @@ mod tests {
     fn join_timings_are_measured_from_the_scheduled_time() {
         let j = JoinTiming {
             scheduled_us: T0,
+            started_us: Some(T0 + MS),
             connected_us: Some(T0 + 3 * MS),
             response_us: Some(T0 + 5 * MS),
             first_audio_us: Some(T0 + 40 * MS),
         };
+        assert_eq!(j.start_lag_us(), Some(MS));
         assert_eq!(j.connect_us(), Some(3 * MS));
         assert_eq!(j.response_wait_us(), Some(5 * MS));
         assert_eq!(j.ttfa_us(), Some(40 * MS));

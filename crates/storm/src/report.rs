@@ -243,6 +243,8 @@ pub struct Generator {
     pub mem_per_listener_kb: f64,
     /// Event-loop lag (a 50 ms timer's lateness), ms.
     pub loop_lag_ms: Percentiles,
+    /// Scheduled join → connection started: how late the generator itself was, ms.
+    pub start_lag_ms: Percentiles,
     /// Most sockets held at once.
     pub sockets_peak: u64,
     /// Failures due to the generator's own limits.
@@ -435,6 +437,8 @@ pub struct Inputs<'a> {
 
 /// Event-loop lag (p99) above which the generator counts as saturated, µs.
 pub const LAG_LIMIT_US: u64 = 100_000;
+/// Join start lateness (p99) above which the generator did not keep the schedule, µs.
+pub const START_LAG_LIMIT_US: u64 = 100_000;
 /// CPU use of one process, % of its worker threads, at which it counts as saturated.
 pub const CPU_LIMIT_PCT: f64 = 90.0;
 
@@ -520,6 +524,13 @@ pub fn build(inp: Inputs<'_>, objectives: &[Objective], steps: Vec<StepResult>) 
             lag_p99 as f64 / 1000.0
         ));
     }
+    let start_lag_p99 = a.start_lag.quantile(0.99);
+    if start_lag_p99 > START_LAG_LIMIT_US {
+        invalid.push(format!(
+            "generator behind its schedule: joins started {:.1} ms late (p99)",
+            start_lag_p99 as f64 / 1000.0
+        ));
+    }
     if a.local_failures > 0 {
         invalid.push(format!(
             "{} joins failed on the generator's own limits (addresses, ports, file descriptors)",
@@ -546,9 +557,10 @@ pub fn build(inp: Inputs<'_>, objectives: &[Objective], steps: Vec<StepResult>) 
             0.0
         },
         loop_lag_ms: h.loop_lag.summary_ms(),
+        start_lag_ms: a.start_lag.summary_ms(),
         sockets_peak: h.sockets_peak,
         local_failures: a.local_failures,
-        saturated: saturated_cpu || lag_p99 > LAG_LIMIT_US,
+        saturated: saturated_cpu || lag_p99 > LAG_LIMIT_US || start_lag_p99 > START_LAG_LIMIT_US,
     };
     let started = inp.started;
     let timeline = inp

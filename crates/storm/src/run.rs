@@ -19,6 +19,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
+/// Objectives of a scenario that states none: every listener joined and kept its audio.
+pub const DEFAULT_OBJECTIVES: [&str; 2] = ["listeners.failed == 0", "listeners.dropped == 0"];
+
 /// Where the results go.
 #[derive(Debug, Clone, Default)]
 pub struct Output {
@@ -70,11 +73,14 @@ fn progress_line(
 pub async fn run(sc: Scenario, out: Output) -> Result<Report, String> {
     sc.validate()?;
     let target = Target::parse(&sc.server)?;
-    let objectives = sc
-        .objectives
-        .iter()
-        .map(|e| Objective::parse(e))
-        .collect::<Result<Vec<_>, _>>()?;
+    let objectives = if sc.objectives.is_empty() {
+        DEFAULT_OBJECTIVES.iter().map(|e| e.to_string()).collect()
+    } else {
+        sc.objectives.clone()
+    }
+    .iter()
+    .map(|e| Objective::parse(e))
+    .collect::<Result<Vec<_>, _>>()?;
     let (space, key) = match &sc.space {
         Some(id) => {
             http::get_space(&target, id).await?;

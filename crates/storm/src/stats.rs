@@ -115,6 +115,8 @@ pub struct Aggregate {
     pub bytes: u64,
     /// Counts per format.
     pub by_format: BTreeMap<Format, FormatCounts>,
+    /// Scheduled → connection started by the generator (its own lateness), µs.
+    pub start_lag: Hist,
     /// Scheduled → TCP connected, µs.
     pub connect: Hist,
     /// Scheduled → HTTP answer, µs.
@@ -143,6 +145,9 @@ impl Aggregate {
     pub fn record_session(&mut self, r: &SessionRecord) {
         self.sessions += 1;
         self.bytes += r.bytes;
+        if let Some(t) = r.join.start_lag_us() {
+            self.start_lag.record(t);
+        }
         if let Some(t) = r.join.connect_us() {
             self.connect.record(t);
         }
@@ -243,6 +248,7 @@ impl Aggregate {
             e.frames += v.frames;
             e.pages += v.pages;
         }
+        self.start_lag.merge(&o.start_lag);
         self.connect.merge(&o.connect);
         self.response.merge(&o.response);
         self.ttfa.merge(&o.ttfa);
@@ -359,6 +365,7 @@ mod tests {
             format,
             join: JoinTiming {
                 scheduled_us: 0,
+                started_us: Some(0),
                 connected_us: Some(1_000),
                 response_us: Some(2_000),
                 first_audio_us: Some(ttfa_ms * 1000),
