@@ -519,3 +519,106 @@ pub async fn session(
         pages,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use levee_core::packager::{AudioPacket, Chunk, Packager};
+    use levee_media::opus::{OpusHead, SILENCE_20MS};
+
+    const T0: u64 = 1_700_000_000_000_000;
+
+    /// What levee's packager makes of `packets` (marked or not), `per_chunk` packets a chunk;
+    /// host packets listed in `drop` never reach the server.
+    fn stream(n: u64, per_chunk: u32, marked: bool, drop: &[u64]) -> (Bytes, Bytes, Vec<Chunk>) {
+        let mut p = Packager::new(OpusHead::new(2), 7, &[]);
+        let headers = p.headers().clone();
+        let mut chunks = Vec::new();
+        let mut buf = Vec::new();
+        for i in (0..n).filter(|i| !drop.contains(i)) {
+            let data = if marked {
+                marker::write_packet(i, T0 + i * 20_000, 80, &mut buf);
+                Bytes::from(buf.clone())
+            } else {
+                Bytes::from_static(&SILENCE_20MS)
+            };
+            let packet = AudioPacket {
+                data,
+                samples: 960,
+                capture_us: T0 + i * 20_000,
+            };
+            p.push(packet, per_chunk * 960, &mut chunks);
+        }
+        p.flush(&mut chunks);
+        (headers.ws, headers.ogg, chunks)
+    }
+
+    fn read_all(format: Format, head: &Bytes, chunks: &[Chunk], split: usize) -> Reader {
+        let mut r = Reader::new(format, MeterConfig::default());
+        let mut shard = Shard::default();
+        let mut all = head.to_vec();
+        for (k, c) in chunks.iter().enumerate() {
+            all.extend_from_slice(if format == Format::Ws { &c.ws } else { &c.ogg });
+            // Chunks arrive 20 ms × their packets apart.
+            for piece in all.chunks(split) {
+                r.feed(piece, T0 + (k as u64 + 1) * 100_000, &mut shard)
+                    .unwrap();
+            }
+            all.clear();
+        }
+        r
+    }
+
+    #[test]
+    fn readers_count_every_byte_and_frame_of_both_formats() {
+        let (ws_head, ogg_head, chunks) = stream(100, 5, true, &[]);
+        for split in [1, 7, 1 << 16] {
+            let ws = read_all(Format::Ws, &ws_head, &chunks, split);
+            let bytes: usize = ws_head.len() + chunks.iter().map(|c| c.ws.len()).sum::<usize>();
+            assert_eq!(ws.bytes, bytes as u64);
+            assert_eq!(ws.meter.frames(), 100);
+            let ogg = read_all(Format::Ogg, &ogg_head, &chunks, split);
+            let bytes: usize = ogg_head.len() + chunks.iter().map(|c| c.ogg.len()).sum::<usize>();
+            assert_eq!(ogg.bytes, bytes as u64);
+            assert_eq!(ogg.meter.frames(), 100);
+            assert_eq!(ogg.pages, 20);
+            assert_eq!(ogg.first_audio_us, Some(T0 + 100_000));
+        }
+    }
+
+    #[test]
+    fn the_hosts_marker_reveals_packets_lost_before_the_server() {
+        // The server renumbers: its WebSocket sequence numbers have no hole. The marker does.
+        let (ws_head, ogg_head, chunks) = stream(100, 5, true, &[40, 41, 42]);
+        for (format, head) in [(Format::Ws, &ws_head), (Format::Ogg, &ogg_head)] {
+            let r = read_all(format, head, &chunks, 1 << 16);
+            let s = r.meter.finish(T0 + 3_000_000);
+            assert_eq!((s.frames, s.gaps, s.gap_us), (97, 1, 60_000), "{format:?}");
+        }
+    }
+
+    #[test]
+    fn without_a_marker_wire_sequence_and_granules_find_lost_chunks() {
+        // A real source (no marker); the listener misses chunk 4 (as a lagging skip would).
+        let (ws_head, ogg_head, mut chunks) = stream(100, 5, false, &[]);
+        chunks.remove(4);
+        for (format, head) in [(Format::Ws, &ws_head), (Format::Ogg, &ogg_head)] {
+            let r = read_all(format, head, &chunks, 3);
+            let s = r.meter.finish(T0 + 3_000_000);
+            assert_eq!((s.frames, s.gaps, s.gap_us), (95, 1, 100_000), "{format:?}");
+            // Only WebSocket carries capture times for a real source.
+            assert_eq!(s.latency_max_us > 0, format == Format::Ws);
+        }
+    }
+
+    #[test]
+    fn a_websocket_close_is_seen_and_not_counted_as_media() {
+        let mut r = Reader::new(Format::Ws, MeterConfig::default());
+        let mut shard = Shard::default();
+        let close = levee_core::wsframe::close_frame(1001, "this space has ended");
+        r.feed(&close, T0, &mut shard).unwrap();
+        assert_eq!(r.close, Some(1001));
+        assert_eq!(r.bytes, 0);
+    }
+}
