@@ -13,7 +13,7 @@ use levee_core::wsframe::{self, FrameDecoder, Message};
 use std::io::IoSlice;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Most chunks one vectored write carries (the iovec array lives on the task's stack).
@@ -68,24 +68,81 @@ impl Drop for Listening<'_> {
     }
 }
 
-async fn write_batch<W: AsyncWrite + Unpin>(w: &mut W, bufs: &[Bytes]) -> std::io::Result<()> {
-    if let [one] = bufs {
-        return w.write_all(one).await;
-    }
+/// Why a write to a listener ended early.
+enum WriteEnd {
+    /// The peer is gone.
+    Gone,
+    /// The write could not complete within the stall bound.
+    Stalled,
+}
+
+/// Writes `bufs` whole with as few syscalls as possible. The common case (room in the socket
+/// buffer) completes without touching the timer wheel: the stall bound is armed only when the
+/// socket is full.
+async fn write_shared(
+    stream: &TcpStream,
+    bufs: &[Bytes],
+    stall: std::time::Duration,
+) -> Result<(), WriteEnd> {
     let mut slices = [IoSlice::new(&[]); MAX_BATCH];
     let n = bufs.len().min(MAX_BATCH);
     for (s, b) in slices.iter_mut().zip(bufs) {
         *s = IoSlice::new(b);
     }
     let mut live = &mut slices[..n];
+    let mut deadline = None;
     while !live.is_empty() {
-        let written = w.write_vectored(live).await?;
-        if written == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
+        match stream.try_write_vectored(live) {
+            Ok(0) => return Err(WriteEnd::Gone),
+            Ok(written) => IoSlice::advance_slices(&mut live, written),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let until = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + stall);
+                match tokio::time::timeout_at(until, stream.writable()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(WriteEnd::Gone),
+                    Err(_) => return Err(WriteEnd::Stalled),
+                }
+            }
+            Err(_) => return Err(WriteEnd::Gone),
         }
-        IoSlice::advance_slices(&mut live, written);
     }
     Ok(())
+}
+
+/// Per-listener counts, added to the space's shared counters every [`TALLY_EVERY`] writes and
+/// when the listener leaves (one shared atomic add per batch of writes, not per write).
+struct Tally<'a> {
+    space: &'a Space,
+    i: usize,
+    bytes: u64,
+    chunks: u64,
+    writes: u32,
+}
+
+/// Writes between two flushes of a listener's counts.
+const TALLY_EVERY: u32 = 16;
+
+impl Tally<'_> {
+    fn add(&mut self, bytes: usize, chunks: u64) {
+        self.bytes += bytes as u64;
+        self.chunks += chunks;
+        self.writes += 1;
+        if self.writes >= TALLY_EVERY {
+            self.flush();
+        }
+    }
+    fn flush(&mut self) {
+        let c = &self.space.counters;
+        c.bytes_sent[self.i].fetch_add(std::mem::take(&mut self.bytes), Relaxed);
+        c.chunks_sent[self.i].fetch_add(std::mem::take(&mut self.chunks), Relaxed);
+        self.writes = 0;
+    }
+}
+
+impl Drop for Tally<'_> {
+    fn drop(&mut self) {
+        self.flush();
+    }
 }
 
 /// What a listener's own bytes asked for.
@@ -154,16 +211,25 @@ async fn pump(
         space: &space,
         format,
     };
-    let (mut rd, mut wr) = stream.split();
+    let mut tally = Tally {
+        space: &space,
+        i,
+        bytes: 0,
+        chunks: 0,
+        writes: 0,
+    };
     let mut edge = space.track.subscribe();
     let stall = cfg.stall_timeout;
     let max_batch = cfg.max_batch.clamp(1, MAX_BATCH);
 
     let headers = space.track.headers(format);
-    match tokio::time::timeout(stall, wr.write_all(&headers)).await {
-        Ok(Ok(())) => counters.bytes_sent[i].fetch_add(headers.len() as u64, Relaxed),
-        _ => return,
-    };
+    if write_shared(&stream, std::slice::from_ref(&headers), stall)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    tally.add(headers.len(), 0);
     let mut cursor = space.track.join_cursor(cfg.join_backlog);
     let mut bufs: Vec<Bytes> = Vec::new();
     let mut rbuf = [0u8; 256];
@@ -176,13 +242,10 @@ async fn pump(
             Batch::Data(n) => {
                 cursor += n;
                 let bytes: usize = bufs.iter().map(Bytes::len).sum();
-                match tokio::time::timeout(stall, write_batch(&mut wr, &bufs)).await {
-                    Ok(Ok(())) => {
-                        counters.bytes_sent[i].fetch_add(bytes as u64, Relaxed);
-                        counters.chunks_sent[i].fetch_add(n, Relaxed);
-                    }
-                    Ok(Err(_)) => return,
-                    Err(_) => {
+                match write_shared(&stream, &bufs, stall).await {
+                    Ok(()) => tally.add(bytes, n),
+                    Err(WriteEnd::Gone) => return,
+                    Err(WriteEnd::Stalled) => {
                         counters.stall_cuts[i].fetch_add(1, Relaxed);
                         tracing::debug!(space = %space.snapshot().id, format = format.label(), "cut a stalled listener");
                         return;
@@ -200,18 +263,25 @@ async fn pump(
                     if dec.is_some() {
                         let close =
                             wsframe::close_frame(wsframe::CLOSE_GOING_AWAY, "this space has ended");
-                        let _ = tokio::time::timeout(stall, wr.write_all(&close)).await;
+                        let _ = write_shared(&stream, &[close], stall).await;
                     }
                     return;
                 }
                 tokio::select! {
                     changed = edge.changed() => if changed.is_err() { return },
-                    got = rd.read(&mut rbuf) => match got {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            if let Inbound::Leave = on_inbound(&mut wr, &mut dec, &rbuf[..n], &mut uploaded).await {
-                                return;
+                    ready = stream.readable() => {
+                        if ready.is_err() {
+                            return;
+                        }
+                        match stream.try_read(&mut rbuf) {
+                            Ok(0) => return,
+                            Ok(n) => {
+                                if let Inbound::Leave = on_inbound(&mut stream, &mut dec, &rbuf[..n], &mut uploaded).await {
+                                    return;
+                                }
                             }
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(_) => return,
                         }
                     },
                 }
