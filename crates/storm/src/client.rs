@@ -417,6 +417,21 @@ pub async fn session(
                 .map_err(|r| (false, Failure::Protocol(r)))?;
         }
         drop(rest);
+        // One timer and one stop watch for the whole session, not one per wake-up.
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
+        let mut armed_for = 0u64;
+        let stopped = async {
+            loop {
+                if stop.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                if *stop.borrow() {
+                    return;
+                }
+            }
+        };
+        tokio::pin!(stopped);
         loop {
             if waiting {
                 if let Some(t) = reader.first_audio_us {
@@ -442,13 +457,22 @@ pub async fn session(
             } else {
                 audio_deadline.min(bounds.leave_us)
             };
-            let now = now_us();
-            if now >= deadline {
-                return if joined {
+            let deadline_reached = |joined: bool| {
+                if joined {
                     Ok(())
                 } else {
                     Err((false, Failure::Timeout("first_audio")))
-                };
+                }
+            };
+            let now = now_us();
+            if now >= deadline {
+                return deadline_reached(joined);
+            }
+            if armed_for != deadline {
+                armed_for = deadline;
+                timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + Duration::from_micros(deadline - now));
             }
             tokio::select! {
                 r = stream.readable() => {
@@ -468,12 +492,8 @@ pub async fn session(
                         Err(f) => return Err((reader.first_audio_us.is_some(), f)),
                     }
                 }
-                _ = tokio::time::sleep(Duration::from_micros(deadline - now)) => {}
-                _ = stop.changed() => {
-                    if *stop.borrow() {
-                        return if joined { Ok(()) } else { Err((false, Failure::Timeout("first_audio"))) };
-                    }
-                }
+                _ = &mut timer => return deadline_reached(joined),
+                _ = &mut stopped => return deadline_reached(joined),
             }
         }
     }
