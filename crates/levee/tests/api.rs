@@ -76,7 +76,8 @@ async fn ending_a_space_releases_its_listeners_with_a_reason() {
     let ws = space["urls"]["ws"].as_str().unwrap().to_owned();
     let listener = tokio::spawn(async move { ws_listen(&ws, Duration::from_secs(10), Duration::from_secs(20)).await });
     let addr = levee.addr;
-    tokio::task::spawn_blocking(move || {
+    // Keep the server alive until the listener has seen the end.
+    let _levee = tokio::task::spawn_blocking(move || {
         wait_until(Duration::from_secs(10), "the listener is counted", || levee.space(&id)["listeners"] == 1);
         let sent = format!("levee_chunks_sent_total{{space=\"{id}\",format=\"ws\"}}");
         wait_until(Duration::from_secs(10), "the listener hears audio", || levee.metric(&sent) >= 10.0);

@@ -252,8 +252,7 @@ pub async fn icecast(
 }
 
 async fn close(stream: &mut TcpStream, code: u16, reason: &str) {
-    let _ = stream.write_all(&wsframe::close_frame(code, reason)).await;
-    let _ = stream.shutdown().await;
+    crate::listen::ws_close(stream, code, reason).await;
 }
 
 /// The first message a browser host sends: `{"key": "<host key>"}`.

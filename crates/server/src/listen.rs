@@ -13,7 +13,7 @@ use levee_core::wsframe::{self, FrameDecoder, Message};
 use std::io::IoSlice;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// Most chunks one vectored write carries (the iovec array lives on the task's stack).
@@ -42,18 +42,41 @@ pub async fn ogg(mut stream: TcpStream, hub: Arc<Hub>, space: Arc<Space>, head_o
 /// Serves a WebSocket listener (`GET /live/{id}/ws`, after the 101 answer).
 pub async fn ws(mut stream: TcpStream, hub: Arc<Hub>, space: Arc<Space>, rest: Bytes) {
     if space.state() == levee_core::space::SpaceState::Ended {
-        let _ = stream
-            .write_all(&wsframe::close_frame(
-                wsframe::CLOSE_GOING_AWAY,
-                "this space has ended",
-            ))
-            .await;
-        return;
+        return ws_close(
+            &mut stream,
+            wsframe::CLOSE_GOING_AWAY,
+            "this space has ended",
+        )
+        .await;
     }
     tune_socket(&stream, &hub);
     let mut dec = FrameDecoder::new(hub.config.max_ws_listener_message);
     dec.push(&rest);
     pump(stream, hub, space, Format::Ws, Some(dec)).await;
+}
+
+/// Time a peer gets to answer our close frame before the socket is dropped.
+pub const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Ends a WebSocket as RFC 6455 asks: send the close frame, stop sending (FIN), then read
+/// until the peer closes too (at most [`CLOSE_LINGER`], at most 4 KiB). Dropping the socket at
+/// once would reset it if the peer's answer arrived first, and the peer could lose our frame.
+pub async fn ws_close(stream: &mut TcpStream, code: u16, reason: &str) {
+    let frame = wsframe::close_frame(code, reason);
+    let done = async {
+        stream.write_all(&frame).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 512];
+        let mut total = 0;
+        loop {
+            let n = tokio::io::AsyncReadExt::read(stream, &mut sink).await?;
+            total += n;
+            if n == 0 || total > 4096 {
+                return Ok::<(), std::io::Error>(());
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_LINGER, done).await;
 }
 
 /// Keeps the listener gauge right however the listener leaves.
@@ -151,8 +174,8 @@ enum Inbound {
     Leave,
 }
 
-async fn on_inbound<W: AsyncWrite + Unpin>(
-    w: &mut W,
+async fn on_inbound(
+    w: &mut TcpStream,
     dec: &mut Option<FrameDecoder>,
     data: &[u8],
     uploaded: &mut usize,
@@ -186,9 +209,7 @@ async fn on_inbound<W: AsyncWrite + Unpin>(
             // Listeners have nothing to send yet; small messages are ignored.
             Ok(Some(Message::Text(_) | Message::Binary(_) | Message::Pong)) => {}
             Err(e) => {
-                let _ = w
-                    .write_all(&wsframe::close_frame(e.close_code(), &e.to_string()))
-                    .await;
+                ws_close(w, e.close_code(), &e.to_string()).await;
                 return Inbound::Leave;
             }
         }
@@ -261,9 +282,12 @@ async fn pump(
             Batch::UpToDate => {
                 if edge.borrow().ended {
                     if dec.is_some() {
-                        let close =
-                            wsframe::close_frame(wsframe::CLOSE_GOING_AWAY, "this space has ended");
-                        let _ = write_shared(&stream, &[close], stall).await;
+                        ws_close(
+                            &mut stream,
+                            wsframe::CLOSE_GOING_AWAY,
+                            "this space has ended",
+                        )
+                        .await;
                     }
                     return;
                 }

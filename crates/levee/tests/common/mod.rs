@@ -242,6 +242,8 @@ pub struct Heard {
     pub seqs: Vec<u64>,
     pub close: Option<(u16, String)>,
     pub max_interarrival: Duration,
+    /// The WebSocket error that ended listening, if any.
+    pub error: Option<String>,
 }
 
 impl Heard {
@@ -276,7 +278,10 @@ pub async fn ws_listen_from(src: Option<std::net::IpAddr>, url: &str, first_with
     loop {
         let msg = match tokio::time::timeout_at(deadline, ws.next()).await {
             Err(_) | Ok(None) => break,
-            Ok(Some(Err(_))) => break,
+            Ok(Some(Err(e))) => {
+                heard.error = Some(e.to_string());
+                break;
+            }
             Ok(Some(Ok(m))) => m,
         };
         match msg {
