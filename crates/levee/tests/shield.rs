@@ -14,11 +14,7 @@ use std::time::{Duration, Instant};
 const SECRET: &str = "test-cluster-secret";
 
 /// These tests measure timing under load: run them one at a time so they do not load each other.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const ADMIN: &str = "test-admin-key";
 
 fn body(r: &Response) -> Value {
@@ -40,7 +36,7 @@ async fn join(levee: &Levee, src: IpAddr, id: &str, req: &Value) -> Response {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_storm_gets_every_caller_a_ticket_or_a_place_in_line_within_a_second() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let levee = Levee::start(&["--admission-rate", "500", "--admission-burst", "300", "--ticket-secret", SECRET]);
     let space = create(&levee, "the 20:00 show", "ticketed");
     let id = space["id"].as_str().unwrap().to_owned();
@@ -121,7 +117,7 @@ async fn join_storm_gets_every_caller_a_ticket_or_a_place_in_line_within_a_secon
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_expired_and_misplaced_tickets_are_refused() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let levee = Levee::start(&["--ticket-secret", SECRET]);
     let a = create(&levee, "a", "ticketed");
     let b = create(&levee, "b", "ticketed");
@@ -181,7 +177,7 @@ async fn forged_expired_and_misplaced_tickets_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_source_limits_trip_repeat_offenders_are_banned_and_bans_expire() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let levee = Levee::start(&[
         "--conn-rate-per-ip", "20",
         "--join-rate-per-ip", "5",
@@ -246,7 +242,7 @@ async fn per_source_limits_trip_repeat_offenders_are_banned_and_bans_expire() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_challenge_space_asks_for_proof_of_work_and_spends_each_solution_once() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let levee = Levee::start(&[]);
     let space = create(&levee, "guarded", "challenge");
     let id = space["id"].as_str().unwrap().to_owned();
@@ -277,7 +273,7 @@ async fn a_challenge_space_asks_for_proof_of_work_and_spends_each_solution_once(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attack_on_one_space_escalates_it_and_leaves_another_space_untouched() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let levee = Levee::start(&["--challenge-join-rate", "300", "--ticket-secret", SECRET]);
     let target = create(&levee, "target", "open");
     let other = create(&levee, "bystander", "open");
@@ -342,7 +338,7 @@ async fn attack_on_one_space_escalates_it_and_leaves_another_space_untouched() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduled_space_opens_its_line_early_and_admits_at_the_start() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let levee = Levee::start(&[]);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let start = now + 3;

@@ -282,13 +282,14 @@ pub(crate) async fn join(
     }
 }
 
-fn admin(hub: &Hub, headers: &HeaderMap) -> Result<(), Response> {
+/// The refusal of an admin request without the admin key, if it is refused.
+fn refuse_non_admin(hub: &Hub, headers: &HeaderMap) -> Option<Response> {
     let key = headers
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.strip_prefix("Bearer "));
     match key {
-        None => Err(error(
+        None => Some(error(
             StatusCode::UNAUTHORIZED,
             "the admin API needs Authorization: Bearer <admin key>",
         )),
@@ -298,15 +299,15 @@ fn admin(hub: &Hub, headers: &HeaderMap) -> Result<(), Response> {
                 hub.shield.cfg.admin_key.as_bytes(),
             ) =>
         {
-            Ok(())
+            None
         }
-        Some(_) => Err(error(StatusCode::FORBIDDEN, "wrong admin key")),
+        Some(_) => Some(error(StatusCode::FORBIDDEN, "wrong admin key")),
     }
 }
 
 /// `GET /api/admin/shield`: escalation and counters.
 pub(crate) async fn shield_status(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
-    if let Err(r) = admin(&hub, &headers) {
+    if let Some(r) = refuse_non_admin(&hub, &headers) {
         return r;
     }
     let c = &hub.shield.counters;
@@ -354,13 +355,13 @@ pub(crate) struct CidrQuery {
     cidr: String,
 }
 
-fn parse_cidr(s: &str) -> Result<Cidr, Response> {
-    Cidr::parse(s).map_err(|e| error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))
+fn bad_cidr(e: levee_core::source::CidrError) -> Response {
+    error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
 }
 
 /// `GET /api/admin/bans`.
 pub(crate) async fn list_bans(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
-    if let Err(r) = admin(&hub, &headers) {
+    if let Some(r) = refuse_non_admin(&hub, &headers) {
         return r;
     }
     let now = now_us();
@@ -386,16 +387,16 @@ pub(crate) async fn add_ban(
     headers: HeaderMap,
     body: Result<Json<BanReq>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if let Err(r) = admin(&hub, &headers) {
+    if let Some(r) = refuse_non_admin(&hub, &headers) {
         return r;
     }
     let req = match body {
         Ok(Json(r)) => r,
         Err(rej) => return error(rej.status(), rej.body_text()),
     };
-    let cidr = match parse_cidr(&req.cidr) {
+    let cidr = match Cidr::parse(&req.cidr) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return bad_cidr(e),
     };
     let secs = req.seconds.unwrap_or(3_600).min(30 * 86_400);
     hub.shield.ban(cidr, secs, now_us());
@@ -413,21 +414,21 @@ pub(crate) async fn remove_ban(
     headers: HeaderMap,
     Query(q): Query<CidrQuery>,
 ) -> Response {
-    if let Err(r) = admin(&hub, &headers) {
+    if let Some(r) = refuse_non_admin(&hub, &headers) {
         return r;
     }
-    match parse_cidr(&q.cidr) {
+    match Cidr::parse(&q.cidr) {
         Ok(c) if hub.shield.unban(c) => {
             Json(json!({ "cidr": c.to_string(), "banned": false })).into_response()
         }
         Ok(c) => error(StatusCode::NOT_FOUND, format!("{c} is not banned")),
-        Err(r) => r,
+        Err(e) => bad_cidr(e),
     }
 }
 
 /// `GET /api/admin/allow`.
 pub(crate) async fn list_allow(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
-    if let Err(r) = admin(&hub, &headers) {
+    if let Some(r) = refuse_non_admin(&hub, &headers) {
         return r;
     }
     let list: Vec<String> = hub.shield.allowlist().iter().map(Cidr::to_string).collect();
@@ -446,14 +447,14 @@ pub(crate) async fn add_allow(
     headers: HeaderMap,
     body: Result<Json<AllowReq>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if let Err(r) = admin(&hub, &headers) {
+    if let Some(r) = refuse_non_admin(&hub, &headers) {
         return r;
     }
     let req = match body {
         Ok(Json(r)) => r,
         Err(rej) => return error(rej.status(), rej.body_text()),
     };
-    match parse_cidr(&req.cidr) {
+    match Cidr::parse(&req.cidr) {
         Ok(c) if hub.shield.allow(c) => {
             (StatusCode::CREATED, Json(json!({ "cidr": c.to_string() }))).into_response()
         }
@@ -461,7 +462,7 @@ pub(crate) async fn add_allow(
             StatusCode::INSUFFICIENT_STORAGE,
             "the allowlist holds its maximum of 4,096 entries",
         ),
-        Err(r) => r,
+        Err(e) => bad_cidr(e),
     }
 }
 
@@ -471,10 +472,10 @@ pub(crate) async fn remove_allow(
     headers: HeaderMap,
     Query(q): Query<CidrQuery>,
 ) -> Response {
-    if let Err(r) = admin(&hub, &headers) {
+    if let Some(r) = refuse_non_admin(&hub, &headers) {
         return r;
     }
-    match parse_cidr(&q.cidr) {
+    match Cidr::parse(&q.cidr) {
         Ok(c) if hub.shield.disallow(c) => {
             Json(json!({ "cidr": c.to_string(), "allowed": false })).into_response()
         }
@@ -482,6 +483,6 @@ pub(crate) async fn remove_allow(
             StatusCode::NOT_FOUND,
             format!("{c} is not on the allowlist"),
         ),
-        Err(r) => r,
+        Err(e) => bad_cidr(e),
     }
 }
