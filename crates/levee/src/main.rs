@@ -7,7 +7,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "levee", version, about = "Live audio spaces: publish once, every listener hears it live.")]
+#[command(
+    name = "levee",
+    version,
+    about = "Live audio spaces: publish once, every listener hears it live."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -149,7 +153,9 @@ impl ServeArgs {
             z.admin_key = key.clone();
         }
         let cidrs = |list: &[String]| -> Result<Vec<Cidr>, String> {
-            list.iter().map(|s| Cidr::parse(s).map_err(|e| e.to_string())).collect()
+            list.iter()
+                .map(|s| Cidr::parse(s).map_err(|e| e.to_string()))
+                .collect()
         };
         z.allow = cidrs(&sh.allow)?;
         z.trusted_proxies = cidrs(&sh.trusted_proxies)?;
@@ -173,7 +179,9 @@ impl ServeArgs {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if let Command::Storm(_) = &cli.command {
-        let Command::Storm(args) = cli.command else { unreachable!() };
+        let Command::Storm(args) = cli.command else {
+            unreachable!()
+        };
         return levee_storm::cli::main(args);
     }
     tracing_subscriber::fmt()

@@ -23,24 +23,51 @@ fn spaces_are_created_listed_inspected_and_ended_only_with_the_host_key() {
     let base = &levee.base;
     let authority = base.trim_start_matches("http://");
     assert_eq!(created["urls"]["ogg"], format!("{base}/live/{id}.ogg"));
-    assert_eq!(created["urls"]["ws"], format!("ws://{authority}/live/{id}/ws"));
+    assert_eq!(
+        created["urls"]["ws"],
+        format!("ws://{authority}/live/{id}/ws")
+    );
     assert_eq!(created["urls"]["page"], format!("{base}/space/{id}"));
-    assert_eq!(created["urls"]["host_page"], format!("{base}/space/{id}/host"));
-    assert_eq!(created["urls"]["source"], format!("icecast://source:{key}@{authority}/live/{id}.ogg"));
+    assert_eq!(
+        created["urls"]["host_page"],
+        format!("{base}/space/{id}/host")
+    );
+    assert_eq!(
+        created["urls"]["source"],
+        format!("icecast://source:{key}@{authority}/live/{id}.ogg")
+    );
 
     let list = json(&levee.http("GET", "/api/spaces", &[], b""));
-    let listed = list["spaces"].as_array().unwrap().iter().find(|s| s["id"] == id).expect("listed");
-    assert!(listed.get("host_key").is_none(), "the list must not leak host keys");
+    let listed = list["spaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .expect("listed");
+    assert!(
+        listed.get("host_key").is_none(),
+        "the list must not leak host keys"
+    );
     assert!(listed["urls"].get("source").is_none());
     assert_eq!(levee.space(id)["listeners"], 0);
 
     let r = levee.http("DELETE", &format!("/api/spaces/{id}"), &[], b"");
     assert_eq!(r.status, 401);
     assert!(json(&r)["error"].as_str().unwrap().contains("Bearer"));
-    let r = levee.http("DELETE", &format!("/api/spaces/{id}"), &[("Authorization", &format!("Bearer {key}"))], b"");
+    let r = levee.http(
+        "DELETE",
+        &format!("/api/spaces/{id}"),
+        &[("Authorization", &format!("Bearer {key}"))],
+        b"",
+    );
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(json(&r)["state"], "ended");
-    assert_eq!(levee.http("GET", &format!("/live/{id}.ogg"), &[], b"").status, 410);
+    assert_eq!(
+        levee
+            .http("GET", &format!("/live/{id}.ogg"), &[], b"")
+            .status,
+        410
+    );
     assert_eq!(levee.http("GET", "/api/spaces/nope", &[], b"").status, 404);
 }
 
@@ -50,16 +77,27 @@ fn invalid_requests_get_a_reason_and_create_nothing() {
     let ct = [("Content-Type", "application/json")];
     for (body, status, words) in [
         (r#"{"title": "   "}"#.to_owned(), 422, "empty"),
-        (format!(r#"{{"title": "{}"}}"#, "x".repeat(201)), 422, "at most 200"),
+        (
+            format!(r#"{{"title": "{}"}}"#, "x".repeat(201)),
+            422,
+            "at most 200",
+        ),
         (r#"{"title": 12}"#.to_owned(), 422, "title"),
         (r#"{"title": "ok", "admin": true}"#.to_owned(), 422, "admin"),
         ("{not json".to_owned(), 400, "JSON"),
-        (format!(r#"{{"title": "{}"}}"#, "x".repeat(20_000)), 413, "length limit"),
+        (
+            format!(r#"{{"title": "{}"}}"#, "x".repeat(20_000)),
+            413,
+            "length limit",
+        ),
     ] {
         let r = levee.http("POST", "/api/spaces", &ct, body.as_bytes());
         assert_eq!(r.status, status, "{body:.60}: {r:?}");
         let err = json(&r)["error"].as_str().unwrap().to_owned();
-        assert!(err.contains(words), "error for {body:.60} should mention {words:?}: {err}");
+        assert!(
+            err.contains(words),
+            "error for {body:.60} should mention {words:?}: {err}"
+        );
     }
     let list = json(&levee.http("GET", "/api/spaces", &[], b""));
     assert_eq!(list["spaces"].as_array().unwrap().len(), 0);
@@ -74,14 +112,26 @@ async fn ending_a_space_releases_its_listeners_with_a_reason() {
     let _source = publish_sine(space["urls"]["source"].as_str().unwrap(), 300, "32k", 30);
     levee.wait_live(&id, Duration::from_secs(10));
     let ws = space["urls"]["ws"].as_str().unwrap().to_owned();
-    let listener = tokio::spawn(async move { ws_listen(&ws, Duration::from_secs(10), Duration::from_secs(20)).await });
+    let listener = tokio::spawn(async move {
+        ws_listen(&ws, Duration::from_secs(10), Duration::from_secs(20)).await
+    });
     let addr = levee.addr;
     // Keep the server alive until the listener has seen the end.
     let _levee = tokio::task::spawn_blocking(move || {
-        wait_until(Duration::from_secs(10), "the listener is counted", || levee.space(&id)["listeners"] == 1);
+        wait_until(Duration::from_secs(10), "the listener is counted", || {
+            levee.space(&id)["listeners"] == 1
+        });
         let sent = format!("levee_chunks_sent_total{{space=\"{id}\",format=\"ws\"}}");
-        wait_until(Duration::from_secs(10), "the listener hears audio", || levee.metric(&sent) >= 10.0);
-        let r = http(addr, "DELETE", &format!("/api/spaces/{id}"), &[("Authorization", &format!("Bearer {key}"))], b"");
+        wait_until(Duration::from_secs(10), "the listener hears audio", || {
+            levee.metric(&sent) >= 10.0
+        });
+        let r = http(
+            addr,
+            "DELETE",
+            &format!("/api/spaces/{id}"),
+            &[("Authorization", &format!("Bearer {key}"))],
+            b"",
+        );
         assert_eq!(r.status, 200);
         levee
     })
@@ -91,17 +141,29 @@ async fn ending_a_space_releases_its_listeners_with_a_reason() {
         .await
         .expect("listener released within 5 s of the end")
         .unwrap();
-    let (code, reason) = heard.close.clone().unwrap_or_else(|| panic!("no close frame: {heard:?}"));
+    let (code, reason) = heard
+        .close
+        .clone()
+        .unwrap_or_else(|| panic!("no close frame: {heard:?}"));
     assert_eq!(code, 1001);
     assert!(reason.contains("ended"), "{reason}");
-    assert!(heard.seqs.len() >= 10, "heard {} packets before the end", heard.seqs.len());
+    assert!(
+        heard.seqs.len() >= 10,
+        "heard {} packets before the end",
+        heard.seqs.len()
+    );
 }
 
 #[test]
 fn demo_space_is_live_and_its_ogg_stream_starts_with_valid_opus_headers() {
     let levee = Levee::start_mode("demo", &[]);
     let list = json(&levee.http("GET", "/api/spaces", &[], b""));
-    let demo = list["spaces"].as_array().unwrap().iter().find(|s| s["id"] == "demo").expect("demo space listed");
+    let demo = list["spaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "demo")
+        .expect("demo space listed");
     assert_eq!(demo["state"], "live");
 
     // A listener joining mid-stream gets OpusHead and OpusTags pages, then live pages.
@@ -151,7 +213,10 @@ fn metrics_expose_the_documented_series() {
     let levee = Levee::start_mode("demo", &[]);
     let r = levee.http("GET", "/metrics", &[], b"");
     assert_eq!(r.status, 200);
-    assert!(r.head.to_lowercase().contains("content-type: text/plain; version=0.0.4"));
+    assert!(r
+        .head
+        .to_lowercase()
+        .contains("content-type: text/plain; version=0.0.4"));
     for series in [
         "levee_listeners{space=\"demo\",format=\"ogg\"}",
         "levee_joins_total{space=\"demo\",format=\"ws\"}",

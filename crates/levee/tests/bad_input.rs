@@ -14,7 +14,10 @@ use std::time::Duration;
 
 fn basic(key: &str) -> String {
     use base64::Engine;
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("source:{key}")))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("source:{key}"))
+    )
 }
 
 /// PUTs `body` as an Icecast source the way ffmpeg does (Expect: 100-continue, no length).
@@ -36,8 +39,18 @@ fn put_source(addr: SocketAddr, path: &str, key: &str, body: &[u8]) -> Response 
 
 fn opus_headers() -> BytesMut {
     let mut out = BytesMut::new();
-    let spec = |flags, seq| PageSpec { flags, granule: 0, serial: 9, seq };
-    ogg::write_page(spec(ogg::FLAG_BOS, 0), &[OpusHead::new(1).to_bytes()], &mut out).unwrap();
+    let spec = |flags, seq| PageSpec {
+        flags,
+        granule: 0,
+        serial: 9,
+        seq,
+    };
+    ogg::write_page(
+        spec(ogg::FLAG_BOS, 0),
+        &[OpusHead::new(1).to_bytes()],
+        &mut out,
+    )
+    .unwrap();
     ogg::write_page(spec(0, 1), &[opus::tags("test", &[])], &mut out).unwrap();
     out
 }
@@ -58,7 +71,11 @@ fn ws_raw(addr: SocketAddr, path: &str, first: &[u8]) -> Option<(u16, String)> {
         s.read_exact(&mut b).unwrap();
         head.push(b[0]);
     }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "no upgrade: {}", String::from_utf8_lossy(&head));
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "no upgrade: {}",
+        String::from_utf8_lossy(&head)
+    );
     s.write_all(first).unwrap();
     let mut dec = FrameDecoder::for_server_frames(1 << 20);
     let mut buf = [0u8; 4096];
@@ -90,7 +107,9 @@ async fn malformed_sources_frames_and_requests_are_refused_while_listeners_keep_
     let mut source = publish_sine(space["urls"]["source"].as_str().unwrap(), 500, "32k", 30);
     levee.wait_live(&id, Duration::from_secs(10));
     let ws_url = space["urls"]["ws"].as_str().unwrap().to_owned();
-    let listener = tokio::spawn(async move { ws_listen(&ws_url, Duration::from_secs(10), Duration::from_secs(6)).await });
+    let listener = tokio::spawn(async move {
+        ws_listen(&ws_url, Duration::from_secs(10), Duration::from_secs(6)).await
+    });
     let addr = levee.addr;
     let mount = format!("/live/{id}.ogg");
 
@@ -130,10 +149,27 @@ async fn malformed_sources_frames_and_requests_are_refused_while_listeners_keep_
 
         // A real Vorbis stream from ffmpeg.
         let vorbis = Command::new("ffmpeg")
-            .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-f", "lavfi", "-i", "sine=duration=1", "-c:a", "libvorbis", "-f", "ogg", "-"])
+            .args([
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-nostdin",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=duration=1",
+                "-c:a",
+                "libvorbis",
+                "-f",
+                "ogg",
+                "-",
+            ])
             .output()
             .expect("ffmpeg runs");
-        assert!(vorbis.status.success() && vorbis.stdout.len() > 1000, "ffmpeg made no Vorbis");
+        assert!(
+            vorbis.status.success() && vorbis.stdout.len() > 1000,
+            "ffmpeg made no Vorbis"
+        );
         let r = put_source(addr, &mount, &key, &vorbis.stdout);
         assert_eq!(r.status, 415, "{r:?}");
         assert!(r.body.contains("Vorbis"), "{}", r.body);
@@ -151,7 +187,8 @@ async fn malformed_sources_frames_and_requests_are_refused_while_listeners_keep_
 
         // A host WebSocket with the wrong key.
         let hello = masked(wsframe::OP_TEXT, br#"{"key":"nope"}"#);
-        let (code, reason) = ws_raw(addr, &format!("/live/{id}/publish"), &hello).expect("a close frame");
+        let (code, reason) =
+            ws_raw(addr, &format!("/live/{id}/publish"), &hello).expect("a close frame");
         assert_eq!(code, wsframe::CLOSE_POLICY);
         assert!(reason.contains("host key"), "{reason}");
 
@@ -162,7 +199,8 @@ async fn malformed_sources_frames_and_requests_are_refused_while_listeners_keep_
         audio.extend_from_slice(&0u64.to_be_bytes());
         audio.extend_from_slice(&[0xfb, 0x00]);
         first.extend(masked(wsframe::OP_BINARY, &audio));
-        let (code, reason) = ws_raw(addr, &format!("/live/{id}/publish"), &first).expect("a close frame");
+        let (code, reason) =
+            ws_raw(addr, &format!("/live/{id}/publish"), &first).expect("a close frame");
         assert_eq!(code, wsframe::CLOSE_INVALID);
         assert!(reason.contains("zero frames"), "{reason}");
 
@@ -174,20 +212,45 @@ async fn malformed_sources_frames_and_requests_are_refused_while_listeners_keep_
         assert_eq!(r.status, 431, "{r:?}");
 
         // Ending a space needs its key.
-        let r = http(addr, "DELETE", &format!("/api/spaces/{id}"), &[("Authorization", "Bearer wrong")], b"");
+        let r = http(
+            addr,
+            "DELETE",
+            &format!("/api/spaces/{id}"),
+            &[("Authorization", "Bearer wrong")],
+            b"",
+        );
         assert_eq!(r.status, 403, "{r:?}");
     });
     attacks.await.unwrap();
 
     let heard = listener.await.unwrap();
-    assert!(heard.close.is_none(), "listener disconnected: {:?}", heard.close);
+    assert!(
+        heard.close.is_none(),
+        "listener disconnected: {:?}",
+        heard.close
+    );
     assert_eq!(heard.gaps(), 0, "listener lost packets during the attacks");
-    assert!(heard.seqs.len() >= 270, "listener heard only {} packets in 6 s", heard.seqs.len());
+    assert!(
+        heard.seqs.len() >= 270,
+        "listener heard only {} packets in 6 s",
+        heard.seqs.len()
+    );
     assert!(source.running(), "the real source was disturbed");
     assert_eq!(levee.space(&id)["state"], "live");
-    for (reason, n) in [("not_ogg", 1.0), ("bad_crc", 1.0), ("too_large", 1.0), ("wrong_codec", 1.0), ("bad_key", 2.0), ("bad_opus", 1.0)] {
+    for (reason, n) in [
+        ("not_ogg", 1.0),
+        ("bad_crc", 1.0),
+        ("too_large", 1.0),
+        ("wrong_codec", 1.0),
+        ("bad_key", 2.0),
+        ("bad_opus", 1.0),
+    ] {
         let got = levee.metric(&format!("levee_ingest_errors_total{{reason=\"{reason}\"}}"));
         assert_eq!(got, n, "ingest errors of kind {reason}");
     }
-    assert_eq!(levee.metric(&format!("levee_sources_total{{space=\"{id}\"}}")), 1.0, "no bad source took the space over");
+    assert_eq!(
+        levee.metric(&format!("levee_sources_total{{space=\"{id}\"}}")),
+        1.0,
+        "no bad source took the space over"
+    );
 }

@@ -23,21 +23,40 @@ fn body(r: &Response) -> Value {
 
 fn create(levee: &Levee, title: &str, access: &str) -> Value {
     let b = serde_json::json!({ "title": title, "access": access }).to_string();
-    let r = levee.http("POST", "/api/spaces", &[("Content-Type", "application/json")], b.as_bytes());
+    let r = levee.http(
+        "POST",
+        "/api/spaces",
+        &[("Content-Type", "application/json")],
+        b.as_bytes(),
+    );
     assert_eq!(r.status, 201, "{r:?}");
     body(&r)
 }
 
 async fn join(levee: &Levee, src: IpAddr, id: &str, req: &Value) -> Response {
-    http_from(src, levee.addr, "POST", &format!("/api/spaces/{id}/join"), &[("Content-Type", "application/json")], req.to_string().as_bytes())
-        .await
-        .expect("join answered")
+    http_from(
+        src,
+        levee.addr,
+        "POST",
+        &format!("/api/spaces/{id}/join"),
+        &[("Content-Type", "application/json")],
+        req.to_string().as_bytes(),
+    )
+    .await
+    .expect("join answered")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_storm_gets_every_caller_a_ticket_or_a_place_in_line_within_a_second() {
     let _serial = SERIAL.lock().await;
-    let levee = Levee::start(&["--admission-rate", "500", "--admission-burst", "300", "--ticket-secret", SECRET]);
+    let levee = Levee::start(&[
+        "--admission-rate",
+        "500",
+        "--admission-burst",
+        "300",
+        "--ticket-secret",
+        SECRET,
+    ]);
     let space = create(&levee, "the 20:00 show", "ticketed");
     let id = space["id"].as_str().unwrap().to_owned();
     let _source = publish_sine(space["urls"]["source"].as_str().unwrap(), 700, "32k", 40);
@@ -72,15 +91,31 @@ async fn join_storm_gets_every_caller_a_ticket_or_a_place_in_line_within_a_secon
         }
     }
     eprintln!("slowest join answer: {slowest:?}");
-    assert!(slowest < Duration::from_secs(1), "slowest answer took {slowest:?}");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "slowest answer took {slowest:?}"
+    );
     assert_eq!(admitted.len() + queued.len(), 3_000);
     // The burst plus about a second of outflow got in at once; the rest hold places in order.
-    assert!((300..=1_200).contains(&admitted.len()), "{} admitted at once", admitted.len());
-    let positions: Vec<u64> = queued.iter().map(|(_, b)| b["queue"]["position"].as_u64().unwrap()).collect();
+    assert!(
+        (300..=1_200).contains(&admitted.len()),
+        "{} admitted at once",
+        admitted.len()
+    );
+    let positions: Vec<u64> = queued
+        .iter()
+        .map(|(_, b)| b["queue"]["position"].as_u64().unwrap())
+        .collect();
     assert!(positions.iter().all(|&p| p < 3_000));
-    let etas: Vec<u64> = queued.iter().map(|(_, b)| b["queue"]["eta_ms"].as_u64().unwrap()).collect();
+    let etas: Vec<u64> = queued
+        .iter()
+        .map(|(_, b)| b["queue"]["eta_ms"].as_u64().unwrap())
+        .collect();
     let last_eta = *etas.iter().max().unwrap();
-    assert!((2_000..=8_000).contains(&last_eta), "at 500/s the last of ~2,500 waits ~5 s, told {last_eta} ms");
+    assert!(
+        (2_000..=8_000).contains(&last_eta),
+        "at 500/s the last of ~2,500 waits ~5 s, told {last_eta} ms"
+    );
 
     // Admitted callers hear audio with their tickets, from their own addresses.
     let listeners: Vec<_> = admitted
@@ -89,12 +124,24 @@ async fn join_storm_gets_every_caller_a_ticket_or_a_place_in_line_within_a_secon
         .map(|(i, b)| {
             let url = b["urls"]["ws"].as_str().unwrap().to_owned();
             let src = source(20, *i);
-            tokio::spawn(async move { ws_listen_from(Some(src), &url, Duration::from_secs(10), Duration::from_secs(2)).await })
+            tokio::spawn(async move {
+                ws_listen_from(
+                    Some(src),
+                    &url,
+                    Duration::from_secs(10),
+                    Duration::from_secs(2),
+                )
+                .await
+            })
         })
         .collect();
     for l in listeners {
         let heard = l.await.unwrap();
-        assert!(heard.seqs.len() >= 50 && heard.gaps() == 0, "admitted listener heard {:?}", heard);
+        assert!(
+            heard.seqs.len() >= 50 && heard.gaps() == 0,
+            "admitted listener heard {:?}",
+            heard
+        );
     }
 
     // A queued caller who comes back when told is admitted within its ETA (plus margin).
@@ -102,13 +149,22 @@ async fn join_storm_gets_every_caller_a_ticket_or_a_place_in_line_within_a_secon
     let token = b["queue"]["token"].as_str().unwrap().to_owned();
     let deadline = Instant::now() + Duration::from_millis(last_eta + 5_000);
     loop {
-        let r = join(&levee, source(20, i), &id, &serde_json::json!({ "queue_token": token })).await;
+        let r = join(
+            &levee,
+            source(20, i),
+            &id,
+            &serde_json::json!({ "queue_token": token }),
+        )
+        .await;
         if r.status == 200 {
             assert!(body(&r)["ticket"].is_string());
             break;
         }
         assert_eq!(r.status, 202, "{r:?}");
-        assert!(Instant::now() < deadline, "not admitted within the ETA it was given");
+        assert!(
+            Instant::now() < deadline,
+            "not admitted within the ETA it was given"
+        );
         let retry = body(&r)["queue"]["retry_after_ms"].as_u64().unwrap();
         assert!(r.head.to_lowercase().contains("retry-after:"));
         tokio::time::sleep(Duration::from_millis(retry.min(1_000))).await;
@@ -136,16 +192,35 @@ async fn forged_expired_and_misplaced_tickets_are_refused() {
     let mut s = std::net::TcpStream::connect(levee.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     use std::io::{Read, Write};
-    write!(s, "GET /live/{ida}.ogg?ticket={ticket} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET /live/{ida}.ogg?ticket={ticket} HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    .unwrap();
     let mut head = [0u8; 12];
     s.read_exact(&mut head).unwrap();
     assert_eq!(&head, b"HTTP/1.1 200");
     drop(s);
 
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let signer = Signer::new(SECRET.as_bytes(), 600);
-    let forged = Ticket { space: ida.into(), listener: 1, expires_s: now + 60, prefix: None }.sign(&Signer::new(b"guess", 600), now);
-    let expired = Ticket { space: ida.into(), listener: 1, expires_s: now - 5, prefix: None }.sign(&signer, now);
+    let forged = Ticket {
+        space: ida.into(),
+        listener: 1,
+        expires_s: now + 60,
+        prefix: None,
+    }
+    .sign(&Signer::new(b"guess", 600), now);
+    let expired = Ticket {
+        space: ida.into(),
+        listener: 1,
+        expires_s: now - 5,
+        prefix: None,
+    }
+    .sign(&signer, now);
     let elsewhere = Ticket {
         space: ida.into(),
         listener: 1,
@@ -157,20 +232,32 @@ async fn forged_expired_and_misplaced_tickets_are_refused() {
         (format!("/live/{ida}.ogg?ticket={forged}"), "signature"),
         (format!("/live/{ida}.ogg?ticket={expired}"), "expired"),
         (format!("/live/{idb}.ogg?ticket={ticket}"), "another space"),
-        (format!("/live/{ida}.ogg?ticket={elsewhere}"), "another network"),
+        (
+            format!("/live/{ida}.ogg?ticket={elsewhere}"),
+            "another network",
+        ),
         (format!("/live/{ida}.ogg?ticket=not-a-ticket"), "malformed"),
     ] {
         let r = levee.http("GET", &path, &[], b"");
         assert_eq!(r.status, 403, "{path}: {r:?}");
-        assert!(r.body.contains(why), "{path}: expected '{why}' in {}", r.body);
+        assert!(
+            r.body.contains(why),
+            "{path}: expected '{why}' in {}",
+            r.body
+        );
     }
     // The WebSocket endpoint refuses before upgrading.
-    let r = levee.http("GET", &format!("/live/{ida}/ws?ticket={forged}"), &[
-        ("Upgrade", "websocket"),
-        ("Connection", "Upgrade"),
-        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
-        ("Sec-WebSocket-Version", "13"),
-    ], b"");
+    let r = levee.http(
+        "GET",
+        &format!("/live/{ida}/ws?ticket={forged}"),
+        &[
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Sec-WebSocket-Version", "13"),
+        ],
+        b"",
+    );
     assert_eq!(r.status, 403);
     assert!(levee.metric("levee_shield_refused_total{reason=\"ticket\"}") >= 6.0);
 }
@@ -179,11 +266,16 @@ async fn forged_expired_and_misplaced_tickets_are_refused() {
 async fn per_source_limits_trip_repeat_offenders_are_banned_and_bans_expire() {
     let _serial = SERIAL.lock().await;
     let levee = Levee::start(&[
-        "--conn-rate-per-ip", "20",
-        "--join-rate-per-ip", "5",
-        "--strikes-to-ban", "20",
-        "--ban-base", "2s",
-        "--admin-key", ADMIN,
+        "--conn-rate-per-ip",
+        "20",
+        "--join-rate-per-ip",
+        "5",
+        "--strikes-to-ban",
+        "20",
+        "--ban-base",
+        "2s",
+        "--admin-key",
+        ADMIN,
     ]);
     let space = create(&levee, "limits", "open");
     let id = space["id"].as_str().unwrap().to_owned();
@@ -192,7 +284,11 @@ async fn per_source_limits_trip_repeat_offenders_are_banned_and_bans_expire() {
     let polite = source(30, 1);
     let mut statuses = Vec::new();
     for _ in 0..8 {
-        statuses.push(join(&levee, polite, &id, &serde_json::json!({})).await.status);
+        statuses.push(
+            join(&levee, polite, &id, &serde_json::json!({}))
+                .await
+                .status,
+        );
     }
     assert_eq!(&statuses[..5], &[200; 5]);
     assert!(statuses[5..].iter().all(|&s| s == 429), "{statuses:?}");
@@ -211,32 +307,80 @@ async fn per_source_limits_trip_repeat_offenders_are_banned_and_bans_expire() {
         }
     }
     assert!(refused >= 30, "only {refused} of 60 refused");
-    let bans = levee.http("GET", "/api/admin/bans", &[("Authorization", &format!("Bearer {ADMIN}"))], b"");
+    let bans = levee.http(
+        "GET",
+        "/api/admin/bans",
+        &[("Authorization", &format!("Bearer {ADMIN}"))],
+        b"",
+    );
     assert_eq!(bans.status, 200);
     let listed = body(&bans);
     let flooder_cidr = format!("{flooder}/32");
-    let ban = listed["bans"].as_array().unwrap().iter().find(|b| b["cidr"] == flooder_cidr.as_str()).unwrap_or_else(|| panic!("{flooder} not banned: {listed}"));
+    let ban = listed["bans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["cidr"] == flooder_cidr.as_str())
+        .unwrap_or_else(|| panic!("{flooder} not banned: {listed}"));
     assert!(ban["remaining_s"].as_u64().unwrap() <= 2);
-    assert!(http_from(flooder, levee.addr, "GET", "/healthz", &[], b"").await.is_err(), "banned source gets no answer");
+    assert!(
+        http_from(flooder, levee.addr, "GET", "/healthz", &[], b"")
+            .await
+            .is_err(),
+        "banned source gets no answer"
+    );
     // A neighbour in another network is unaffected.
-    assert_eq!(http_from(source(32, 1), levee.addr, "GET", "/healthz", &[], b"").await.unwrap().status, 200);
+    assert_eq!(
+        http_from(source(32, 1), levee.addr, "GET", "/healthz", &[], b"")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
     // The admin API needs the key.
     assert_eq!(levee.http("GET", "/api/admin/bans", &[], b"").status, 401);
 
     // After the ban (2 s) and the rate window, the flooder is served again.
     tokio::time::sleep(Duration::from_millis(3_200)).await;
-    let r = http_from(flooder, levee.addr, "GET", "/healthz", &[], b"").await.expect("answered after the ban");
+    let r = http_from(flooder, levee.addr, "GET", "/healthz", &[], b"")
+        .await
+        .expect("answered after the ban");
     assert_eq!(r.status, 200);
 
     // Operators ban and lift bans by hand.
     let auth = ("Authorization", format!("Bearer {ADMIN}"));
-    let r = levee.http("POST", "/api/admin/bans", &[(auth.0, &auth.1), ("Content-Type", "application/json")], br#"{"cidr": "127.33.0.0/16", "seconds": 60}"#);
+    let r = levee.http(
+        "POST",
+        "/api/admin/bans",
+        &[(auth.0, &auth.1), ("Content-Type", "application/json")],
+        br#"{"cidr": "127.33.0.0/16", "seconds": 60}"#,
+    );
     assert_eq!(r.status, 201, "{r:?}");
-    assert!(http_from(source(33, 7), levee.addr, "GET", "/healthz", &[], b"").await.is_err());
-    let r = levee.http("DELETE", "/api/admin/bans?cidr=127.33.0.0/16", &[(auth.0, &auth.1)], b"");
+    assert!(
+        http_from(source(33, 7), levee.addr, "GET", "/healthz", &[], b"")
+            .await
+            .is_err()
+    );
+    let r = levee.http(
+        "DELETE",
+        "/api/admin/bans?cidr=127.33.0.0/16",
+        &[(auth.0, &auth.1)],
+        b"",
+    );
     assert_eq!(r.status, 200);
-    assert_eq!(http_from(source(33, 7), levee.addr, "GET", "/healthz", &[], b"").await.unwrap().status, 200);
-    let r = levee.http("POST", "/api/admin/bans", &[(auth.0, &auth.1), ("Content-Type", "application/json")], br#"{"cidr": "not-a-network"}"#);
+    assert_eq!(
+        http_from(source(33, 7), levee.addr, "GET", "/healthz", &[], b"")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    let r = levee.http(
+        "POST",
+        "/api/admin/bans",
+        &[(auth.0, &auth.1), ("Content-Type", "application/json")],
+        br#"{"cidr": "not-a-network"}"#,
+    );
     assert_eq!(r.status, 422);
 }
 
@@ -255,19 +399,43 @@ async fn a_challenge_space_asks_for_proof_of_work_and_spends_each_solution_once(
     let difficulty = c["difficulty"].as_u64().unwrap() as u8;
     assert!(difficulty >= 12);
     // A wrong answer is refused with a new challenge.
-    let r = join(&levee, me, &id, &serde_json::json!({ "pow": { "seed": seed, "nonce": u64::MAX } })).await;
+    let r = join(
+        &levee,
+        me,
+        &id,
+        &serde_json::json!({ "pow": { "seed": seed, "nonce": u64::MAX } }),
+    )
+    .await;
     assert_eq!(r.status, 401);
     assert!(body(&r)["error"].as_str().unwrap().contains("refused"));
     let nonce = solve(&seed, difficulty);
-    let r = join(&levee, me, &id, &serde_json::json!({ "pow": { "seed": seed, "nonce": nonce } })).await;
+    let r = join(
+        &levee,
+        me,
+        &id,
+        &serde_json::json!({ "pow": { "seed": seed, "nonce": nonce } }),
+    )
+    .await;
     assert_eq!(r.status, 200, "{r:?}");
     assert!(body(&r)["ticket"].is_string());
     // The same solution does not buy a second ticket.
-    let r = join(&levee, me, &id, &serde_json::json!({ "pow": { "seed": seed, "nonce": nonce } })).await;
+    let r = join(
+        &levee,
+        me,
+        &id,
+        &serde_json::json!({ "pow": { "seed": seed, "nonce": nonce } }),
+    )
+    .await;
     assert_eq!(r.status, 401);
     assert!(body(&r)["error"].as_str().unwrap().contains("already used"));
     // A solution is bound to the network it was issued to.
-    let r = join(&levee, source(41, 1), &id, &serde_json::json!({ "pow": { "seed": seed, "nonce": nonce } })).await;
+    let r = join(
+        &levee,
+        source(41, 1),
+        &id,
+        &serde_json::json!({ "pow": { "seed": seed, "nonce": nonce } }),
+    )
+    .await;
     assert_eq!(r.status, 401);
 }
 
@@ -277,7 +445,10 @@ async fn attack_on_one_space_escalates_it_and_leaves_another_space_untouched() {
     let levee = Levee::start(&["--challenge-join-rate", "300", "--ticket-secret", SECRET]);
     let target = create(&levee, "target", "open");
     let other = create(&levee, "bystander", "open");
-    let (tid, oid) = (target["id"].as_str().unwrap().to_owned(), other["id"].as_str().unwrap().to_owned());
+    let (tid, oid) = (
+        target["id"].as_str().unwrap().to_owned(),
+        other["id"].as_str().unwrap().to_owned(),
+    );
     let _s1 = publish_sine(target["urls"]["source"].as_str().unwrap(), 400, "32k", 40);
     let _s2 = publish_sine(other["urls"]["source"].as_str().unwrap(), 800, "32k", 40);
     levee.wait_live(&tid, Duration::from_secs(10));
@@ -285,9 +456,18 @@ async fn attack_on_one_space_escalates_it_and_leaves_another_space_untouched() {
     let levee = std::sync::Arc::new(levee);
 
     let bystander_url = other["urls"]["ws"].as_str().unwrap().to_owned();
-    let bystander = tokio::spawn(async move { ws_listen(&bystander_url, Duration::from_secs(10), Duration::from_secs(8)).await });
+    let bystander = tokio::spawn(async move {
+        ws_listen(
+            &bystander_url,
+            Duration::from_secs(10),
+            Duration::from_secs(8),
+        )
+        .await
+    });
     let target_url = target["urls"]["ws"].as_str().unwrap().to_owned();
-    let legit = tokio::spawn(async move { ws_listen(&target_url, Duration::from_secs(10), Duration::from_secs(8)).await });
+    let legit = tokio::spawn(async move {
+        ws_listen(&target_url, Duration::from_secs(10), Duration::from_secs(8)).await
+    });
 
     // Join flood on the target from 400 addresses, plus connection floods on its stream.
     let attack_until = Instant::now() + Duration::from_secs(6);
@@ -299,7 +479,11 @@ async fn attack_on_one_space_escalates_it_and_leaves_another_space_untouched() {
                 let src = source(50, i);
                 let mut sent = 0u32;
                 while Instant::now() < attack_until && sent < 200 {
-                    let path = if i % 4 == 0 { format!("/live/{tid}.ogg") } else { format!("/api/spaces/{tid}/join") };
+                    let path = if i % 4 == 0 {
+                        format!("/live/{tid}.ogg")
+                    } else {
+                        format!("/api/spaces/{tid}/join")
+                    };
                     let method = if i % 4 == 0 { "HEAD" } else { "POST" };
                     let _ = http_from(src, levee.addr, method, &path, &[], b"").await;
                     sent += 1;
@@ -312,9 +496,11 @@ async fn attack_on_one_space_escalates_it_and_leaves_another_space_untouched() {
     let tid2 = tid.clone();
     let oid2 = oid.clone();
     let escalated = tokio::task::spawn_blocking(move || {
-        wait_until(Duration::from_secs(8), "the target escalates to proof of work", || {
-            levee2.metric(&format!("levee_challenge_difficulty{{space=\"{tid2}\"}}")) > 0.0
-        });
+        wait_until(
+            Duration::from_secs(8),
+            "the target escalates to proof of work",
+            || levee2.metric(&format!("levee_challenge_difficulty{{space=\"{tid2}\"}}")) > 0.0,
+        );
         levee2.metric(&format!("levee_challenge_difficulty{{space=\"{oid2}\"}}"))
     })
     .await
@@ -328,11 +514,26 @@ async fn attack_on_one_space_escalates_it_and_leaves_another_space_untouched() {
     for a in attackers {
         a.await.unwrap();
     }
-    for (name, heard) in [("bystander", bystander.await.unwrap()), ("target's established listener", legit.await.unwrap())] {
-        assert!(heard.close.is_none(), "{name} disconnected: {:?}", heard.close);
+    for (name, heard) in [
+        ("bystander", bystander.await.unwrap()),
+        ("target's established listener", legit.await.unwrap()),
+    ] {
+        assert!(
+            heard.close.is_none(),
+            "{name} disconnected: {:?}",
+            heard.close
+        );
         assert_eq!(heard.gaps(), 0, "{name} lost packets");
-        assert!(heard.seqs.len() >= 350, "{name} heard only {} packets in 8 s", heard.seqs.len());
-        assert!(heard.max_interarrival < Duration::from_millis(500), "{name} waited {:?}", heard.max_interarrival);
+        assert!(
+            heard.seqs.len() >= 350,
+            "{name} heard only {} packets in 8 s",
+            heard.seqs.len()
+        );
+        assert!(
+            heard.max_interarrival < Duration::from_millis(500),
+            "{name} waited {:?}",
+            heard.max_interarrival
+        );
     }
 }
 
@@ -340,22 +541,44 @@ async fn attack_on_one_space_escalates_it_and_leaves_another_space_untouched() {
 async fn a_scheduled_space_opens_its_line_early_and_admits_at_the_start() {
     let _serial = SERIAL.lock().await;
     let levee = Levee::start(&[]);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let start = now + 3;
-    let b = serde_json::json!({ "title": "premiere", "access": "ticketed", "scheduled_start": start }).to_string();
-    let r = levee.http("POST", "/api/spaces", &[("Content-Type", "application/json")], b.as_bytes());
+    let b =
+        serde_json::json!({ "title": "premiere", "access": "ticketed", "scheduled_start": start })
+            .to_string();
+    let r = levee.http(
+        "POST",
+        "/api/spaces",
+        &[("Content-Type", "application/json")],
+        b.as_bytes(),
+    );
     let id = body(&r)["id"].as_str().unwrap().to_owned();
     let mut tokens = Vec::new();
     for i in 0..20 {
         let r = join(&levee, source(70, i), &id, &serde_json::json!({})).await;
         assert_eq!(r.status, 202, "before the start everyone waits: {r:?}");
         let q = body(&r)["queue"].clone();
-        assert!(q["eta_ms"].as_u64().unwrap() >= 1_000, "the ETA counts the time to the start: {q}");
+        assert!(
+            q["eta_ms"].as_u64().unwrap() >= 1_000,
+            "the ETA counts the time to the start: {q}"
+        );
         tokens.push((i, q["token"].as_str().unwrap().to_owned()));
     }
     tokio::time::sleep(Duration::from_secs(start - now) + Duration::from_millis(300)).await;
     for (i, token) in tokens {
-        let r = join(&levee, source(70, i), &id, &serde_json::json!({ "queue_token": token })).await;
-        assert_eq!(r.status, 200, "after the start the pre-queue is admitted: {r:?}");
+        let r = join(
+            &levee,
+            source(70, i),
+            &id,
+            &serde_json::json!({ "queue_token": token }),
+        )
+        .await;
+        assert_eq!(
+            r.status, 200,
+            "after the start the pre-queue is admitted: {r:?}"
+        );
     }
 }

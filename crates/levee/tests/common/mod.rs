@@ -18,7 +18,10 @@ pub fn require_tool(name: &str) {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    assert!(found, "`{name}` is required by this test but not on PATH (install it: see .ci/run)");
+    assert!(
+        found,
+        "`{name}` is required by this test but not on PATH (install it: see .ci/run)"
+    );
 }
 
 /// A running `levee serve` on 127.0.0.1, killed when dropped.
@@ -36,7 +39,10 @@ impl Levee {
         let mut child = Command::new(env!("CARGO_BIN_EXE_levee"))
             .args([mode, "--listen", "127.0.0.1:0"])
             .args(args)
-            .env("RUST_LOG", std::env::var("LEVEE_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("LEVEE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -59,7 +65,12 @@ impl Levee {
             .unwrap_or_else(|| panic!("unexpected first line: {line}"))
             .to_owned();
         let addr = base.trim_start_matches("http://").parse().expect("address");
-        Levee { child, addr, base, control: None }
+        Levee {
+            child,
+            addr,
+            base,
+            control: None,
+        }
     }
 
     /// Starts `levee serve` with extra flags.
@@ -79,14 +90,25 @@ impl Levee {
     }
 
     /// Sends one request and reads the whole response.
-    pub fn http(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
         http_via(self.control, self.addr, method, path, headers, body)
     }
 
     /// Creates a space and returns its JSON.
     pub fn create_space(&self, title: &str) -> serde_json::Value {
         let body = serde_json::json!({ "title": title }).to_string();
-        let r = self.http("POST", "/api/spaces", &[("Content-Type", "application/json")], body.as_bytes());
+        let r = self.http(
+            "POST",
+            "/api/spaces",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        );
         assert_eq!(r.status, 201, "create space: {}", r.body);
         serde_json::from_str(&r.body).expect("JSON")
     }
@@ -112,7 +134,9 @@ impl Levee {
 
     /// Waits until the space is live (its source delivered audio), at most `timeout`.
     pub fn wait_live(&self, id: &str, timeout: Duration) {
-        wait_until(timeout, "space goes live", || self.space(id)["state"] == "live");
+        wait_until(timeout, "space goes live", || {
+            self.space(id)["state"] == "live"
+        });
     }
 }
 
@@ -135,7 +159,13 @@ pub struct Response {
 }
 
 /// One HTTP/1.1 request with `Connection: close`; reads until the server closes (10 s at most).
-pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
     http_via(None, addr, method, path, headers, body)
 }
 
@@ -148,9 +178,11 @@ pub fn http_via(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Response {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     if let Some(src) = src {
-        sock.bind(&SocketAddr::new(src, 0).into()).expect("bind source address");
+        sock.bind(&SocketAddr::new(src, 0).into())
+            .expect("bind source address");
     }
     sock.connect(&addr.into()).expect("connect");
     let mut s: TcpStream = sock.into();
@@ -197,7 +229,10 @@ pub fn parse_response(raw: &[u8]) -> Response {
 pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting until {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting until {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -224,9 +259,29 @@ impl Ffmpeg {
 pub fn publish_sine(source_url: &str, freq: u32, bitrate: &str, seconds: u32) -> Ffmpeg {
     require_tool("ffmpeg");
     let child = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re", "-f", "lavfi", "-i"])
-        .arg(format!("sine=frequency={freq}:sample_rate=48000:duration={seconds}"))
-        .args(["-c:a", "libopus", "-b:a", bitrate, "-page_duration", "20000", "-f", "ogg"])
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-nostdin",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
+        .arg(format!(
+            "sine=frequency={freq}:sample_rate=48000:duration={seconds}"
+        ))
+        .args([
+            "-c:a",
+            "libopus",
+            "-b:a",
+            bitrate,
+            "-page_duration",
+            "20000",
+            "-f",
+            "ogg",
+        ])
         .arg(source_url)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -260,18 +315,30 @@ pub async fn ws_listen(url: &str, first_within: Duration, listen_for: Duration) 
 }
 
 /// As [`ws_listen`], connecting from source address `src` when given.
-pub async fn ws_listen_from(src: Option<std::net::IpAddr>, url: &str, first_within: Duration, listen_for: Duration) -> Heard {
-    let hostport = url.split("://").nth(1).and_then(|r| r.split('/').next()).expect("URL with a host");
+pub async fn ws_listen_from(
+    src: Option<std::net::IpAddr>,
+    url: &str,
+    first_within: Duration,
+    listen_for: Duration,
+) -> Heard {
+    let hostport = url
+        .split("://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .expect("URL with a host");
     let addr: SocketAddr = hostport.parse().expect("numeric host:port");
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     if let Some(src) = src {
         sock.bind(SocketAddr::new(src, 0)).unwrap();
     }
     let tcp = sock.connect(addr).await.expect("TCP connect");
-    let (mut ws, _) = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::client_async(url, tcp))
-        .await
-        .expect("WebSocket handshake within 10 s")
-        .expect("WebSocket handshake");
+    let (mut ws, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::client_async(url, tcp),
+    )
+    .await
+    .expect("WebSocket handshake within 10 s")
+    .expect("WebSocket handshake");
     let mut heard = Heard::default();
     let mut deadline = tokio::time::Instant::now() + first_within;
     let mut last = None::<Instant>;
@@ -313,7 +380,10 @@ pub async fn ws_listen_from(src: Option<std::net::IpAddr>, url: &str, first_with
 
 /// Decodes a 16-bit PCM WAV file: (sample rate, channels, interleaved samples).
 pub fn read_wav(bytes: &[u8]) -> (u32, u16, Vec<i16>) {
-    assert!(bytes.len() > 44 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WAVE", "not a WAV file");
+    assert!(
+        bytes.len() > 44 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WAVE",
+        "not a WAV file"
+    );
     let mut at = 12;
     let (mut rate, mut channels) = (0u32, 0u16);
     while at + 8 <= bytes.len() {
@@ -323,9 +393,16 @@ pub fn read_wav(bytes: &[u8]) -> (u32, u16, Vec<i16>) {
         if id == b"fmt " {
             channels = u16::from_le_bytes([body[2], body[3]]);
             rate = u32::from_le_bytes(body[4..8].try_into().unwrap());
-            assert_eq!(u16::from_le_bytes([body[14], body[15]]), 16, "16-bit PCM expected");
+            assert_eq!(
+                u16::from_le_bytes([body[14], body[15]]),
+                16,
+                "16-bit PCM expected"
+            );
         } else if id == b"data" {
-            let samples = body.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect();
+            let samples = body
+                .chunks_exact(2)
+                .map(|c| i16::from_le_bytes([c[0], c[1]]))
+                .collect();
             return (rate, channels, samples);
         }
         at += 8 + len + (len & 1);
@@ -351,7 +428,10 @@ pub fn dominant_frequency(x: &[f64], rate: f64) -> f64 {
     (5..=800)
         .map(|k| k as f64 * 10.0)
         .map(|f| (f, goertzel(x, rate, f)))
-        .fold((0.0, f64::MIN), |best, cur| if cur.1 > best.1 { cur } else { best })
+        .fold(
+            (0.0, f64::MIN),
+            |best, cur| if cur.1 > best.1 { cur } else { best },
+        )
         .0
 }
 
@@ -368,7 +448,10 @@ pub async fn http_from(
     let sock = tokio::net::TcpSocket::new_v4()?;
     sock.bind(SocketAddr::new(src, 0))?;
     let mut s = sock.connect(addr).await?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
