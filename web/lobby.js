@@ -19,6 +19,23 @@
     return span;
   }
 
+  const ACCESS_LABEL = { ticketed: 'ticketed', challenge: 'checks browsers' };
+  const ACCESS_TEXT = {
+    open: 'Open: anyone with the link listens.',
+    ticketed: 'Ticketed: listeners join through the line and get a ticket.',
+    challenge: 'Challenge: browsers solve a small proof of work, then join through the line.',
+  };
+
+  function startText(unixS) {
+    const d = new Date(unixS * 1000);
+    const time = d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+    return d.toDateString() === new Date().toDateString() ? `at ${time}` : `${d.toLocaleDateString()} ${time}`;
+  }
+
+  function startLabel(unixS) {
+    return unixS * 1000 > Date.now() ? `starts ${startText(unixS)}` : `was due ${startText(unixS)}`;
+  }
+
   function listenersText(n) {
     return `${n} listening`;
   }
@@ -46,7 +63,28 @@
       listeners.dataset.listeners = String(s.listeners ?? 0);
       listeners.textContent = s.state === 'ended' ? '' : listenersText(s.listeners ?? 0);
 
-      li.append(title, badge(s.state), listeners);
+      const extras = [];
+      if (s.access && s.access !== 'open') {
+        const tag = document.createElement('span');
+        tag.className = 'tag';
+        tag.dataset.access = s.access;
+        tag.textContent = ACCESS_LABEL[s.access] || s.access;
+        extras.push(tag);
+      }
+      if (s.state === 'scheduled' && s.scheduled_start) {
+        const when = document.createElement('span');
+        when.className = 'listeners';
+        when.textContent = startLabel(s.scheduled_start);
+        extras.push(when);
+      }
+      if (s.queue_waiting > 0) {
+        const waiting = document.createElement('span');
+        waiting.className = 'listeners';
+        waiting.textContent = `${s.queue_waiting} in line`;
+        extras.push(waiting);
+      }
+
+      li.append(title, ...extras, badge(s.state), listeners);
       return li;
     });
     if (items.length === 0) {
@@ -83,6 +121,8 @@
   const titleInput = $('create-title');
   const submit = $('create-submit');
   const createError = $('create-error');
+  const accessInput = $('create-access');
+  const startInput = $('create-start');
 
   form.addEventListener('submit', async (ev) => {
     ev.preventDefault();
@@ -91,13 +131,27 @@
       titleInput.focus();
       return;
     }
+    const request = { title, access: accessInput.value || 'open' };
+    if (startInput.value) {
+      // datetime-local has no zone: the Date constructor reads it as local time.
+      const ms = new Date(startInput.value).getTime();
+      if (!Number.isFinite(ms)) {
+        showCreateError('The start time is not a valid date.', startInput);
+        return;
+      }
+      if (ms <= Date.now()) {
+        showCreateError('The start time is in the past: leave it empty to start whenever you go live.', startInput);
+        return;
+      }
+      request.scheduled_start = Math.floor(ms / 1000);
+    }
     submit.disabled = true;
     createError.hidden = true;
     try {
       const res = await fetch('/api/spaces', {
         method: 'POST',
         headers: { 'Content-Type': 'application/json' },
-        body: JSON.stringify({ title }),
+        body: JSON.stringify(request),
       });
       const body = await res.json().catch(() => ({}));
       if (!res.ok) throw new Error(body.error || `HTTP ${res.status}`);
@@ -105,15 +159,24 @@
       form.reset();
       refresh();
     } catch (e) {
-      createError.textContent = `Could not create the space: ${e.message}`;
-      createError.hidden = false;
+      showCreateError(`Could not create the space: ${e.message}`);
     } finally {
       submit.disabled = false;
     }
   });
 
+  function showCreateError(message, field) {
+    createError.textContent = message;
+    createError.hidden = false;
+    if (field) field.focus();
+  }
+
   function showCreated(space) {
     $('created-title').textContent = space.title;
+    const access = $('created-access');
+    access.dataset.access = space.access || 'open';
+    access.textContent = (ACCESS_TEXT[space.access] || space.access || 'open') +
+      (space.scheduled_start ? ` Starts ${startText(space.scheduled_start)}; listeners can line up now.` : '');
     $('created-key').value = space.host_key;
     // The key travels in the fragment, which browsers never send to the server.
     $('created-host').href = `${spacePath(space.id)}/host#key=${encodeURIComponent(space.host_key)}`;

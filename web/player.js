@@ -2,6 +2,13 @@
 // playout buffer on an AudioContext. Falls back to the progressive Ogg/Opus stream in an
 // <audio> element where WebCodecs cannot decode Opus.
 //
+// Every connection starts with the join API (POST /api/spaces/{id}/join, docs/protocol.md): it
+// answers with a ticket and stream URLs (200), a place in line (202: the page shows it, counts
+// the ETA down and asks again with its token), a proof-of-work challenge (401: solved in a Web
+// Worker, /assets/pow-worker.js) or a refusal with a time to come back (429/403/503). All waits
+// are jittered, so a crowd told the same thing does not come back in lockstep. Tickets live
+// about a minute, so every reconnect joins again.
+//
 // Wire format (docs/protocol.md): binary messages, first byte = kind, integers big-endian.
 //   0x01 HEAD  + 19-byte OpusHead
 //   0x02 AUDIO + seq u64 + capture time u64 (µs since epoch) + one Opus packet
@@ -41,6 +48,14 @@
     offset: $('stat-offset'),
     mode: $('stat-mode'),
     oggLink: $('ogg-link'),
+    oggNote: $('ogg-ticket-note'),
+    access: $('space-access'),
+    lineBox: $('line-box'),
+    lineText: $('line-text'),
+    lineProgress: $('line-progress'),
+    lineHint: $('line-hint'),
+    joins: $('stat-joins'),
+    pow: $('stat-pow'),
   };
 
   const parts = location.pathname.split('/').filter(Boolean); // ["space", id, ...]
@@ -70,6 +85,21 @@
     clockOffsetMs: null,
     channels: null,
     lastClose: null,
+    // Joining (POST /api/spaces/{id}/join).
+    joinState: 'idle',      // idle | joining | queued | challenge | admitted | limited | banned | full | retrying | ended | error
+    joins: 0,               // join requests sent
+    admissions: 0,          // tickets received
+    access: null,           // the access mode the last admission was under
+    queuePosition: null,    // place in line while queued (1 = next), from the last answer
+    queueEtaMs: null,       // the server's estimate at the last answer
+    queueFirstPosition: null,
+    queuedMs: null,         // time spent in line before the last admission
+    powDifficulty: null,    // difficulty of the last challenge
+    powMs: null,            // time the worker took to solve it
+    powHashes: null,        // hashes it tried
+    powEngine: null,        // "SubtleCrypto" or "JavaScript"
+    powWorkers: null,       // workers that searched in parallel
+    retryInMs: null,        // while refused (limited, banned, full, retrying): time until the next try
   };
   Object.defineProperty(levee, 'playbackClock', {
     enumerable: true,
@@ -138,7 +168,24 @@
     const state = info.state;
     ui.state.textContent = state;
     ui.state.className = `badge ${state}`;
-    if (info.urls && info.urls.ogg) ui.oggLink.href = sameSchemeUrl(info.urls.ogg);
+    const access = info.access || 'open';
+    ui.access.hidden = access === 'open';
+    ui.access.textContent = access === 'challenge' ? 'checks browsers' : access;
+    ui.access.title = access === 'ticketed'
+      ? 'Listeners join through the join API and get a ticket'
+      : access === 'challenge' ? 'Browsers solve a small proof of work before joining' : '';
+    renderOggLink();
+  }
+
+  function renderOggLink() {
+    const access = (info && info.access) || 'open';
+    const fresh = joined && joined.urls && joined.urls.ogg && Date.now() < joined.expiresAt;
+    if (access !== 'open' && fresh) {
+      ui.oggLink.href = sameSchemeUrl(joined.urls.ogg);
+    } else if (info && info.urls && info.urls.ogg) {
+      ui.oggLink.href = sameSchemeUrl(info.urls.ogg);
+    }
+    ui.oggNote.hidden = access === 'open';
   }
 
   const fmt = (v) => (v === null || v === undefined || !Number.isFinite(v) ? '–' : String(Math.round(v)));
@@ -156,6 +203,8 @@
     ui.underruns.textContent = String(levee.underruns);
     ui.reconnects.textContent = String(levee.reconnects);
     ui.offset.textContent = fmt(levee.clockOffsetMs);
+    ui.joins.textContent = String(levee.joins);
+    ui.pow.textContent = fmt(levee.powMs);
     ui.mode.textContent = levee.mode === 'websocket'
       ? 'WebSocket + WebCodecs'
       : levee.mode === 'ogg' ? 'Ogg/Opus stream in <audio>' : '–';
@@ -173,12 +222,14 @@
   }
 
   function wsUrl() {
+    if (joined && joined.urls && joined.urls.ws) return sameSchemeUrl(joined.urls.ws);
     if (info && info.urls && info.urls.ws) return sameSchemeUrl(info.urls.ws);
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
     return `${scheme}//${location.host}/live/${encodeURIComponent(spaceId)}/ws`;
   }
 
   function oggUrl() {
+    if (joined && joined.urls && joined.urls.ogg) return sameSchemeUrl(joined.urls.ogg);
     if (info && info.urls && info.urls.ogg) return sameSchemeUrl(info.urls.ogg);
     return `/live/${encodeURIComponent(spaceId)}.ogg`;
   }
@@ -209,7 +260,7 @@
         ended();
       } else if (!wanted && levee.state === 'idle') {
         ui.status.textContent = body.state === 'scheduled'
-          ? 'This space has not started yet. Press Play to wait for it.'
+          ? `This space has not started yet${startText(body.scheduled_start)}. Press Play to wait for it.`
           : 'Press Play to listen live.';
       }
       renderButton();
@@ -270,6 +321,7 @@
   function stop(message) {
     wanted = false;
     clearTimeout(retryTimer);
+    cancelJoin('idle');
     closeSocket(1000, 'listener stopped');
     closeDecoder();
     closeContext();
@@ -280,6 +332,7 @@
   function ended() {
     wanted = false;
     clearTimeout(retryTimer);
+    cancelJoin('ended');
     closeSocket(1000, '');
     closeDecoder();
     stopFallback();
@@ -328,9 +381,11 @@
 
   // ---------------------------------------------------------------- WebSocket
 
-  function connect() {
+  /** Joins (a fresh ticket), then opens the WebSocket. */
+  async function connect() {
     clearTimeout(retryTimer);
     if (!wanted) return;
+    if (!await join()) return;
     setState(attempt ? 'reconnecting' : 'connecting', attempt ? 'Reconnecting…' : 'Connecting…');
     const sock = new WebSocket(wsUrl());
     sock.binaryType = 'arraybuffer';
@@ -373,10 +428,7 @@
       const r = await refreshInfo();
       if (!wanted) return;
       if (r === 'missing') {
-        wanted = false;
-        closeContext();
-        stopFallback();
-        setState('error', `There is no space “${spaceId}” any more.`, true);
+        gone();
       } else if (levee.spaceState === 'ended') {
         ended();
       } else if (levee.mode === 'ogg') {
@@ -578,8 +630,9 @@
     playFallback();
   }
 
-  function playFallback() {
+  async function playFallback() {
     if (!wanted) return;
+    if (!await join()) return;
     setState('connecting', 'Connecting…');
     ui.audio.volume = Number(ui.volume.value);
     ui.audio.src = oggUrl();
@@ -596,6 +649,360 @@
     ui.audio.load();
   }
 
+  // ---------------------------------------------------------------- joining
+
+  const joinUrl = `${apiUrl}/join`;
+  const MAX_BACKOFF_MS = 60000;
+  const numberFormat = new Intl.NumberFormat();
+
+  let joined = null;      // the last admission: { ticket, urls, access, expiresAt }
+  let joinGen = 0;        // bumped by every join and by stop: an older join loop ends itself
+  let joinWake = null;    // ends the current pause early (stop)
+  let powWorkers = [];    // proof-of-work workers while a challenge is being solved
+  let line = null;        // what the line box shows (see renderLine)
+
+  function startText(unixS) {
+    if (!Number.isFinite(unixS) || unixS <= 0) return '';
+    const d = new Date(unixS * 1000);
+    const sameDay = d.toDateString() === new Date().toDateString();
+    const time = d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+    return sameDay ? ` (it starts at ${time})` : ` (it starts ${d.toLocaleDateString()} at ${time})`;
+  }
+
+  /** "40 s", "3 min 5 s", "2 h 05 min". */
+  function duration(ms) {
+    const s = Math.max(0, Math.ceil(ms / 1000));
+    if (s < 60) return `${s} s`;
+    const m = Math.floor(s / 60);
+    if (m < 60) return s % 60 ? `${m} min ${s % 60} s` : `${m} min`;
+    return `${Math.floor(m / 60)} h ${String(m % 60).padStart(2, '0')} min`;
+  }
+
+  /** `ms` ± `frac` at random. */
+  const jitter = (ms, frac) => Math.round(ms * (1 - frac + 2 * frac * Math.random()));
+
+  /** Waits `ms` unless this join is cancelled first; resolves true if it should go on. */
+  function pause(gen, ms) {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        if (joinWake === done) joinWake = null;
+        resolve(gen === joinGen && wanted);
+      };
+      const timer = setTimeout(done, Math.max(0, ms));
+      joinWake = done;
+    });
+  }
+
+  function cancelJoin(state) {
+    joinGen += 1;
+    if (joinWake) joinWake();
+    for (const w of powWorkers) w.terminate();
+    powWorkers = [];
+    line = null;
+    levee.joinState = state;
+    levee.retryInMs = null;
+    renderLine();
+  }
+
+  function showLine(next) {
+    line = next;
+    renderLine();
+  }
+
+  function renderLine() {
+    if (!line) {
+      ui.lineBox.hidden = true;
+      ui.lineBox.className = 'line-box';
+      return;
+    }
+    const now = performance.now();
+    ui.lineBox.hidden = false;
+    ui.lineBox.className = `line-box ${line.kind}`;
+    let progress = null;   // 0..1, or null for "unknown"
+    let showBar = true;
+    if (line.kind === 'queued') {
+      const left = line.etaAt - now;
+      const number = numberFormat.format(line.position);
+      ui.lineText.textContent = left > 500
+        ? `You are number ${number} — about ${duration(left)}`
+        : `You are number ${number} — any moment now`;
+      const waited = now - line.since;
+      progress = waited / Math.max(1, waited + Math.max(0, left));
+      const next = line.nextAt - now;
+      const check = next > 0 ? `Next check in ${duration(next)}.` : 'Checking…';
+      ui.lineHint.textContent = line.preQueue
+        ? `The line opens before the start and is drawn by lot at the start: arriving early or ` +
+          `late makes no difference. ${check}`
+        : check;
+    } else if (line.kind === 'challenge') {
+      ui.lineText.textContent = `Checking your browser… (difficulty ${line.difficulty})`;
+      const expected = 2 ** line.difficulty;
+      progress = line.tried < expected ? line.tried / expected : null;
+      ui.lineHint.textContent = line.tried
+        ? `${numberFormat.format(line.tried)} hashes tried, about ${numberFormat.format(expected)} expected. ` +
+          'This small proof of work keeps floods of fake listeners out.'
+        : 'This small proof of work keeps floods of fake listeners out.';
+    } else { // refused or retrying: a message and a countdown
+      const left = Math.max(0, line.retryAt - now);
+      levee.retryInMs = Math.round(left);
+      ui.lineText.textContent = line.message;
+      ui.lineHint.textContent = left > 0 ? `Trying again in ${duration(left)}.` : 'Trying again…';
+      showBar = false;
+    }
+    ui.lineProgress.hidden = !showBar;
+    if (showBar) {
+      if (progress === null) ui.lineProgress.removeAttribute('value');
+      else ui.lineProgress.value = Math.min(1, Math.max(0, progress));
+    }
+  }
+
+  /** When the server says to come back: `retry_after_ms` in the body, else `Retry-After`. */
+  function retryAfterMs(res, body) {
+    if (body && Number.isFinite(body.retry_after_ms)) return body.retry_after_ms;
+    const h = Number(res.headers.get('Retry-After'));
+    return Number.isFinite(h) && h >= 0 ? h * 1000 : null;
+  }
+
+  /**
+   * Solves a challenge in Web Workers (one per core, up to four, each searching its own range
+   * of nonces); resolves { nonce, tried, ms, engine } or null if cancelled.
+   */
+  function solve(gen, challenge) {
+    const count = Math.max(1, Math.min(4, navigator.hardwareConcurrency || 1));
+    const t0 = performance.now();
+    return new Promise((resolve, reject) => {
+      const tried = [];
+      let settled = false;
+      const total = () => tried.reduce((a, b) => a + b, 0);
+      const settle = (fn, value) => {
+        if (settled) return;
+        settled = true;
+        for (const w of powWorkers) w.terminate();
+        powWorkers = [];
+        if (joinWake === cancelled) joinWake = null;
+        fn(value);
+      };
+      // Cancelled (stop): cancelJoin wakes this up and the workers are terminated.
+      const cancelled = () => settle(resolve, null);
+      joinWake = cancelled;
+      for (let k = 0; k < count; k += 1) {
+        let worker;
+        try {
+          worker = new Worker('/assets/pow-worker.js');
+        } catch (e) {
+          if (k === 0) settle(reject, new Error(`cannot start the proof-of-work worker: ${e.message}`));
+          break;
+        }
+        powWorkers.push(worker);
+        tried.push(0);
+        worker.onmessage = (ev) => {
+          const m = ev.data || {};
+          if (settled) return;
+          if (gen !== joinGen) { settle(resolve, null); return; }
+          if (m.type === 'progress') {
+            tried[k] = m.tried;
+            if (line && line.kind === 'challenge') {
+              line.tried = total();
+              renderLine();
+            }
+          } else if (m.type === 'done') {
+            tried[k] = m.tried;
+            settle(resolve, { nonce: m.nonce, tried: total(), ms: performance.now() - t0, engine: m.engine, workers: count });
+          } else if (m.type === 'error') {
+            settle(reject, new Error(m.message || 'the proof-of-work worker failed'));
+          }
+        };
+        worker.onerror = (e) => {
+          e.preventDefault();
+          settle(reject, new Error(e.message || 'the proof-of-work worker failed'));
+        };
+        // Disjoint ranges: 2^40 nonces each is more than any difficulty needs.
+        worker.postMessage({ seed: challenge.seed, difficulty: challenge.difficulty, start: k * 2 ** 40 });
+      }
+    });
+  }
+
+  /** The space is gone (404). */
+  function gone() {
+    wanted = false;
+    cancelJoin('error');
+    closeContext();
+    stopFallback();
+    setState('error', `There is no space “${spaceId}” any more.`, true);
+  }
+
+  /**
+   * Asks the join API until admitted. Resolves true with `joined` set (the caller opens the
+   * stream), or false if the listener stopped, the space ended or is gone meanwhile.
+   */
+  async function join() {
+    cancelJoin('joining');
+    const gen = joinGen;
+    const alive = () => gen === joinGen && wanted;
+    let body = {};
+    let refusals = 0;      // consecutive refusals/failures: the backoff grows with them
+    let badPows = 0;
+    let queuedSince = null;
+    joined = null;
+    setState(levee.state === 'reconnecting' ? 'reconnecting' : 'connecting', 'Joining…');
+
+    // A refusal or failure: say so honestly, count down, come back after a jittered backoff.
+    const backOff = async (joinState, message, serverMs) => {
+      refusals += 1;
+      const own = Math.min(MAX_BACKOFF_MS, 1000 * 2 ** Math.min(refusals - 1, 6));
+      const ms = jitter(Math.min(MAX_BACKOFF_MS * 5, Math.max(serverMs ?? 0, own)), 0.2);
+      levee.joinState = joinState;
+      showLine({ kind: 'refused', message, retryAt: performance.now() + ms });
+      ui.status.textContent = `${message} This page tries again by itself.`;
+      return pause(gen, ms);
+    };
+
+    while (alive()) {
+      let res;
+      let answer = {};
+      try {
+        levee.joins += 1;
+        res = await fetch(joinUrl, {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json' },
+          body: JSON.stringify(body),
+          cache: 'no-store',
+        });
+        answer = await res.json().catch(() => ({}));
+      } catch (e) {
+        if (!alive()) return false;
+        if (!await backOff('retrying', `Could not reach the server (${e.message}).`)) return false;
+        continue;
+      }
+      if (!alive()) return false;
+      const serverMs = retryAfterMs(res, answer);
+      switch (res.status) {
+        case 200: {
+          if (!answer.urls || !answer.urls.ws) {
+            if (!await backOff('retrying', 'The server admitted this page without stream addresses.')) return false;
+            body = {};
+            continue;
+          }
+          joined = {
+            ticket: answer.ticket,
+            urls: answer.urls,
+            access: answer.access,
+            expiresAt: Date.now() + (answer.expires_in_s || 60) * 1000,
+          };
+          levee.admissions += 1;
+          levee.access = answer.access || null;
+          levee.queuedMs = queuedSince === null ? 0 : Math.round(performance.now() - queuedSince);
+          levee.queuePosition = null;
+          levee.queueEtaMs = null;
+          levee.retryInMs = null;
+          levee.joinState = 'admitted';
+          line = null;
+          renderLine();
+          renderOggLink();
+          return true;
+        }
+        case 202: {
+          const q = answer.queue;
+          if (!q || typeof q.token !== 'string') {
+            if (!await backOff('retrying', 'The server put this page in line without a token.', serverMs)) return false;
+            body = {};
+            continue;
+          }
+          refusals = 0;
+          const now = performance.now();
+          if (queuedSince === null) {
+            queuedSince = now;
+            levee.queueFirstPosition = q.position + 1;
+          }
+          levee.joinState = 'queued';
+          levee.queuePosition = q.position + 1;  // callers ahead + 1: "you are number 1" is next
+          levee.queueEtaMs = q.eta_ms;
+          const preQueue = Boolean(info && info.scheduled_start && info.scheduled_start * 1000 > Date.now());
+          // The server's advice is already jittered ±25 %; ours on top spreads a herd further.
+          const wait = Math.max(250, jitter(Number.isFinite(q.retry_after_ms) ? q.retry_after_ms : (serverMs ?? 2000), 0.1));
+          showLine({
+            kind: 'queued',
+            position: levee.queuePosition,
+            etaAt: now + (q.eta_ms || 0),
+            nextAt: now + wait,
+            since: queuedSince,
+            preQueue,
+          });
+          // Said once (the status line is read out): the box above counts down quietly.
+          ui.status.textContent = 'Waiting in line. You will join by yourself when it is your turn; keep this page open.';
+          body = { queue_token: q.token };
+          if (!await pause(gen, wait)) return false;
+          continue;
+        }
+        case 401: {
+          const c = answer.challenge;
+          if (!c || typeof c.seed !== 'string' || !Number.isInteger(c.difficulty)) {
+            if (!await backOff('retrying', `The server refused this page (${answer.error || 'no challenge'}).`, serverMs)) return false;
+            body = {};
+            continue;
+          }
+          if (body.pow) badPows += 1; // the last solution was refused (used, expired, too easy)
+          if (badPows >= 3) {
+            badPows = 0;
+            if (!await backOff('retrying', `The server keeps refusing this browser’s proof of work (${answer.error || 'refused'}).`)) return false;
+            body = {}; // that challenge has aged: ask for a fresh one
+            continue;
+          }
+          levee.joinState = 'challenge';
+          levee.powDifficulty = c.difficulty;
+          showLine({ kind: 'challenge', difficulty: c.difficulty, tried: 0 });
+          ui.status.textContent = 'This space asks browsers for a small proof of work before they join. It takes a moment.';
+          let solved;
+          try {
+            solved = await solve(gen, c);
+          } catch (e) {
+            if (!alive()) return false;
+            if (!await backOff('retrying', `Could not check this browser: ${e.message}.`)) return false;
+            body = {};
+            continue;
+          }
+          if (!solved || !alive()) return false;
+          levee.powMs = Math.round(solved.ms);
+          levee.powHashes = solved.tried;
+          levee.powEngine = solved.engine || null;
+          levee.powWorkers = solved.workers || 1;
+          body = { pow: { seed: c.seed, nonce: solved.nonce } };
+          ui.status.textContent = 'Checked; joining…';
+          continue;
+        }
+        case 429:
+          if (!await backOff('limited', 'Too many join requests are coming from your network right now.', serverMs)) return false;
+          continue;
+        case 403:
+          if (Number.isFinite(answer.retry_after_ms)) {
+            if (!await backOff('banned', 'Your network is blocked from joining for a while.', serverMs)) return false;
+          } else {
+            // A queue token refused (expired, for instance): start again at the back of the line.
+            body = {};
+            queuedSince = null;
+            if (!await backOff('retrying', `The server refused this page’s place in line (${answer.error || 'forbidden'}).`, 1000)) return false;
+          }
+          continue;
+        case 503:
+          if (!await backOff('full', 'The line for this space is full.', serverMs)) return false;
+          continue;
+        case 410:
+          ended();
+          return false;
+        case 404:
+          gone();
+          return false;
+        default:
+          // A bad request (an old token format, say) or a server error: start over, slowly.
+          body = {};
+          if (!await backOff('retrying', `The server answered ${res.status}${answer.error ? `: ${answer.error}` : ''}.`, serverMs)) return false;
+          continue;
+      }
+    }
+    return false;
+  }
+
   // ---------------------------------------------------------------- timers
 
   setInterval(() => {
@@ -603,6 +1010,7 @@
         performance.now() - lastAudioWall > STALL_MS) {
       setState('waiting', 'No audio from the host right now; staying connected.');
     }
+    renderLine();
     renderStats();
   }, 250);
 

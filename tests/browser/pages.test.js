@@ -5,206 +5,37 @@
 //   cargo build -p levee && cd tests/browser && npm ci && npm test
 //
 // Environment: LEVEE_BIN (default <repo>/target/debug/levee), CHROMIUM (default
-// /usr/bin/chromium), LEVEE_SCREENSHOTS=<dir> to save screenshots of the pages.
+// /usr/bin/chromium), LEVEE_SCREENSHOTS=<dir> to save screenshots of the pages. Helpers (the
+// server, the browser, bounded waits) are in helpers.js; the join API's page flows in
+// join.test.js.
 
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import { setTimeout as delay } from 'node:timers/promises';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
-
-const here = path.dirname(fileURLToPath(import.meta.url));
-const repo = path.resolve(here, '..', '..');
-const LEVEE_BIN = process.env.LEVEE_BIN || path.join(repo, 'target', 'debug', 'levee');
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-const SHOTS = process.env.LEVEE_SCREENSHOTS || '';
-const WAIT_MS = 20000;
-
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--use-fake-device-for-media-stream',
-  '--use-fake-ui-for-media-stream',
-  '--autoplay-policy=no-user-gesture-required',
-];
-
-// ------------------------------------------------------------------ the server
-
-/** The running server, for diagnostics in failure messages. */
-let current = null;
-
-function serverNote() {
-  if (!current) return '';
-  const state = current.exited ? `levee EXITED (${current.exited})` : 'levee is running';
-  const tail = current.log.join('').split('\n').slice(-15).join('\n  ');
-  return `\n  ${state}; its last log lines:\n  ${tail}`;
-}
-
-/** Starts `levee serve` on a free loopback port; resolves with { proc, base, log, exited }. */
-function startServer() {
-  if (!fs.existsSync(LEVEE_BIN)) {
-    throw new Error(`levee binary not found at ${LEVEE_BIN}: build it with \`cargo build -p levee\` ` +
-      'or point LEVEE_BIN at it');
-  }
-  const proc = spawn(LEVEE_BIN, ['serve', '--listen', '127.0.0.1:0'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn' },
-  });
-  // Keep both pipes drained (a full pipe would block the server); keep a tail for diagnostics.
-  const log = [];
-  const keep = (chunk) => {
-    log.push(chunk.toString());
-    while (log.length > 200) log.shift();
-  };
-  proc.stderr.on('data', keep);
-  // Never leave the server behind, even if the test process is stopped early.
-  process.once('exit', () => proc.kill('SIGKILL'));
-  return new Promise((resolve, reject) => {
-    let out = '';
-    let done = false;
-    const fail = (msg) => {
-      if (done) return;
-      done = true;
-      proc.kill('SIGKILL');
-      reject(new Error(`${msg}\nserver output:\n${out}${log.join('')}`));
-    };
-    const timer = setTimeout(() => fail('levee did not print its URL within 15 s'), 15000);
-    proc.on('error', (e) => fail(`could not start ${LEVEE_BIN}: ${e.message}`));
-    proc.on('exit', (code, sig) => fail(`levee exited early (code ${code}, signal ${sig})`));
-    proc.stdout.on('data', (chunk) => {
-      if (done) {
-        keep(chunk);
-        return;
-      }
-      out += chunk.toString();
-      const nl = out.indexOf('\n');
-      if (nl < 0) return;
-      const first = out.slice(0, nl).trim();
-      const m = /^levee listening on (http:\/\/\S+)$/.exec(first);
-      if (!m) {
-        fail(`unexpected first stdout line from levee: ${JSON.stringify(first)}`);
-        return;
-      }
-      done = true;
-      clearTimeout(timer);
-      const server = { proc, base: m[1].replace(/\/$/, ''), log, exited: null };
-      proc.removeAllListeners('exit');
-      proc.on('exit', (code, sig) => { server.exited = `code ${code}, signal ${sig}`; });
-      current = server;
-      resolve(server);
-    });
-  });
-}
-
-async function api(base, method, p, body, headers = {}) {
-  const res = await fetch(`${base}${p}`, {
-    method,
-    headers: body === undefined ? headers : { 'Content-Type': 'application/json', ...headers },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await res.text();
-  let json = null;
-  try { json = JSON.parse(text); } catch { /* not JSON */ }
-  return { status: res.status, json, text };
-}
-
-async function createSpace(base, title) {
-  const r = await api(base, 'POST', '/api/spaces', { title });
-  assert.equal(r.status, 201, `POST /api/spaces answered ${r.status}: ${r.text}`);
-  assert.ok(r.json && r.json.id && r.json.host_key, `no id/host_key in ${r.text}`);
-  return r.json;
-}
-
-// ------------------------------------------------------------------ the browser
-
-/** The page's exposed numbers (getters evaluated), or null. */
-function numbers(page, name) {
-  return page.evaluate((n) => (window[n] ? { ...window[n] } : null), name);
-}
-
-/**
- * Polls `window[name]` until `pred` holds; fails after `timeoutMs` showing the last numbers,
- * the page's status line and its console errors.
- */
-async function waitFor(page, name, pred, what, timeoutMs = WAIT_MS) {
-  const deadline = Date.now() + timeoutMs;
-  let last = null;
-  for (;;) {
-    last = await numbers(page, name);
-    if (last && pred(last)) return last;
-    if (Date.now() > deadline) {
-      const status = await page.locator('#status').textContent().catch(() => '?');
-      const errors = page.leveeErrors || [];
-      assert.fail(`timed out after ${timeoutMs} ms waiting for ${what}\n` +
-        `  ${name} = ${JSON.stringify(last)}\n  status line: ${JSON.stringify(status)}\n` +
-        `  page errors: ${JSON.stringify(errors.slice(0, 5))}${serverNote()}`);
-    }
-    await delay(100);
-  }
-}
-
-async function shot(page, file) {
-  if (!SHOTS) return;
-  fs.mkdirSync(SHOTS, { recursive: true });
-  await page.screenshot({ path: path.join(SHOTS, file), fullPage: true });
-}
+import {
+  WAIT_MS, api, createSpace, launchBrowser, numbers, serverNote, shot, startServer, waitFor,
+} from './helpers.js';
 
 // ------------------------------------------------------------------ the tests
 
 describe('levee web pages in headless chromium', () => {
   let server = null;
-  let context = null;
-  let userDataDir = null;
+  let browser = null;
   let base = '';
 
-  async function openPage(url, init) {
-    const page = await context.newPage();
-    page.leveeErrors = [];
-    page.on('pageerror', (e) => page.leveeErrors.push(`pageerror: ${e.message}`));
-    page.on('console', (m) => {
-      if (m.type() === 'error') page.leveeErrors.push(`console: ${m.text()} (${m.location().url})`);
-    });
-    if (init) await page.addInitScript(init);
-    await page.goto(url, { waitUntil: 'load', timeout: WAIT_MS });
-    return page;
-  }
+  const openPage = (url, init) => browser.openPage(url, init);
 
   before(async () => {
-    if (!fs.existsSync(CHROMIUM)) {
-      throw new Error(`chromium not found at ${CHROMIUM}: install Debian's \`chromium\` package ` +
-        '(apt-get install chromium) or set CHROMIUM');
-    }
     server = await startServer();
     base = server.base;
-    userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'levee-chromium-'));
-    context = await chromium.launchPersistentContext(userDataDir, {
-      executablePath: CHROMIUM,
-      headless: true,
-      args: CHROMIUM_ARGS,
-      viewport: { width: 1000, height: 900 },
-      timeout: WAIT_MS,
-    });
-    await context.grantPermissions(['microphone'], { origin: base }).catch(() => {});
+    browser = await launchBrowser([base]);
   });
 
   after(async () => {
-    if (context) await context.close().catch(() => {});
+    if (browser) await browser.close();
     if (server) {
       if (server.exited) console.error(`levee exited during the tests:${serverNote()}`);
-      server.proc.removeAllListeners('exit');
-      server.proc.kill('SIGKILL');
+      server.stop();
     }
-    if (userDataDir) fs.rmSync(userDataDir, { recursive: true, force: true });
   });
 
   test('the lobby lists a space created through the API', async () => {
@@ -292,6 +123,8 @@ describe('levee web pages in headless chromium', () => {
         'a STATS message with the listener count', 5000);
       assert.equal(s.mode, 'websocket');
       assert.equal(s.state, 'playing', JSON.stringify(s));
+      assert.equal(s.joinState, 'admitted', 'the page joined through the join API');
+      assert.equal(s.access, 'open');
       assert.ok(s.gaps <= 2, `few gaps: ${JSON.stringify(s)}`);
       assert.ok(s.underruns <= 3, `few underruns: ${JSON.stringify(s)}`);
       assert.ok(Number.isFinite(s.latencyMs) && s.latencyMs > 0 && s.latencyMs < 3000,
@@ -343,6 +176,7 @@ describe('levee web pages in headless chromium', () => {
         (x) => x.reconnects >= 1 && x.state === 'playing' && x.framesDecoded > before.framesDecoded + 25,
         'the player to reconnect and play again');
       assert.equal(await page.evaluate(() => window.testSockets.length), 2, 'one new socket');
+      assert.ok(s.admissions >= 2, `the reconnect joined again: ${JSON.stringify(s)}`);
       assert.ok(s.lastClose, 'the drop was seen');
       await page.close();
     });

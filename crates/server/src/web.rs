@@ -33,6 +33,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "text/javascript; charset=utf-8",
         include_str!("../../../web/capture-worklet.js"),
     ),
+    (
+        "pow-worker.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../../web/pow-worker.js"),
+    ),
 ];
 
 /// The MIME type and body of the asset called `name`.
