@@ -71,9 +71,9 @@ pub struct Line {
     /// Start time before which callers join the pre-queue lottery.
     start_us: Option<u64>,
     pre_count: u64,
-    /// Exponentially weighted admissions per second, as measured.
+    /// Exponentially weighted advance of the head, numbers per second, as measured.
     outflow: f64,
-    admitted_since: u64,
+    head_at_window_start: f64,
     window_start_us: u64,
 }
 
@@ -97,7 +97,7 @@ impl Line {
             start_us: start_us.filter(|&s| s > now_us),
             pre_count: 0,
             outflow: cfg.rate_per_s,
-            admitted_since: 0,
+            head_at_window_start: cfg.burst as f64,
             window_start_us: now_us,
         }
     }
@@ -112,7 +112,7 @@ impl Line {
         self.tail.saturating_sub(self.head as u64)
     }
 
-    /// The measured outflow, admissions per second.
+    /// The measured outflow: how fast the head advances, numbers per second.
     pub fn outflow(&self) -> f64 {
         self.outflow
     }
@@ -131,6 +131,8 @@ impl Line {
             self.start_us = None;
             self.tail = self.tail.max(self.pre_count);
             self.head = self.cfg.burst as f64;
+            self.head_at_window_start = self.head;
+            self.window_start_us = start;
             self.last_us = start;
         }
         let dt = now_us.saturating_sub(self.last_us) as f64 / 1e6;
@@ -139,17 +141,21 @@ impl Line {
             let limit = (self.tail + self.cfg.burst) as f64;
             self.head = (self.head + dt * self.cfg.rate_per_s).min(limit);
         }
+        // The head is what admits: its measured speed is the honest outflow (the configured
+        // rate, or less while the space is at capacity).
         let window = now_us.saturating_sub(self.window_start_us);
         if window >= 1_000_000 {
-            let measured = self.admitted_since as f64 * 1e6 / window as f64;
-            // When nobody is waiting, the configured rate is the honest estimate.
+            let advanced = (self.head - self.head_at_window_start).max(0.0);
+            let measured = advanced * 1e6 / window as f64;
+            // When nobody is waiting the head is held at the burst limit: the configured rate
+            // is then the honest estimate.
             let sample = if self.waiting() > 0 {
                 measured
             } else {
                 self.cfg.rate_per_s
             };
             self.outflow = 0.5 * self.outflow + 0.5 * sample;
-            self.admitted_since = 0;
+            self.head_at_window_start = self.head;
             self.window_start_us = now_us;
         }
     }
@@ -213,7 +219,6 @@ impl Line {
 
     fn check(&mut self, number: u64, now_us: u64, rand01: f64) -> Decision {
         if !self.pre_queue_open(now_us) && (self.place(number) as f64) < self.head {
-            self.admitted_since += 1;
             Decision::Admit
         } else {
             self.wait(number, now_us, rand01)
@@ -386,5 +391,40 @@ mod tests {
         assert_eq!(position, 49);
         // At the configured 100/s the ETA would be 0.49 s; nobody is leaving, so it is far longer.
         assert!(eta_ms > 5_000, "eta {eta_ms} ms");
+        // Room again: the head moves at the configured rate, and so does the estimate.
+        for s in 7..12 {
+            l.recheck(last, s * S, 0, 0.0);
+        }
+        assert!(l.outflow() > 90.0, "outflow {}", l.outflow());
+    }
+
+    #[test]
+    fn eta_is_honest_at_a_slow_outflow() {
+        // Two seconds per admission; callers re-ask every second.
+        let mut l = Line::new(cfg(0.5, 0), 0, None);
+        let numbers: Vec<u64> = (0..6)
+            .map(|_| match l.arrive(0, 0, 0, 0.0) {
+                Decision::Wait { number, .. } => number,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let mut t = 0;
+        for _ in 0..4 {
+            t += S;
+            for &n in &numbers {
+                l.recheck(n, t, 0, 0.0);
+            }
+        }
+        let Decision::Wait {
+            position, eta_ms, ..
+        } = l.recheck(numbers[5], t, 0, 0.0)
+        else {
+            panic!()
+        };
+        assert_eq!(position, 3);
+        assert!(
+            (5_500..=6_500).contains(&eta_ms),
+            "position 3 at 0.5/s: told {eta_ms} ms"
+        );
     }
 }

@@ -35,13 +35,14 @@ pub struct PressureConfig {
 }
 
 impl Default for PressureConfig {
-    /// Levels of 12, 16 and 18 bits: about 4 ms, 60 ms and 250 ms of one browser core each.
+    /// Levels of 12, 15 and 17 bits: about 4 k, 33 k and 131 k hashes; a browser worker on a
+    /// small machine does about 80–100 k SHA-256 per second, so about 0.05 s, 0.4 s and 1.5 s.
     fn default() -> Self {
         PressureConfig {
             join_rate_high: 5_000.0,
             reject_ratio_high: 0.5,
             cpu_high: f64::INFINITY,
-            levels: vec![12, 16, 18],
+            levels: vec![12, 15, 17],
             step_us: 2_000_000,
             calm_us: 10_000_000,
         }
@@ -140,13 +141,13 @@ mod tests {
         assert_eq!(p.update(flood(), S), 12);
         // One burst a second later does not jump a level: at most one raise per 2 s.
         assert_eq!(p.update(flood(), 2 * S), 12);
-        assert_eq!(p.update(flood(), 3 * S), 16);
-        assert_eq!(p.update(flood(), 5 * S), 18);
-        assert_eq!(p.update(flood(), 7 * S), 18, "top level holds");
+        assert_eq!(p.update(flood(), 3 * S), 15);
+        assert_eq!(p.update(flood(), 5 * S), 17);
+        assert_eq!(p.update(flood(), 7 * S), 17, "top level holds");
         // Calm: one level down per 10 s of calm.
-        assert_eq!(p.update(Signals::default(), 8 * S), 18);
-        assert_eq!(p.update(Signals::default(), 17 * S), 18);
-        assert_eq!(p.update(Signals::default(), 18 * S), 16);
+        assert_eq!(p.update(Signals::default(), 8 * S), 17);
+        assert_eq!(p.update(Signals::default(), 17 * S), 17);
+        assert_eq!(p.update(Signals::default(), 18 * S), 15);
         assert_eq!(p.update(Signals::default(), 28 * S), 12);
         assert_eq!(p.update(Signals::default(), 38 * S), 0);
     }
