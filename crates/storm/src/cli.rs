@@ -125,6 +125,8 @@ struct Common {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     #[command(flatten)]
+    mount: crate::icecast::MountArgs,
+    #[command(flatten)]
     out: OutArgs,
 }
 
@@ -147,6 +149,7 @@ impl Common {
         sc.first_audio_timeout = self.first_audio_timeout;
         sc.seed = self.seed;
         sc.objectives = self.out.expect.clone();
+        self.mount.apply(&mut sc);
         sc
     }
 }

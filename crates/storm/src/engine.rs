@@ -300,7 +300,7 @@ pub async fn run_part(
             addr: target.addr,
             authority: target.authority.clone(),
             ws_path: format!("/live/{}/ws", plan.space),
-            ogg_path: format!("/live/{}.ogg", plan.space),
+            ogg_path: crate::icecast::ogg_path(&sc, &plan.space),
             connect_timeout: sc.connect_timeout,
             first_audio_timeout: sc.first_audio_timeout,
             meter: sc.meter,

@@ -21,6 +21,7 @@ pub mod hist;
 pub mod host;
 pub mod html;
 pub mod http;
+pub mod icecast;
 pub mod marker;
 pub mod measure;
 pub mod proto;

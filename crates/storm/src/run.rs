@@ -82,6 +82,10 @@ pub async fn run(sc: Scenario, out: Output) -> Result<Report, String> {
     .map(|e| Objective::parse(e))
     .collect::<Result<Vec<_>, _>>()?;
     let (space, key) = match &sc.space {
+        _ if sc.mount.is_some() => (
+            sc.mount.as_ref().map(|m| m.label()).unwrap_or_default(),
+            None,
+        ),
         Some(id) => {
             http::get_space(&target, id).await?;
             (id.clone(), None)
@@ -110,6 +114,8 @@ pub async fn run(sc: Scenario, out: Output) -> Result<Report, String> {
             stop_rx.clone(),
         ))
     });
+    let host_task = host_task
+        .or_else(|| crate::icecast::spawn_source(&sc, start_us, run_end_us, stop_rx.clone()));
     let drain = key.is_some() && sc.host.end_space;
     let plan = Plan {
         scenario: sc.clone(),

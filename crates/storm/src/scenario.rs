@@ -233,6 +233,9 @@ pub struct Scenario {
     /// The synthetic host.
     #[serde(default)]
     pub host: HostConfig,
+    /// A raw progressive Ogg URL to listen to (and publish to) instead of levee's API.
+    #[serde(default)]
+    pub mount: Option<crate::icecast::Mount>,
     /// Pass/fail objectives, e.g. `ttfa_p99 < 500ms` (see `docs/storm.md`).
     #[serde(default)]
     pub objectives: Vec<String>,
@@ -287,6 +290,7 @@ impl Scenario {
             connect_timeout: default_connect_timeout(),
             first_audio_timeout: default_first_audio_timeout(),
             host: HostConfig::default(),
+            mount: None,
             objectives: Vec::new(),
             seed: 1,
         }
@@ -334,6 +338,7 @@ impl Scenario {
             return Err("host.bitrate must be within 8000..=512000".into());
         }
         parse_cidr(&self.sources)?;
+        crate::icecast::validate(self)?;
         crate::http::Target::parse(&self.server)?;
         if self.run_length() > MAX_RUN {
             return Err(format!(
