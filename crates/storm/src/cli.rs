@@ -32,9 +32,15 @@ enum StormCommand {
     StartStorm(StartStormArgs),
     /// Waves of listeners leave and rejoin (naive retry or jittered backoff).
     Churn(ChurnArgs),
+    /// Legitimate listeners join through the join API and listen while attackers hit the
+    /// space (ddos-during-broadcast).
+    Ddos(DdosArgs),
     /// Internal: run a share of the listeners for a parent storm process (JSON on stdin/stdout).
     #[command(hide = true)]
     Agent,
+    /// Internal: run the attackers for a parent storm process (JSON on stdin/stdout).
+    #[command(hide = true)]
+    AttackAgent,
 }
 
 fn dur(s: &str) -> Result<Duration, String> {
@@ -124,6 +130,10 @@ struct Common {
     /// Seed of the schedule.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// How listeners join: direct (open the stream URL) or api (join API first, then the
+    /// ticket's URL). Default: api for ddos, direct otherwise.
+    #[arg(long, value_enum)]
+    join: Option<crate::joinapi::JoinMode>,
     #[command(flatten)]
     mount: crate::icecast::MountArgs,
     #[command(flatten)]
@@ -148,6 +158,7 @@ impl Common {
         sc.host.bitrate = self.bitrate;
         sc.first_audio_timeout = self.first_audio_timeout;
         sc.seed = self.seed;
+        sc.join = self.join;
         sc.objectives = self.out.expect.clone();
         self.mount.apply(&mut sc);
         sc
@@ -177,6 +188,14 @@ struct StartStormArgs {
     /// Spread of the joins after that instant.
     #[arg(long, value_parser = dur, default_value = "0s")]
     jitter: Duration,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Args)]
+struct DdosArgs {
+    #[command(flatten)]
+    ddos: crate::ddos::DdosFlags,
     #[command(flatten)]
     common: Common,
 }
@@ -285,7 +304,12 @@ fn scenario_of(cmd: StormCommand) -> Result<(Scenario, OutArgs), String> {
             };
             (sc, a.common.out)
         }
-        StormCommand::Agent => unreachable!("handled before"),
+        StormCommand::Ddos(a) => {
+            let mut sc = a.common.scenario(Kind::DdosDuringBroadcast);
+            a.ddos.apply(&mut sc);
+            (sc, a.common.out)
+        }
+        StormCommand::Agent | StormCommand::AttackAgent => unreachable!("handled before"),
     })
 }
 
@@ -293,6 +317,9 @@ fn scenario_of(cmd: StormCommand) -> Result<(Scenario, OutArgs), String> {
 pub fn main(args: StormArgs) -> ExitCode {
     if let StormCommand::Agent = args.command {
         return crate::agent::agent_main();
+    }
+    if let StormCommand::AttackAgent = args.command {
+        return crate::attackers::agent_main();
     }
     raise_fd_limit();
     let (sc, out) = match scenario_of(args.command) {
@@ -319,6 +346,9 @@ pub fn main(args: StormArgs) -> ExitCode {
         quiet: out.quiet,
         exe: None,
     };
+    if sc.kind == Kind::DdosDuringBroadcast {
+        return crate::ddos::main(&rt, sc, output);
+    }
     match rt.block_on(run::run(sc, output)) {
         Ok(report) => {
             print!("{}", run::summary_text(&report));

@@ -219,17 +219,35 @@ async fn run_slot(ctx: Arc<Ctx>, slot: Slot) {
                 _ = stop.changed() => break 'segments,
             }
             nonce += 1;
-            let rec = client::session(
-                &ctx.ep,
-                slot.format,
-                source,
-                ctx.bounds(at, leave_us),
-                nonce,
-                shard,
-                &gauges,
-                ctx.stop.clone(),
-            )
-            .await;
+            let (bounds, stop) = (ctx.bounds(at, leave_us), ctx.stop.clone());
+            let rec = if crate::joinapi::mode(sc) == crate::joinapi::JoinMode::Api {
+                let (rec, join) = crate::joinapi::session(
+                    &ctx.ep,
+                    slot.format,
+                    source,
+                    bounds,
+                    nonce,
+                    shard,
+                    &gauges,
+                    stop,
+                )
+                .await;
+                let mut agg = ctx.agg.lock().unwrap_or_else(|e| e.into_inner());
+                agg.join_api.record(&join);
+                rec
+            } else {
+                client::session(
+                    &ctx.ep,
+                    slot.format,
+                    source,
+                    bounds,
+                    nonce,
+                    shard,
+                    &gauges,
+                    stop,
+                )
+                .await
+            };
             let failed = rec.join_failure.is_some();
             ever_joined |= !failed;
             {

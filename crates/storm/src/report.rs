@@ -349,6 +349,9 @@ pub struct Report {
     pub e2e_latency_ms: Percentiles,
     /// Churn: leaving in a wave → audio again (the rejoin delay, backoff and retries included).
     pub rejoin_ms: Percentiles,
+    /// Joins through the join API, when listeners joined through it.
+    #[serde(default)]
+    pub join: Option<crate::joinapi::JoinReport>,
     /// Audio received / (received + missing).
     pub delivered_ratio: f64,
     /// Frames received.
@@ -615,6 +618,7 @@ pub fn build(inp: Inputs<'_>, objectives: &[Objective], steps: Vec<StepResult>) 
         ttfa_ms: a.ttfa.summary_ms(),
         e2e_latency_ms: a.e2e.summary_ms(),
         rejoin_ms: a.rejoin.summary_ms(),
+        join: crate::joinapi::report(&a.join_api),
         delivered_ratio: a.delivered_ratio(),
         frames_received: a.frames,
         audio_received_s: a.audio_us as f64 / 1e6,

@@ -31,6 +31,9 @@ pub enum Kind {
     StartStorm,
     /// Waves of listeners leave and rejoin.
     Churn,
+    /// Listeners join through the join API and listen while attackers hit the space
+    /// ([`crate::ddos`]).
+    DdosDuringBroadcast,
 }
 
 impl Kind {
@@ -40,6 +43,7 @@ impl Kind {
             Kind::Capacity => "capacity",
             Kind::StartStorm => "start-storm",
             Kind::Churn => "churn",
+            Kind::DdosDuringBroadcast => "ddos-during-broadcast",
         }
     }
 }
@@ -236,6 +240,12 @@ pub struct Scenario {
     /// A raw progressive Ogg URL to listen to (and publish to) instead of levee's API.
     #[serde(default)]
     pub mount: Option<crate::icecast::Mount>,
+    /// How listeners join (default: `api` for ddos-during-broadcast, else `direct`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<crate::joinapi::JoinMode>,
+    /// Attackers (ddos-during-broadcast only).
+    #[serde(default, skip_serializing_if = "crate::attack::AttackConfig::is_off")]
+    pub attack: crate::attack::AttackConfig,
     /// Pass/fail objectives, e.g. `ttfa_p99 < 500ms` (see `docs/storm.md`).
     #[serde(default)]
     pub objectives: Vec<String>,
@@ -291,6 +301,8 @@ impl Scenario {
             first_audio_timeout: default_first_audio_timeout(),
             host: HostConfig::default(),
             mount: None,
+            join: None,
+            attack: Default::default(),
             objectives: Vec::new(),
             seed: 1,
         }
@@ -338,6 +350,7 @@ impl Scenario {
             return Err("host.bitrate must be within 8000..=512000".into());
         }
         parse_cidr(&self.sources)?;
+        crate::ddos::validate(self)?;
         crate::icecast::validate(self)?;
         crate::http::Target::parse(&self.server)?;
         if self.run_length() > MAX_RUN {
@@ -396,6 +409,7 @@ impl Scenario {
             Kind::Capacity => self.windows().last().map_or(LEAD, |w| w.2),
             Kind::StartStorm => LEAD + self.storm.at + self.storm.jitter + self.hold,
             Kind::Churn => LEAD + self.ramp + self.churn.wave_every * self.churn.waves + self.hold,
+            Kind::DdosDuringBroadcast => LEAD + self.ramp + self.hold,
         }
     }
 }
@@ -470,7 +484,7 @@ pub fn schedule(sc: &Scenario) -> Vec<Slot> {
     };
     let ramp_us = |n: u64, i: u64, ramp: Duration| ramp.as_micros() as u64 * i / n.max(1);
     match sc.kind {
-        Kind::Capacity | Kind::Churn => {
+        Kind::Capacity | Kind::Churn | Kind::DdosDuringBroadcast => {
             for i in 0..sc.listeners {
                 out.push(Slot {
                     index: i,

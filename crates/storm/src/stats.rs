@@ -137,6 +137,9 @@ pub struct Aggregate {
     pub rejoin: Hist,
     /// Join attempts that retried a failed one.
     pub retries: u64,
+    /// Joins through the join API (`join = "api"`).
+    #[serde(default)]
+    pub join_api: crate::joinapi::JoinStats,
 }
 
 impl Aggregate {
@@ -258,6 +261,7 @@ impl Aggregate {
         self.jitter.merge(&o.jitter);
         self.underrun_time.merge(&o.underrun_time);
         self.rejoin.merge(&o.rejoin);
+        self.join_api.merge(&o.join_api);
     }
 
     /// Audio received over audio that should have been: frames / (frames + missing frames),
