@@ -216,7 +216,9 @@ row.update(valid=d["valid"], why="; ".join(d["invalid_reasons"]),
            source_error=(d.get("host") or {}).get("error"))
 print(json.dumps(row))
 EOF
-  tail -n 1 "$OUT/rows.jsonl" | python3 -c 'import json,sys; r=json.loads(sys.stdin.read()); print(f"run {r[\"server\"]} {r[\"listeners\"]}: valid={r[\"valid\"]} cpu {r[\"cpu_us\"]:.1f} us/listener-s {r.get(\"why\") or \"\"}")' >&2
+  tail -n 1 "$OUT/rows.jsonl" | python3 -c 'import json, sys
+r = json.loads(sys.stdin.read())
+print("run %s %d: valid=%s, server CPU %.1f us per listener-second %s" % (r["server"], r["listeners"], r["valid"], r["cpu_us"], r.get("why") or ""))' >&2 || true
   sleep 3
 }
 
@@ -241,7 +243,7 @@ print("| server | listeners | cadence ms | server CPU µs per listener-second | 
       "| kernel KiB per listener | delivered | gaps (ms) | failed / dropped | e2e p50 / p99 ms (run) "
       "| e2e p50 / p99 ms (hold) | ttfa p99 ms | storm CPU µs per listener-second | storm KiB per listener | valid runs |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-for (n, s), rs in sorted(groups.items()):
+for (n, s), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "levee")):
     ok = [r for r in rs if r.get("valid")]
     use = ok or rs
     print(f"| {s} | {n:,} | {use[0]['cadence_ms']} | {med(use,'cpu_us'):.1f} | {med(use,'cpu_pct'):.1f} "
