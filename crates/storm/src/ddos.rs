@@ -69,6 +69,10 @@ pub struct LegitSummary {
     pub join_answers: BTreeMap<String, u64>,
     /// Scheduled time → ticket, ms (join API).
     pub join_ms: Percentiles,
+    /// `join_ms` less the wait for a free generator core to solve proof of work on, ms.
+    pub join_net_ms: Percentiles,
+    /// Hardest proof of work met, bits.
+    pub pow_max_difficulty: u64,
     /// Scheduled time → first audio, ms.
     pub ttfa_ms: Percentiles,
     /// Capture → arrival of every frame, ms.
@@ -124,6 +128,8 @@ pub fn legit_summary(r: &Report, mode: JoinMode) -> LegitSummary {
         join_challenged: j.challenged,
         join_answers: j.answers,
         join_ms: j.join_ms,
+        join_net_ms: j.join_net_ms,
+        pow_max_difficulty: j.pow_max_difficulty,
         ttfa_ms: r.ttfa_ms,
         e2e_latency_ms: r.e2e_latency_ms,
         delivered_ratio: r.delivered_ratio,
@@ -369,15 +375,18 @@ pub fn summary_text(d: &DdosReport) -> String {
     let l = &d.legit;
     let _ = writeln!(
         s,
-        "legit: {}/{} listeners joined ({} join), {} waited in line, {} solved a challenge; join ms p50 {:.1} p99 {:.1} max {:.1}; ttfa p99 {:.1} ms; delivered {:.5}, gaps {} ({:.0} ms)",
+        "legit: {}/{} listeners joined ({} join), {} waited in line, {} solved a challenge (up to {} bits); join ms p50 {:.1} p99 {:.1} max {:.1} (net of the generator's proof-of-work queue: p50 {:.1} p99 {:.1}); ttfa p99 {:.1} ms; delivered {:.5}, gaps {} ({:.0} ms)",
         l.joined,
         l.planned,
         l.join_mode,
         l.join_queued,
         l.join_challenged,
+        l.pow_max_difficulty,
         l.join_ms.p50,
         l.join_ms.p99,
         l.join_ms.max,
+        l.join_net_ms.p50,
+        l.join_net_ms.p99,
         l.ttfa_ms.p99,
         l.delivered_ratio,
         l.gaps,
@@ -408,8 +417,8 @@ pub fn summary_text(d: &DdosReport) -> String {
     for (name, m) in &at.modules {
         let _ = writeln!(
             s,
-            "  {name:<14} attempts {:>7} ({:>6.0}/s) refused {:>7} accepted {:>6} held p50 {:>7.0} ms | {:.1} µs cpu/attempt | {:?}",
-            m.attempts, m.rate, m.refused, m.accepted, m.held_ms.p50, m.cpu_us_per_attempt, m.refusals
+            "  {name:<14} attempts {:>7} ({:>6.0}/s) refused {:>7} accepted {:>6} still served {:>4} held p50 {:>7.0} ms | {:.1} µs cpu/attempt | {:?}",
+            m.attempts, m.rate, m.refused, m.accepted, m.still_served, m.held_ms.p50, m.cpu_us_per_attempt, m.refusals
         );
     }
     s
@@ -456,6 +465,14 @@ pub fn html_section(d: &DdosReport) -> String {
                 "{:.1} / {:.1} / {:.1}",
                 l.join_ms.p50, l.join_ms.p99, l.join_ms.max
             ),
+        ),
+        (
+            "join ms net of the proof-of-work queue, p50 / p99",
+            format!("{:.1} / {:.1}", l.join_net_ms.p50, l.join_net_ms.p99),
+        ),
+        (
+            "hardest proof of work, bits",
+            l.pow_max_difficulty.to_string(),
         ),
         (
             "time to first audio ms p50 / p99",

@@ -358,6 +358,9 @@ pub struct JoinRecord {
     pub pow_solved: u32,
     /// Time spent solving, µs.
     pub pow_us: u64,
+    /// Time spent waiting for a free core to solve on, µs (a generator artefact: a real
+    /// audience solves on its own devices, in parallel).
+    pub pow_wait_us: u64,
     /// Hardest challenge met.
     pub max_difficulty: u8,
     /// First `202`: (Unix µs, the server's `eta_ms`).
@@ -380,13 +383,17 @@ fn pow_slots() -> &'static Semaphore {
         .get_or_init(|| Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get())))
 }
 
-/// Solves a challenge off the event loop, as many at once as there are cores. `None` when the
-/// solver could not run.
-async fn solve(seed: String, difficulty: u8) -> Option<u64> {
+/// Solves a challenge off the event loop, as many at once as there are cores. Returns the
+/// nonce, the time waited for a core and the time solving, µs; `None` when the solver could
+/// not run.
+async fn solve(seed: String, difficulty: u8) -> Option<(u64, u64, u64)> {
+    let t0 = now_us();
     let _slot = pow_slots().acquire().await.ok()?;
-    tokio::task::spawn_blocking(move || levee_core::ticket::solve(&seed, difficulty))
+    let t1 = now_us();
+    let nonce = tokio::task::spawn_blocking(move || levee_core::ticket::solve(&seed, difficulty))
         .await
-        .ok()
+        .ok()?;
+    Some((nonce, t1 - t0, now_us() - t1))
 }
 
 /// Joins through the API until admitted, refused, `deadline_us` or `stop`. See the module docs.
@@ -468,12 +475,13 @@ pub async fn join(
                             rec.failure = Some(Failure::Protocol("pow_too_hard"));
                             return rec;
                         }
-                        let t0 = now_us();
-                        let Some(nonce) = solve(seed.clone(), difficulty).await else {
+                        let Some((nonce, waited, solving)) = solve(seed.clone(), difficulty).await
+                        else {
                             rec.failure = Some(Failure::Protocol("pow_solver_failed"));
                             return rec;
                         };
-                        rec.pow_us += now_us() - t0;
+                        rec.pow_wait_us += waited;
+                        rec.pow_us += solving;
                         rec.pow_solved += 1;
                         body = serde_json::json!({ "pow": { "seed": seed, "nonce": nonce } })
                             .to_string();
@@ -593,12 +601,19 @@ pub struct JoinStats {
     pub join: Hist,
     /// First `202` → `200`, µs.
     pub queue_wait: Hist,
-    /// Time to solve one challenge, µs.
+    /// Time to solve one challenge (on a free core), µs.
     pub pow: Hist,
+    /// Per challenged join: time waited for a free core to solve on, µs.
+    pub pow_wait: Hist,
+    /// Scheduled → `200` less the time waited for a core, µs: the join a listener solving on
+    /// its own device would see.
+    pub join_net: Hist,
     /// |actual wait − the first `202`'s `eta_ms`|, µs.
     pub eta_error: Hist,
     /// Sum of (actual wait − `eta_ms`), ms, for the mean bias.
     pub eta_bias_sum_ms: f64,
+    /// Time spent solving challenges in all, µs (about the CPU it took).
+    pub pow_us_total: u64,
 }
 
 impl JoinStats {
@@ -615,11 +630,17 @@ impl JoinStats {
         self.pow_max_difficulty = self.pow_max_difficulty.max(r.max_difficulty as u64);
         if r.pow_solved > 0 {
             self.pow.record(r.pow_us / r.pow_solved as u64);
+            self.pow_wait.record(r.pow_wait_us);
+            self.pow_us_total += r.pow_us;
         }
         match r.admitted_us {
             Some(t) => {
                 self.admitted += 1;
                 self.join.record(t.saturating_sub(r.scheduled_us));
+                self.join_net.record(
+                    t.saturating_sub(r.scheduled_us)
+                        .saturating_sub(r.pow_wait_us),
+                );
                 if let Some((q, eta_ms)) = r.first_queued {
                     let waited = t.saturating_sub(q);
                     self.queue_wait.record(waited);
@@ -655,8 +676,11 @@ impl JoinStats {
         self.join.merge(&o.join);
         self.queue_wait.merge(&o.queue_wait);
         self.pow.merge(&o.pow);
+        self.pow_wait.merge(&o.pow_wait);
+        self.join_net.merge(&o.join_net);
         self.eta_error.merge(&o.eta_error);
         self.eta_bias_sum_ms += o.eta_bias_sum_ms;
+        self.pow_us_total += o.pow_us_total;
     }
 }
 
@@ -686,10 +710,18 @@ pub struct JoinReport {
     pub pow_max_difficulty: u64,
     /// Scheduled time → `200` (the ticket), ms.
     pub join_ms: Percentiles,
+    /// `join_ms` less the time spent waiting for a free generator core to solve a proof of work
+    /// on (the solving itself included): what a listener solving on its own device would see.
+    pub join_net_ms: Percentiles,
     /// First `202` → `200`, ms.
     pub queue_wait_ms: Percentiles,
-    /// Time to solve one challenge (queueing for a core included), ms.
+    /// Time to solve one challenge on a free core, ms.
     pub pow_ms: Percentiles,
+    /// Per challenged join, time waited for a free generator core to solve on, ms (a generator
+    /// artefact: it solves every listener's challenges on the cores of one machine).
+    pub pow_queue_ms: Percentiles,
+    /// Time spent solving challenges in all, s (about the CPU it took).
+    pub pow_cpu_s: f64,
     /// |actual wait in line − the first `202`'s `eta_ms`|, ms.
     pub eta_error_ms: Percentiles,
     /// Mean of (actual wait − `eta_ms`), ms: positive when the server promised too little.
@@ -721,8 +753,11 @@ pub fn report(s: &JoinStats) -> Option<JoinReport> {
         pow_solved: s.pow_solved,
         pow_max_difficulty: s.pow_max_difficulty,
         join_ms: p(&s.join),
+        join_net_ms: p(&s.join_net),
         queue_wait_ms: p(&s.queue_wait),
         pow_ms: p(&s.pow),
+        pow_queue_ms: p(&s.pow_wait),
+        pow_cpu_s: s.pow_us_total as f64 / 1e6,
         eta_error_ms: p(&s.eta_error),
         eta_bias_ms: if queued_admitted > 0 {
             s.eta_bias_sum_ms / queued_admitted as f64
@@ -833,6 +868,7 @@ mod tests {
             challenged: true,
             pow_solved: 1,
             pow_us: 20_000,
+            pow_wait_us: 100_000,
             max_difficulty: 12,
             first_queued: Some((t0 + 10_000, 300)),
             ..JoinRecord::default()
@@ -860,6 +896,14 @@ mod tests {
         assert!((r.eta_error_ms.p50 - 200.0).abs() < 0.5);
         assert!((r.eta_bias_ms - 200.0).abs() < 1e-9);
         assert!((r.pow_ms.p50 - 20.0).abs() < 0.1);
+        assert!((r.pow_queue_ms.p50 - 100.0).abs() < 0.1);
+        assert!((r.pow_cpu_s - 0.02).abs() < 1e-9);
+        // Net of the wait for a core: 510 ms − 100 ms.
+        assert!(
+            (r.join_net_ms.max - 410.0).abs() < 1.0,
+            "{:?}",
+            r.join_net_ms
+        );
         assert!(report(&JoinStats::default()).is_none());
     }
 
