@@ -176,6 +176,15 @@ impl ServeArgs {
     }
 }
 
+/// Prints a line on stdout, ignoring a closed pipe: whoever started the server may read only
+/// the first line and close it, and that must never stop the server.
+fn say(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if let Command::Storm(_) = &cli.command {
@@ -221,14 +230,14 @@ fn main() -> std::process::ExitCode {
         let demo_space = demo.then(|| levee_server::demo::start(server.hub.clone()));
         // The first line of stdout is machine-readable: scripts and tests wait for it, and
         // everything (the demo space included) is ready when it appears.
-        println!("levee listening on {base}");
+        say(&format!("levee listening on {base}"));
         if args.shield.admin_key.is_none() {
-            println!("admin key (for /api/admin/...): {admin_key}");
+            say(&format!("admin key (for /api/admin/...): {admin_key}"));
         }
         if let Some(space) = demo_space {
             let id = space.snapshot().id;
-            println!("demo space live: open {base}/space/{id} (lobby: {base}/)");
-            println!("listen with: ffplay {base}/live/{id}.ogg");
+            say(&format!("demo space live: open {base}/space/{id} (lobby: {base}/)"));
+            say(&format!("listen with: ffplay {base}/live/{id}.ogg"));
         }
         tokio::select! {
             _ = server.wait() => {}
