@@ -73,6 +73,9 @@ pub struct LegitSummary {
     pub join_net_ms: Percentiles,
     /// Hardest proof of work met, bits.
     pub pow_max_difficulty: u64,
+    /// The generator's proof-of-work queue made `join_ms` its own figure (see
+    /// `join.pow_saturated`): read `join_net_ms`.
+    pub pow_saturated: bool,
     /// Scheduled time → first audio, ms.
     pub ttfa_ms: Percentiles,
     /// Capture → arrival of every frame, ms.
@@ -130,6 +133,7 @@ pub fn legit_summary(r: &Report, mode: JoinMode) -> LegitSummary {
         join_ms: j.join_ms,
         join_net_ms: j.join_net_ms,
         pow_max_difficulty: j.pow_max_difficulty,
+        pow_saturated: j.pow_saturated,
         ttfa_ms: r.ttfa_ms,
         e2e_latency_ms: r.e2e_latency_ms,
         delivered_ratio: r.delivered_ratio,
@@ -392,6 +396,13 @@ pub fn summary_text(d: &DdosReport) -> String {
         l.gaps,
         l.gap_ms_total
     );
+    if l.pow_saturated {
+        let _ = writeln!(
+            s,
+            "legit: WARNING the generator could not solve proof of work as fast as the listeners arrived (join.pow_queue_ms p99 over {:?}): join_ms and ttfa_ms include that queue; join_net_ms does not",
+            joinapi::POW_QUEUE_LIMIT
+        );
+    }
     let at = &d.attack;
     let t = &at.total;
     let _ = writeln!(
@@ -472,7 +483,14 @@ pub fn html_section(d: &DdosReport) -> String {
         ),
         (
             "hardest proof of work, bits",
-            l.pow_max_difficulty.to_string(),
+            if l.pow_saturated {
+                format!(
+                    "{} <span class=\"bad\">(the generator's proof-of-work queue saturated: read the net join time)</span>",
+                    l.pow_max_difficulty
+                )
+            } else {
+                l.pow_max_difficulty.to_string()
+            },
         ),
         (
             "time to first audio ms p50 / p99",

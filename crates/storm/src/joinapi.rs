@@ -38,6 +38,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_ANSWER: usize = 16 * 1024;
 /// Most join requests of one listener attempt.
 pub const MAX_REQUESTS: u32 = 500;
+/// Wait for a free core to solve proof of work on (p99) beyond which `join_ms` measures the
+/// generator rather than the server: the report then says so (`join.pow_saturated`).
+pub const POW_QUEUE_LIMIT: Duration = Duration::from_secs(1);
 /// First backoff bound after a network error; it doubles up to [`BACKOFF_MAX`].
 pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
 /// Largest backoff bound.
@@ -720,8 +723,13 @@ pub struct JoinReport {
     /// Per challenged join, time waited for a free generator core to solve on, ms (a generator
     /// artefact: it solves every listener's challenges on the cores of one machine).
     pub pow_queue_ms: Percentiles,
-    /// Time spent solving challenges in all, s (about the CPU it took).
+    /// Time spent solving challenges in all, s (wall time on a core; about the CPU it took
+    /// when the machine is not busy).
     pub pow_cpu_s: f64,
+    /// The generator could not solve challenges as fast as listeners arrived: `pow_queue_ms`
+    /// p99 over [`POW_QUEUE_LIMIT`]. `join_ms` (and `ttfa_ms`) then measure the generator's
+    /// queue; `join_net_ms` does not.
+    pub pow_saturated: bool,
     /// |actual wait in line − the first `202`'s `eta_ms`|, ms.
     pub eta_error_ms: Percentiles,
     /// Mean of (actual wait − `eta_ms`), ms: positive when the server promised too little.
@@ -758,6 +766,8 @@ pub fn report(s: &JoinStats) -> Option<JoinReport> {
         pow_ms: p(&s.pow),
         pow_queue_ms: p(&s.pow_wait),
         pow_cpu_s: s.pow_us_total as f64 / 1e6,
+        pow_saturated: s.pow_wait.count() > 0
+            && s.pow_wait.quantile(0.99) > POW_QUEUE_LIMIT.as_micros() as u64,
         eta_error_ms: p(&s.eta_error),
         eta_bias_ms: if queued_admitted > 0 {
             s.eta_bias_sum_ms / queued_admitted as f64
@@ -898,6 +908,25 @@ mod tests {
         assert!((r.pow_ms.p50 - 20.0).abs() < 0.1);
         assert!((r.pow_queue_ms.p50 - 100.0).abs() < 0.1);
         assert!((r.pow_cpu_s - 0.02).abs() < 1e-9);
+        assert!(!r.pow_saturated);
+        // Two seconds waiting for a core: join_ms measures the generator, and says so.
+        let mut q = JoinStats::default();
+        q.record(&JoinRecord {
+            scheduled_us: t0,
+            admitted_us: Some(t0 + 2_100_000),
+            challenged: true,
+            pow_solved: 1,
+            pow_us: 50_000,
+            pow_wait_us: 2_000_000,
+            ..JoinRecord::default()
+        });
+        let rq = report(&q).unwrap();
+        assert!(rq.pow_saturated);
+        assert!(
+            (rq.join_net_ms.p50 - 100.0).abs() < 0.5,
+            "{:?}",
+            rq.join_net_ms
+        );
         // Net of the wait for a core: 510 ms − 100 ms.
         assert!(
             (r.join_net_ms.max - 410.0).abs() < 1.0,
