@@ -418,8 +418,10 @@ pub struct ModuleStats {
     pub bytes_sent: u64,
     /// Bytes received.
     pub bytes_received: u64,
-    /// Connect → end of the connection, µs (holding modules).
-    pub held: Hist,
+    /// Connect → end of the connection, µs (holding modules). Allocated at the first value
+    /// (a histogram is a few hundred KiB: workers that hold nothing carry none).
+    #[serde(default)]
+    pub held: Option<Hist>,
     /// CPU time of the module's thread, s.
     pub cpu_s: f64,
     /// Wall time of the module, s.
@@ -436,7 +438,7 @@ impl ModuleStats {
         self.bytes_sent += a.bytes_sent;
         self.bytes_received += a.bytes_received;
         if let Some(h) = a.held_us {
-            self.held.record(h);
+            self.held.get_or_insert_with(Hist::new).record(h);
         }
         match a.outcome {
             Outcome::Status(s) => *self.statuses.entry(s.to_string()).or_default() += 1,
@@ -485,7 +487,9 @@ impl ModuleStats {
         for (k, v) in &o.close_codes {
             *self.close_codes.entry(k.clone()).or_default() += v;
         }
-        self.held.merge(&o.held);
+        if let Some(h) = &o.held {
+            self.held.get_or_insert_with(Hist::new).merge(h);
+        }
         self.wall_s = self.wall_s.max(o.wall_s);
     }
 }
@@ -583,10 +587,10 @@ pub fn summarize(s: &ModuleStats) -> ModuleSummary {
             refusals.insert(k.into(), n);
         }
     }
-    let mut held_ms = s.held.summary_ms();
-    if s.held.count() == 0 {
-        held_ms = Percentiles::default();
-    }
+    let held_ms = match &s.held {
+        Some(h) if h.count() > 0 => h.summary_ms(),
+        _ => Percentiles::default(),
+    };
     ModuleSummary {
         workers: s.workers,
         attempts: s.attempts,

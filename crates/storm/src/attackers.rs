@@ -84,6 +84,9 @@ struct Ctx {
     read_bytes: u32,
     seed: u64,
     stop: watch::Receiver<bool>,
+    /// Connect → end of the connection of the module's attempts, µs: one histogram per
+    /// module, not per worker (its thread is the only one to touch it).
+    held: std::sync::Mutex<crate::hist::Hist>,
 }
 
 /// CPU time of the calling thread, s.
@@ -145,6 +148,7 @@ pub fn run_attack(plan: &AttackPlan, stop: watch::Receiver<bool>) -> AttackResul
             read_bytes: cfg.read_bytes.unwrap_or(SLOW_READER_READ),
             seed: plan.seed ^ (k as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
             stop: stop.clone(),
+            held: std::sync::Mutex::new(crate::hist::Hist::new()),
         };
         let name = m.label();
         let spawned = std::thread::Builder::new()
@@ -207,6 +211,10 @@ async fn run_module(ctx: Arc<Ctx>) -> ModuleStats {
             }
         }
     }
+    let held = std::mem::take(&mut *ctx.held.lock().unwrap_or_else(|e| e.into_inner()));
+    if held.count() > 0 {
+        total.held = Some(held);
+    }
     total
 }
 
@@ -239,7 +247,10 @@ async fn worker(ctx: Arc<Ctx>, w: u64) -> ModuleStats {
         if *stop.borrow() || now_us() >= ctx.end_us {
             break;
         }
-        let a = attempt(&ctx, w, k, &mut rng, &mut ticket).await;
+        let mut a = attempt(&ctx, w, k, &mut rng, &mut ticket).await;
+        if let Some(h) = a.held_us.take() {
+            ctx.held.lock().unwrap_or_else(|e| e.into_inner()).record(h);
+        }
         st.record(&a);
         k += 1;
         let now = now_us();
