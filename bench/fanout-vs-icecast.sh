@@ -6,6 +6,7 @@
 #
 #   bench/fanout-vs-icecast.sh [N ...]
 #   env: HOLD=40 (s)  PAGE_MS=20 (source page duration; ffmpeg's default is 1000)
+#        RAMP (s; default 5 below 5,000 listeners, 10 below 10,000, else 15)
 #        REPEAT=1 (runs per server and count; the final table gives medians)
 #        SERVERS="levee icecast"  LEVEE_PORT=18191  ICECAST_PORT=18192
 #        KEEP=DIR (copy the storm JSON reports and server logs there)
@@ -17,9 +18,10 @@
 # middle of the hold; user memory = the server's RSS growth; kernel memory = growth of
 # unreclaimable slab + TCP pages, machine-wide, halved (loopback holds both ends); delivered
 # ratio, gaps, latency and time to first audio from storm's markers; storm's own CPU and memory
-# per listener. Latency is given twice: pooled over the whole run (it includes the data a
-# server bursts to each new listener), and in the hold (median over its seconds of each
-# second's p50 / p99: the steady state, no joins).
+# per listener. Per-listener server figures divide by the listeners held in the hold (a server
+# that refused joins holds fewer than planned; the table shows both). Latency is given twice:
+# pooled over the whole run (it includes the data a server bursts to each new listener), and in
+# the hold (median over its seconds of each second's p50 / p99: the steady state, no joins).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -gt 0 ] && COUNTS=("$@") || COUNTS=(1000 5000 15000)
@@ -158,7 +160,7 @@ stop_server() {
 # One run: server $1, N listeners $2, repeat $3. Appends one JSON line to $OUT/rows.jsonl.
 run_one() {
   local name=$1 n=$2 rep=$3 ramp procs c1 c2 t1 t2 rss0 rss1 rss2 k0 k1 tag
-  ramp=$(( n >= 10000 ? 15 : n >= 5000 ? 10 : 5 ))
+  ramp=${RAMP:-$(( n >= 10000 ? 15 : n >= 5000 ? 10 : 5 ))}
   procs=$(( (n + 11999) / 12000 ))
   tag="$name-$n-$rep"
   "start_$name"
@@ -189,12 +191,17 @@ name, n, ramp, hold, hz, c1, c2, t1, t2, rss0, rss1, rss2, k0, k1, path, page_ms
 n, ramp, hold, hz = int(n), int(ramp), int(hold), float(hz)
 cpu_s = (float(c2) - float(c1)) / hz
 dt = float(t2) - float(t1)
-row = {"server": name, "listeners": n,
-       "cpu_us": cpu_s * 1e6 / (n * dt), "cpu_pct": cpu_s / dt * 100,
-       "user_kib": (max(int(rss1), int(rss2)) - int(rss0)) / n,
-       "kernel_kib": (int(k1) - int(k0)) / n / 2}
-# levee's cadence (crates/core/src/cadence.rs): chunk = clamp(listeners * 6 us * 1000 / 250 ms, 20, 500)
-row["cadence_ms"] = min(max(-(-n * 6 * 1000 // 250000), 20), 500) if name == "levee" else int(page_ms)
+row = {"server": name, "listeners": n, "held": n, "cpu_s": cpu_s, "window_s": dt,
+       "rss_growth_kib": max(int(rss1), int(rss2)) - int(rss0), "kernel_growth_kib": int(k1) - int(k0),
+       "cpu_pct": cpu_s / dt * 100}
+def per_listener(held):
+    # CPU and memory per listener actually held (a server that refused joins holds fewer).
+    held = max(held, 1)
+    row.update(held=held, cpu_us=cpu_s * 1e6 / (held * dt), user_kib=row["rss_growth_kib"] / held,
+               kernel_kib=row["kernel_growth_kib"] / held / 2)
+    # levee's cadence (crates/core/src/cadence.rs): chunk = clamp(listeners * 6 us * 1000 / 250 ms, 20, 500)
+    row["cadence_ms"] = min(max(-(-held * 6 * 1000 // 250000), 20), 500) if name == "levee" else int(page_ms)
+per_listener(n)
 try:
     d = json.load(open(path))
 except (OSError, ValueError) as e:
@@ -205,12 +212,15 @@ g = d["generator"]
 lo, hi = 0.5 + ramp + 5, 0.5 + ramp + hold - 2
 tl = [p for p in d["timeline"] if lo <= p["t"] <= hi and p.get("frames", 0) > 0]
 med = lambda k: statistics.median(p[k] for p in tl) if tl else float("nan")
+if tl:
+    per_listener(int(med("connected")))
 row.update(valid=d["valid"], why="; ".join(d["invalid_reasons"]),
            joined=d["listeners"]["joined"], failed=d["listeners"]["failed"],
            dropped=d["listeners"]["dropped"], delivered=d["delivered_ratio"],
            gaps=d["gaps"], gap_ms=d["gap_ms_total"],
            e2e_p50=d["e2e_latency_ms"]["p50"], e2e_p99=d["e2e_latency_ms"]["p99"],
            hold_p50=med("latency_p50_ms"), hold_p99=med("latency_p99_ms"),
+           hold_p99_max=max((p["latency_p99_ms"] for p in tl), default=float("nan")),
            ttfa_p99=d["ttfa_ms"]["p99"], storm_cpu_us=g["cpu_us_per_listener_s"],
            storm_kib=g["mem_per_listener_kb"], storm_cpu_pct=g["cpu_pct"],
            source_error=(d.get("host") or {}).get("error"))
@@ -239,14 +249,14 @@ for r in rows:
 def med(rs, k):
     v = [r[k] for r in rs if isinstance(r.get(k), (int, float))]
     return statistics.median(v) if v else float("nan")
-print("| server | listeners | cadence ms | server CPU µs per listener-second | server CPU % | user KiB per listener "
+print("| server | listeners | held | cadence ms | server CPU µs per listener-second | server CPU % | user KiB per listener "
       "| kernel KiB per listener | delivered | gaps (ms) | failed / dropped | e2e p50 / p99 ms (run) "
       "| e2e p50 / p99 ms (hold) | ttfa p99 ms | storm CPU µs per listener-second | storm KiB per listener | valid runs |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for (n, s), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "levee")):
     ok = [r for r in rs if r.get("valid")]
     use = ok or rs
-    print(f"| {s} | {n:,} | {use[0]['cadence_ms']} | {med(use,'cpu_us'):.1f} | {med(use,'cpu_pct'):.1f} "
+    print(f"| {s} | {n:,} | {med(use,'held'):,.0f} | {use[0]['cadence_ms']} | {med(use,'cpu_us'):.1f} | {med(use,'cpu_pct'):.1f} "
           f"| {med(use,'user_kib'):.2f} | {med(use,'kernel_kib'):.2f} | {med(use,'delivered'):.5f} "
           f"| {med(use,'gaps'):.0f} ({med(use,'gap_ms'):.0f}) | {med(use,'failed'):.0f} / {med(use,'dropped'):.0f} "
           f"| {med(use,'e2e_p50'):.0f} / {med(use,'e2e_p99'):.0f} | {med(use,'hold_p50'):.0f} / {med(use,'hold_p99'):.0f} "
