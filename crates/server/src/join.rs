@@ -99,9 +99,9 @@ pub(crate) async fn join(
         return error(StatusCode::NOT_FOUND, format!("no space '{id}'"));
     };
     let ss = &space.shield;
-    ss.join_requests.fetch_add(1, Relaxed);
+    // Sources that the per-source limits already stop do not count toward the space's
+    // escalation: a contained flood must not make every listener pay with work.
     if let Err(r) = shield.admit_join(ip, now) {
-        ss.join_refused.fetch_add(1, Relaxed);
         let (status, msg) = match r {
             Refusal::Banned => (StatusCode::FORBIDDEN, "this network is temporarily banned"),
             _ => (
@@ -119,6 +119,7 @@ pub(crate) async fn join(
             retry,
         );
     }
+    ss.join_requests.fetch_add(1, Relaxed);
     if space.state() == SpaceState::Ended {
         shield.counters.refuse("space_ended");
         return error(StatusCode::GONE, "this space has ended");

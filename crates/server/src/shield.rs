@@ -153,9 +153,13 @@ impl Default for ShieldConfig {
                 .collect(),
             line: LineConfig::default(),
             space_pressure: PressureConfig::default(),
+            // The node escalates on volume that got past the per-source limits and on CPU, not
+            // on refusals: refused sources are already contained, and escalating the node
+            // would make every space's listeners pay for one space's attack.
             node_pressure: PressureConfig {
                 join_rate_high: 20_000.0,
                 cpu_high: 1.8,
+                reject_ratio_high: f64::INFINITY,
                 ..PressureConfig::default()
             },
             sketch_width: 32_768,
@@ -209,6 +213,8 @@ pub struct ShieldCounters {
     pub refused: [AtomicU64; REFUSALS.len()],
     /// Join requests received.
     pub join_requests: AtomicU64,
+    /// Join requests that passed the per-source limits (what drives the node's escalation).
+    pub joins_passed: AtomicU64,
     /// Tickets issued.
     pub tickets: AtomicU64,
     /// Callers told to wait in line.
@@ -500,6 +506,7 @@ impl Shield {
     pub fn admit_join(&self, ip: IpAddr, now: u64) -> Result<(), Refusal> {
         self.counters.join_requests.fetch_add(1, Relaxed);
         if self.allowed(ip) {
+            self.counters.joins_passed.fetch_add(1, Relaxed);
             return Ok(());
         }
         if self.banned(ip, now).is_some() {
@@ -514,6 +521,7 @@ impl Shield {
             self.strike(ip, now);
             return Err(Refusal::JoinRate);
         }
+        self.counters.joins_passed.fetch_add(1, Relaxed);
         Ok(())
     }
 
@@ -542,7 +550,7 @@ impl Shield {
     pub fn tick(&self, connections: u64, now: u64) -> Signals {
         let mut n = self.node.lock().expect("node lock");
         let dt = (now.saturating_sub(n.last_us) as f64 / 1e6).max(1e-3);
-        let joins = self.counters.join_requests.load(Relaxed);
+        let joins = self.counters.joins_passed.load(Relaxed);
         let refused = self.counters.total_refused();
         let ticks = cpu_ticks();
         let requests = (joins - n.last_joins) + (connections - n.last_connections);
