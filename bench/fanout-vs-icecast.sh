@@ -199,8 +199,10 @@ def per_listener(held):
     held = max(held, 1)
     row.update(held=held, cpu_us=cpu_s * 1e6 / (held * dt), user_kib=row["rss_growth_kib"] / held,
                kernel_kib=row["kernel_growth_kib"] / held / 2)
-    # levee's cadence (crates/core/src/cadence.rs): chunk = clamp(listeners * 6 us * 1000 / 250 ms, 20, 500)
-    row["cadence_ms"] = min(max(-(-held * 6 * 1000 // 250000), 20), 500) if name == "levee" else int(page_ms)
+    # levee's cadence (crates/core/src/cadence.rs): target = clamp(listeners * 6 us * 1000 / 250 ms,
+    # 20, 500) ms; a chunk closes at the first 20 ms packet that reaches it.
+    target = min(max(-(-held * 6 * 1000 // 250000), 20), 500)
+    row["cadence_ms"] = -(-target // 20) * 20 if name == "levee" else int(page_ms)
 per_listener(n)
 try:
     d = json.load(open(path))
@@ -249,7 +251,7 @@ for r in rows:
 def med(rs, k):
     v = [r[k] for r in rs if isinstance(r.get(k), (int, float))]
     return statistics.median(v) if v else float("nan")
-print("| server | listeners | held | cadence ms | server CPU µs per listener-second | server CPU % | user KiB per listener "
+print("| server | listeners | held | chunk or page ms | server CPU µs per listener-second | server CPU % | user KiB per listener "
       "| kernel KiB per listener | delivered | gaps (ms) | failed / dropped | e2e p50 / p99 ms (run) "
       "| e2e p50 / p99 ms (hold) | ttfa p99 ms | storm CPU µs per listener-second | storm KiB per listener | valid runs |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
