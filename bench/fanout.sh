@@ -58,7 +58,9 @@ dt = float(t2) - float(t1)
 d = json.load(open(path))
 g = d["generator"]
 # levee's cadence: chunk = clamp(listeners * 6 us * 1000 / 250 ms, 20, 500) ms
-chunk = min(max(-(-n * 6 * 1000 // 250000), 20), 500)
+target = min(max(-(-n * 6 * 1000 // 250000), 20), 500)
+# A chunk closes at the first 20 ms packet that reaches the target.
+chunk = -(-target // 20) * 20
 print(f"| {n:,} | {chunk} | {cpu_s * 1e6 / (n * dt):.1f} | {cpu_s / dt * 100:.1f} | "
       f"{(int(rss1) - int(rss0)) / n:.2f} | {(int(k1) - int(k0)) / n / 2:.2f} | "
       f"{d['delivered_ratio']:.5f} | {d['gap_ms_total']:.0f} ms | "

@@ -19,9 +19,10 @@ pub struct Cadence {
 }
 
 impl Default for Cadence {
-    /// 20–500 ms chunks; a quarter of a core per space at 6 µs per write to a listener (the
-    /// whole cost of a wake-up and a loopback send, measured with `bench/fanout.sh`: 80 % of it
-    /// is the kernel's TCP work).
+    /// 20–500 ms chunks; a quarter of a core per space at 6 µs per write to a listener (a
+    /// wake-up and a loopback send; 80 % of it is the kernel's TCP work). `bench/fanout.sh`
+    /// measured 8–13.5 µs per write on a shared 2-core VM, the larger figure for larger
+    /// chunks, so large spaces spend up to about half a core: see `docs/benchmarks.md`.
     fn default() -> Self {
         Cadence {
             min_ms: 20,
