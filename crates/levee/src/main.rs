@@ -24,7 +24,7 @@ enum Command {
     /// Run the server with the demo space live (a looped programme shipped with levee).
     Demo(ServeArgs),
     /// Load and measure: simulated listeners report what each one got (docs/storm.md).
-    Storm(levee_storm::cli::StormArgs),
+    Storm(Box<levee_storm::cli::StormArgs>),
 }
 
 #[derive(Args)]
@@ -187,11 +187,8 @@ fn say(line: &str) {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if let Command::Storm(_) = &cli.command {
-        let Command::Storm(args) = cli.command else {
-            unreachable!()
-        };
-        return levee_storm::cli::main(args);
+    if let Command::Storm(args) = cli.command {
+        return levee_storm::cli::main(*args);
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -236,7 +233,9 @@ fn main() -> std::process::ExitCode {
         }
         if let Some(space) = demo_space {
             let id = space.snapshot().id;
-            say(&format!("demo space live: open {base}/space/{id} (lobby: {base}/)"));
+            say(&format!(
+                "demo space live: open {base}/space/{id} (lobby: {base}/)"
+            ));
             say(&format!("listen with: ffplay {base}/live/{id}.ogg"));
         }
         tokio::select! {
