@@ -2,43 +2,14 @@
 //! outage would) and every listener's report shows one gap of that duration, on both formats.
 //! Also covers `storm run SCENARIO.toml` and objectives gating the exit code.
 
-use std::io::{BufRead, BufReader, Read};
+mod common;
+
+use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const LEVEE: &str = env!("CARGO_BIN_EXE_levee");
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve() -> Server {
-    let mut child = Command::new(LEVEE)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start levee serve");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    lines.read_line(&mut line).expect("first line");
-    std::thread::spawn(move || std::io::copy(&mut lines, &mut std::io::sink()));
-    let base = line
-        .trim()
-        .strip_prefix("levee listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    Server { child, base }
-}
 
 fn temp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("levee-{name}-{}", std::process::id()))
@@ -71,7 +42,7 @@ fn storm(args: &[&str]) -> (i32, String) {
 
 #[test]
 fn injected_one_second_gap_is_found_with_its_duration() {
-    let server = serve();
+    let server = common::Levee::start(&[]);
     let scenario = temp("storm-gap.toml");
     let json = temp("storm-gap.json");
     std::fs::write(

@@ -1,47 +1,16 @@
 //! `levee storm` against the real binary: a small storm's report agrees with what the server's
 //! own `/metrics` says it sent, with the listeners spread over two agent processes.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const LEVEE: &str = env!("CARGO_BIN_EXE_levee");
-
-/// A `levee serve` on a free loopback port, killed on drop.
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve() -> Server {
-    let mut child = Command::new(LEVEE)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start levee serve");
-    let mut line = String::new();
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout"));
-    lines.read_line(&mut line).expect("first line");
-    // Keep reading: the server may print more, and a closed pipe must not hurt it.
-    std::thread::spawn(move || std::io::copy(&mut lines, &mut std::io::sink()));
-    let base = line
-        .trim()
-        .strip_prefix("levee listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    Server { child, base }
-}
 
 /// `GET /metrics`, the samples of one space: `name{format}` or `name` → value.
 fn metrics(base: &str, space: &str) -> BTreeMap<String, f64> {
@@ -104,7 +73,7 @@ pub fn storm(args: &[&str]) -> (i32, String) {
 
 #[test]
 fn small_storm_report_matches_the_servers_metrics() {
-    let server = serve();
+    let server = common::Levee::start(&[]);
     let json = temp("storm-metrics.json");
     let html = temp("storm-metrics.html");
     let (code, out) = storm(&[

@@ -147,20 +147,7 @@ pub fn agent_main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let (stop_tx, stop_rx) = watch::channel(false);
-    // Blocking stdin watcher: "stop" or end of input stops the run.
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            match std::io::Read::take(std::io::stdin().lock(), 4096).read_line(&mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) if line.trim() == "stop" => break,
-                Ok(_) => {}
-            }
-        }
-        let _ = stop_tx.send(true);
-    });
+    let stop_rx = stop_on_stdin();
     let result = rt.block_on(async move {
         let (ptx, mut prx) = mpsc::channel::<Progress>(64);
         let printer = tokio::spawn(async move {
@@ -174,4 +161,23 @@ pub fn agent_main() -> std::process::ExitCode {
     });
     emit(&AgentMsg::Result(Box::new(result)));
     std::process::ExitCode::SUCCESS
+}
+
+/// Watches standard input on a thread of its own: a line `stop`, or the end of input (the
+/// parent went away), flips the returned flag. Lines are read at most 4 KiB at a time.
+pub(crate) fn stop_on_stdin() -> watch::Receiver<bool> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match std::io::Read::take(std::io::stdin().lock(), 4096).read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) if line.trim() == "stop" => break,
+                Ok(_) => {}
+            }
+        }
+        let _ = stop_tx.send(true);
+    });
+    stop_rx
 }

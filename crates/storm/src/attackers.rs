@@ -989,19 +989,7 @@ pub fn agent_main() -> std::process::ExitCode {
         emit(&AgentLine::Error(e));
         return std::process::ExitCode::FAILURE;
     }
-    let (stop_tx, stop_rx) = watch::channel(false);
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            match std::io::Read::take(std::io::stdin().lock(), 4096).read_line(&mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) if line.trim() == "stop" => break,
-                Ok(_) => {}
-            }
-        }
-        let _ = stop_tx.send(true);
-    });
+    let stop_rx = crate::agent::stop_on_stdin();
     let result = run_attack(&plan, stop_rx);
     emit(&AgentLine::Result(Box::new(result)));
     std::process::ExitCode::SUCCESS

@@ -160,32 +160,9 @@ async fn create_space(
     title: &str,
     access: attack::Access,
 ) -> Result<(String, String), String> {
-    let body = serde_json::json!({ "title": title, "access": access.label() }).to_string();
-    let r = http::request(
-        target,
-        "POST",
-        "/api/spaces",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-        Duration::from_secs(10),
-    )
-    .await?;
-    if r.status != 201 {
-        return Err(format!(
-            "POST /api/spaces answered {}: {}",
-            r.status,
-            r.body.trim()
-        ));
-    }
-    let v: serde_json::Value =
-        serde_json::from_str(&r.body).map_err(|e| format!("POST /api/spaces: {e}"))?;
-    Ok((
-        v["id"].as_str().ok_or("no id in answer")?.to_owned(),
-        v["host_key"]
-            .as_str()
-            .ok_or("no host key in answer")?
-            .to_owned(),
-    ))
+    let info = http::create_space(target, title, Some(access.label())).await?;
+    let key = info.host_key.ok_or("no host key in answer")?;
+    Ok((info.id, key))
 }
 
 /// Starts the attackers: in their own process, or on threads of this one if that process

@@ -165,9 +165,18 @@ pub struct SpaceInfo {
     pub host_key: Option<String>,
 }
 
-/// Creates a space (`POST /api/spaces`).
-pub async fn create_space(target: &Target, title: &str) -> Result<SpaceInfo, String> {
-    let body = serde_json::json!({ "title": title }).to_string();
+/// Creates a space (`POST /api/spaces`), with an access mode (`open`, `ticketed`, `challenge`)
+/// when given.
+pub async fn create_space(
+    target: &Target,
+    title: &str,
+    access: Option<&str>,
+) -> Result<SpaceInfo, String> {
+    let mut body = serde_json::json!({ "title": title });
+    if let Some(a) = access {
+        body["access"] = serde_json::json!(a);
+    }
+    let body = body.to_string();
     let r = request(
         target,
         "POST",

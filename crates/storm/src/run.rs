@@ -91,7 +91,7 @@ pub async fn run(sc: Scenario, out: Output) -> Result<Report, String> {
             (id.clone(), None)
         }
         None => {
-            let info = http::create_space(&target, &format!("storm {}", sc.name)).await?;
+            let info = http::create_space(&target, &format!("storm {}", sc.name), None).await?;
             let key = info.host_key.ok_or("the API gave no host key")?;
             (info.id, Some(key))
         }
