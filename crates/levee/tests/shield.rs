@@ -6,7 +6,7 @@
 mod common;
 use common::*;
 use levee_core::source::Cidr;
-use levee_core::ticket::{solve, Signer, Ticket};
+use levee_core::ticket::{leading_zero_bits, pow_hash, solve, Signer, Ticket};
 use serde_json::Value;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -398,16 +398,22 @@ async fn a_challenge_space_asks_for_proof_of_work_and_spends_each_solution_once(
     let seed = c["seed"].as_str().unwrap().to_owned();
     let difficulty = c["difficulty"].as_u64().unwrap() as u8;
     assert!(difficulty >= 12);
-    // A wrong answer is refused with a new challenge.
+    // A wrong answer (a nonce that does not meet the difficulty) is refused with a new challenge.
+    let wrong = (0u64..)
+        .find(|&n| leading_zero_bits(&pow_hash(&seed, n)) < difficulty as u32)
+        .unwrap();
     let r = join(
         &levee,
         me,
         &id,
-        &serde_json::json!({ "pow": { "seed": seed, "nonce": u64::MAX } }),
+        &serde_json::json!({ "pow": { "seed": seed, "nonce": wrong } }),
     )
     .await;
-    assert_eq!(r.status, 401);
-    assert!(body(&r)["error"].as_str().unwrap().contains("refused"));
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(
+        body(&r)["error"].as_str().unwrap().contains("refused"),
+        "{r:?}"
+    );
     let nonce = solve(&seed, difficulty);
     let r = join(
         &levee,
