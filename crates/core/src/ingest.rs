@@ -7,7 +7,7 @@
 //! `OpusHead` after an end-of-stream page, as Liquidsoap and butt send on metadata changes) are
 //! followed; multiplexed streams are refused.
 
-use crate::packager::AudioPacket;
+use crate::packet::AudioPacket;
 use bytes::Bytes;
 use levee_media::ogg::{OggError, PacketAssembler, PageReader, MAX_PAGE};
 use levee_media::opus::{self, OpusError, OpusHead, MAX_PACKET};

@@ -1,8 +1,11 @@
 //! levee's core: everything between receiving an Opus packet and writing bytes to a listener
 //! that can be decided without a socket or a clock of its own.
 //!
-//! - [`packager`]: packets → chunks packaged once per delivery format (Ogg page, WebSocket frames).
-//! - [`ring`]: the bounded fan-out window that listeners read by cursor.
+//! - [`packet`]: the programme packet stream (origin sequence numbers, positions, capture
+//!   times) and taps that never skip silently.
+//! - [`mux`]: packets → chunks packaged once per delivery format (Ogg pages, WebSocket frames).
+//! - [`ring`]: the bounded fan-out window that listeners read by cursor, and its published
+//!   immutable [`ring::Window`].
 //! - [`ingest`]: source validation (Ogg/Opus or single packets) and real-time pacing.
 //! - [`cadence`]: chunk duration as a function of the audience (latency vs. CPU).
 //! - [`space`]: identity, host key and the `scheduled → live → ended` state machine.
@@ -20,7 +23,8 @@
 pub mod admission;
 pub mod cadence;
 pub mod ingest;
-pub mod packager;
+pub mod mux;
+pub mod packet;
 pub mod pressure;
 pub mod ring;
 pub mod sketch;

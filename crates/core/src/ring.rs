@@ -106,6 +106,55 @@ impl<T> Ring<T> {
     }
 }
 
+/// An immutable copy of a ring's newest chunks, published so that readers take no lock: a
+/// reader whose cursor is inside it reads from it; one further behind asks the ring itself.
+#[derive(Debug, Clone)]
+pub struct Window<T> {
+    first: u64,
+    items: Vec<T>,
+}
+
+impl<T: Clone> Window<T> {
+    /// The newest `n` chunks of `ring` (fewer if it holds fewer).
+    pub fn of(ring: &Ring<T>, n: usize) -> Self {
+        let first = ring.head().saturating_sub(n as u64).max(ring.tail());
+        Window {
+            first,
+            items: ring.range(first, ring.head()).cloned().collect(),
+        }
+    }
+}
+
+impl<T> Window<T> {
+    /// A window with nothing in it yet.
+    pub fn empty() -> Self {
+        Window {
+            first: 0,
+            items: Vec::new(),
+        }
+    }
+
+    /// One past the newest chunk.
+    pub fn head(&self) -> u64 {
+        self.first + self.items.len() as u64
+    }
+
+    /// Index of the oldest chunk held.
+    pub fn first(&self) -> u64 {
+        self.first
+    }
+
+    /// The chunks from `cursor` to the live edge, or `None` when `cursor` is older than the
+    /// window (ask the ring).
+    pub fn since(&self, cursor: u64) -> Option<&[T]> {
+        if cursor < self.first {
+            return None;
+        }
+        let at = (cursor - self.first).min(self.items.len() as u64) as usize;
+        Some(&self.items[at..])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +202,23 @@ mod tests {
         }
         assert_eq!(r.join_cursor(2), 998);
         assert_eq!(r.join_cursor(100), 997);
+    }
+
+    #[test]
+    fn window_holds_the_newest_chunks_and_sends_older_readers_to_the_ring() {
+        let mut r = Ring::new(8);
+        assert_eq!(Window::of(&r, 3).since(0), Some(&[][..]));
+        for i in 0..10u64 {
+            r.push(i);
+        }
+        let w = Window::of(&r, 3);
+        assert_eq!((w.first(), w.head()), (7, 10));
+        assert_eq!(w.since(8), Some(&[8, 9][..]));
+        assert_eq!(w.since(10), Some(&[][..]));
+        assert_eq!(w.since(12), Some(&[][..]));
+        assert_eq!(w.since(6), None);
+        let all = Window::of(&r, 100);
+        assert_eq!((all.first(), all.head()), (2, 10));
     }
 
     proptest! {

@@ -2,8 +2,9 @@
 //! with an axum router. Every exchange is bounded: one request per connection (media requests
 //! always come back to the front), `max_api_body` bytes of body, `api_timeout` in all.
 
+use crate::fanout::Format;
 use crate::front::Rewind;
-use crate::hub::{CreateError, Format, Hub, Space};
+use crate::hub::{CreateError, Hub, Space};
 use crate::metrics;
 use crate::shield::{Access, Shield};
 use axum::extract::rejection::JsonRejection;
@@ -162,10 +163,10 @@ fn space_json(space: &Space, base: &str, authority: &str, with_key: bool) -> Val
         "state": info.state.as_str(),
         "scheduled_start": info.scheduled_start,
         "created_at": info.created_at,
-        "listeners": space.counters.listeners(),
+        "listeners": space.track.listeners(),
         "listeners_by_format": {
-            "ogg": space.counters.listeners[Format::Ogg.idx()].load(Relaxed),
-            "ws": space.counters.listeners[Format::Ws.idx()].load(Relaxed),
+            "ogg": space.track.counters.listeners[Format::Ogg.idx()].load(Relaxed),
+            "ws": space.track.counters.listeners[Format::Ws.idx()].load(Relaxed),
         },
         "access": Shield::load_access(&space.shield.access).as_str(),
         "queue_waiting": space.shield.line.lock().expect("line lock").waiting(),

@@ -16,7 +16,9 @@ pub struct Config {
     /// Channels declared by every space's output stream (1 or 2). Sources of either channel
     /// count are accepted: Opus decoders mix to the declared layout.
     pub channels: u8,
-    /// Chunks kept per space for listeners to read (the fan-out window).
+    /// Writer shards (threads) that write to listeners; 0: one per CPU.
+    pub fanout_shards: usize,
+    /// Chunks kept per space and format for listeners to read (the fan-out window).
     pub ring_chunks: usize,
     /// Chunks behind the live edge a new or lagging listener starts at.
     pub join_backlog: u64,
@@ -59,15 +61,36 @@ pub struct Config {
     pub shield: ShieldConfig,
 }
 
+impl Config {
+    /// The bounds of the fan-out engine.
+    pub fn fanout_limits(&self) -> crate::fanout::Limits {
+        let shards = match self.fanout_shards {
+            0 => std::thread::available_parallelism().map_or(2, usize::from),
+            n => n,
+        };
+        crate::fanout::Limits {
+            shards,
+            ring_chunks: self.ring_chunks,
+            join_backlog: self.join_backlog,
+            max_batch: self.max_batch,
+            stall_timeout: self.stall_timeout,
+            close_linger: crate::fanout::Limits::default().close_linger,
+            max_ws_message: self.max_ws_listener_message,
+            max_ogg_upload: crate::fanout::Limits::default().max_ogg_upload,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
             listen: "127.0.0.1:8080".parse().expect("valid address"),
             public_url: None,
             channels: 2,
+            fanout_shards: 0,
             ring_chunks: 256,
             join_backlog: 1,
-            max_batch: 64,
+            max_batch: 14,
             stall_timeout: Duration::from_secs(10),
             listener_sndbuf: 64 * 1024,
             header_timeout: Duration::from_secs(5),

@@ -1,11 +1,12 @@
 //! The demo programme: a short Opus clip shipped in the repository, looped in real time into a
 //! space as if a host were live. It goes through the same validation and track as any source.
 
-use crate::hub::{now_us, Hub, Space};
+use crate::clock::wall_us;
+use crate::hub::{Hub, Space};
 use crate::ingest::publish;
 use crate::shield::Access;
 use levee_core::ingest::OggIngest;
-use levee_core::packager::AudioPacket;
+use levee_core::packet::AudioPacket;
 use levee_core::space::NewSpace;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,7 +51,7 @@ async fn run(hub: Arc<Hub>, space: Arc<Space>, clip: Vec<AudioPacket>) {
             return;
         }
         let mut batch = vec![AudioPacket {
-            capture_us: now_us(),
+            capture_us: wall_us(),
             ..packet.clone()
         }];
         if !publish(&hub, &space, &mut batch) {

@@ -7,7 +7,8 @@
 //! Bounds: `max_connections` open connections, `max_head_bytes` per request head, and
 //! `header_timeout` to send it (slowloris costs at most that long and that many bytes).
 
-use crate::hub::{now_us, Hub, Space};
+use crate::clock::wall_us;
+use crate::hub::{Hub, Space};
 use crate::shield::{Access, ConnKeys, Refusal};
 use crate::{api, ingest, listen};
 use bytes::{Bytes, BytesMut};
@@ -154,7 +155,7 @@ pub async fn accept_loop(listener: TcpListener, hub: Arc<Hub>, router: axum::Rou
             }
         };
         hub.node.connections.fetch_add(1, Relaxed);
-        let keys = match hub.shield.admit_connection(peer.ip(), now_us()) {
+        let keys = match hub.shield.admit_connection(peer.ip(), wall_us()) {
             Ok(keys) => keys,
             // Banned: not even an answer.
             Err(Refusal::Banned) => continue,
@@ -179,14 +180,21 @@ pub async fn accept_loop(listener: TcpListener, hub: Arc<Hub>, router: axum::Rou
         let hub = hub.clone();
         let router = router.clone();
         tokio::spawn(async move {
-            let _guard = guard;
             let _ = stream.set_nodelay(true);
-            handle(stream, peer, hub, router).await;
+            handle(stream, peer, hub, router, guard).await;
         });
     }
 }
 
-async fn handle(mut stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>, router: axum::Router) {
+/// Serves one connection. `guard` gives back its accounting when dropped: here, or by the
+/// fan-out engine when the connection became a listener.
+async fn handle(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    hub: Arc<Hub>,
+    router: axum::Router,
+    guard: ConnGuard,
+) {
     let cfg = &hub.config;
     let read = tokio::time::timeout(
         cfg.header_timeout,
@@ -241,7 +249,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>, router: 
             };
             let rest = Bytes::copy_from_slice(&buf[head_len..]);
             drop(buf);
-            media(stream, peer, hub, space, head, rest, kind).await
+            media(stream, peer, hub, space, head, rest, kind, guard).await
         }
         Route::Api => api::serve_connection(stream, peer, buf.freeze(), hub, router).await,
     }
@@ -291,6 +299,7 @@ fn route(head: &Head) -> Route<'_> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn media(
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -299,6 +308,7 @@ async fn media(
     head: Head,
     rest: Bytes,
     kind: MediaKind,
+    guard: ConnGuard,
 ) {
     if matches!(kind, MediaKind::ListenOgg | MediaKind::ListenWs) {
         if let Err((status, reason, body)) = admit_listener(&hub, &space, &head, peer) {
@@ -309,7 +319,7 @@ async fn media(
         MediaKind::ListenOgg => {
             let head_only = head.method == "HEAD";
             drop(head);
-            listen::ogg(stream, hub, space, head_only).await
+            listen::ogg(stream, hub, space, head_only, Box::new(guard)).await
         }
         MediaKind::ListenWs | MediaKind::PublishWs => {
             let Some(key) = head.header("sec-websocket-key").map(str::to_owned) else {
@@ -341,7 +351,7 @@ async fn media(
                 return;
             }
             if kind == MediaKind::ListenWs {
-                listen::ws(stream, hub, space, rest).await
+                listen::ws(stream, hub, space, rest, Box::new(guard)).await
             } else {
                 ingest::websocket(stream, peer, hub, space, rest).await
             }
@@ -426,7 +436,7 @@ fn admit_listener(
     let configured = crate::shield::Shield::load_access(&space.shield.access);
     let (access, _) = shield.effective_access(configured, space.shield.difficulty.load(Relaxed));
     if access != Access::Open {
-        let now = now_us();
+        let now = wall_us();
         let ip = shield.source_ip(peer.ip(), head.header("x-forwarded-for"));
         let id = space.info.lock().expect("space lock").id.clone();
         let token = query_param(head.query.as_deref(), "ticket").unwrap_or("");
@@ -440,7 +450,7 @@ fn admit_listener(
             return Err((403, "Forbidden", format!("{why}\n")));
         }
     }
-    if space.counters.listeners() as usize >= hub.config.max_listeners_per_space {
+    if space.track.listeners() as usize >= hub.config.max_listeners_per_space {
         shield.counters.refuse("space_full");
         return Err((
             503,

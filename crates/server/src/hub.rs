@@ -1,229 +1,24 @@
-//! The node's spaces and their live tracks: the shared state every connection works on.
+//! The node's spaces: identity, state, live track, counters and shield, in one registry.
 //!
-//! A [`Track`] joins the pure [`Packager`] and [`Ring`] to a `watch` channel that wakes every
-//! listener of the space when a chunk lands. Locks are held only to push or to clone a few
-//! `Bytes` handles; no IO ever happens under a lock.
+//! The registry is a map under a read-write lock taken to create, find or list spaces, never on
+//! the audio path: listeners and sources hold their `Arc<Space>`.
 
+use crate::clock::wall_us;
 use crate::config::Config;
+use crate::fanout::{Fanout, Track};
 use crate::metrics::SpaceCounters;
 use crate::shield::{Access, Shield, SpaceShield};
-use bytes::Bytes;
-use levee_core::packager::{AudioPacket, Chunk, Packager};
-use levee_core::ring::{Read, Ring};
 use levee_core::space::{NewSpace, SpaceInfo, SpaceState};
 use levee_media::opus::OpusHead;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use tokio::sync::watch;
-
-/// Microseconds since the Unix epoch.
-pub fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
-/// What listeners wait on: the ring's live edge, and whether the space ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Edge {
-    /// One past the newest chunk.
-    pub head: u64,
-    /// The space ended: listeners finish what they have and leave.
-    pub ended: bool,
-}
-
-/// Which delivery format a listener reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// Progressive Ogg/Opus over HTTP.
-    Ogg,
-    /// levee's WebSocket messages.
-    Ws,
-}
-
-impl Format {
-    /// Label used in metrics.
-    pub fn label(self) -> &'static str {
-        match self {
-            Format::Ogg => "ogg",
-            Format::Ws => "ws",
-        }
-    }
-    /// Index into per-format counters.
-    pub fn idx(self) -> usize {
-        self as usize
-    }
-    fn pick(self, c: &Chunk) -> &Bytes {
-        match self {
-            Format::Ogg => &c.ogg,
-            Format::Ws => &c.ws,
-        }
-    }
-}
-
-/// What a listener's read of the ring gave.
-#[derive(Debug)]
-pub enum Batch {
-    /// This many chunks were appended (as shared bytes) to the caller's buffer.
-    Data(u64),
-    /// Nothing new.
-    UpToDate,
-    /// Fell out of the window: `missed` chunks lost, continue at `resume`.
-    Lagged {
-        /// Chunks lost.
-        missed: u64,
-        /// New cursor.
-        resume: u64,
-    },
-}
-
-struct TrackInner {
-    packager: Packager,
-    ring: Ring<Chunk>,
-    last_stats_us: u64,
-    scratch: Vec<Chunk>,
-}
-
-/// A space's live audio: packager, ring and wake-up channel.
-pub struct Track {
-    inner: Mutex<TrackInner>,
-    edge: watch::Sender<Edge>,
-    headers_ogg: Bytes,
-    headers_ws: Bytes,
-    /// Increments each time a source takes over; older sources see they were replaced.
-    source_gen: AtomicU64,
-}
-
-impl Track {
-    fn new(head: OpusHead, serial: u32, title: &str, ring_chunks: usize) -> Self {
-        let packager = Packager::new(head, serial, &[format!("TITLE={title}")]);
-        let headers_ogg = packager.headers().ogg.clone();
-        let headers_ws = packager.headers().ws.clone();
-        Track {
-            inner: Mutex::new(TrackInner {
-                packager,
-                ring: Ring::new(ring_chunks),
-                last_stats_us: 0,
-                scratch: Vec::new(),
-            }),
-            edge: watch::channel(Edge {
-                head: 0,
-                ended: false,
-            })
-            .0,
-            headers_ogg,
-            headers_ws,
-            source_gen: AtomicU64::new(0),
-        }
-    }
-
-    /// The stream headers for `format`, sent to every listener first.
-    pub fn headers(&self, format: Format) -> Bytes {
-        match format {
-            Format::Ogg => self.headers_ogg.clone(),
-            Format::Ws => self.headers_ws.clone(),
-        }
-    }
-
-    /// A receiver that wakes when the edge moves.
-    pub fn subscribe(&self) -> watch::Receiver<Edge> {
-        self.edge.subscribe()
-    }
-
-    /// Where a new listener starts: `backlog` chunks behind the live edge.
-    pub fn join_cursor(&self, backlog: u64) -> u64 {
-        self.inner
-            .lock()
-            .expect("track lock")
-            .ring
-            .join_cursor(backlog)
-    }
-
-    /// Reads up to `max` chunks of `format` from `cursor`, appending their bytes to `out`
-    /// (reference-counted handles: nothing is copied).
-    pub fn read(
-        &self,
-        cursor: u64,
-        max: usize,
-        backlog: u64,
-        format: Format,
-        out: &mut Vec<Bytes>,
-    ) -> Batch {
-        let inner = self.inner.lock().expect("track lock");
-        match inner.ring.read(cursor, max, backlog) {
-            Read::Chunks { from, to } => {
-                out.extend(inner.ring.range(from, to).map(|c| format.pick(c).clone()));
-                Batch::Data(to - from)
-            }
-            Read::UpToDate => Batch::UpToDate,
-            Read::Lagged { missed, resume } => Batch::Lagged { missed, resume },
-        }
-    }
-
-    /// A new source takes over; returns its generation.
-    pub fn new_source(&self) -> u64 {
-        self.source_gen.fetch_add(1, Ordering::SeqCst) + 1
-    }
-
-    /// True while `generation` is the newest source.
-    pub fn is_current_source(&self, generation: u64) -> bool {
-        self.source_gen.load(Ordering::SeqCst) == generation
-    }
-
-    /// Packages `packets` and wakes listeners. `chunk_samples` is the target chunk duration;
-    /// `listeners` is the current audience (sent in STATS frames about once a second).
-    pub fn publish(
-        &self,
-        packets: Vec<AudioPacket>,
-        chunk_samples: u32,
-        listeners: u32,
-        now: u64,
-    ) -> u64 {
-        let mut inner = self.inner.lock().expect("track lock");
-        let inner = &mut *inner;
-        if now.saturating_sub(inner.last_stats_us) >= 1_000_000 {
-            inner.last_stats_us = now;
-            inner.packager.set_stats(now, listeners);
-        }
-        for p in packets {
-            inner.packager.push(p, chunk_samples, &mut inner.scratch);
-        }
-        self.commit(inner)
-    }
-
-    /// Seals what is pending (a source stopped) and wakes listeners.
-    pub fn flush(&self) {
-        let mut inner = self.inner.lock().expect("track lock");
-        let inner = &mut *inner;
-        inner.packager.flush(&mut inner.scratch);
-        self.commit(inner);
-    }
-
-    fn commit(&self, inner: &mut TrackInner) -> u64 {
-        let n = inner.scratch.len() as u64;
-        for c in inner.scratch.drain(..) {
-            inner.ring.push(c);
-        }
-        if n > 0 {
-            let head = inner.ring.head();
-            self.edge.send_modify(|e| e.head = head);
-        }
-        n
-    }
-
-    fn end(&self) {
-        self.edge.send_modify(|e| e.ended = true);
-    }
-}
 
 /// One space on this node.
 pub struct Space {
     /// Identity and state.
     pub info: Mutex<SpaceInfo>,
     /// Its live audio.
-    pub track: Track,
+    pub track: Arc<Track>,
     /// Its counters.
     pub counters: SpaceCounters,
     /// Its access, waiting room and escalation.
@@ -265,6 +60,8 @@ pub struct Hub {
     pub node: crate::metrics::NodeCounters,
     /// Per-source limits, bans, tickets and escalation.
     pub shield: Shield,
+    /// The writer shards every space's listeners are written by.
+    pub fanout: Arc<Fanout>,
 }
 
 fn random<const N: usize>() -> [u8; N] {
@@ -277,11 +74,13 @@ impl Hub {
     /// An empty hub.
     pub fn new(config: Config) -> Arc<Self> {
         let shield = Shield::new(config.shield.clone());
+        let fanout = Fanout::new(config.fanout_limits());
         Arc::new(Hub {
             config,
             spaces: RwLock::new(HashMap::new()),
             node: Default::default(),
             shield,
+            fanout,
         })
     }
 
@@ -293,7 +92,7 @@ impl Hub {
         id: Option<&str>,
     ) -> Result<Arc<Space>, CreateError> {
         let start_us = req.scheduled_start.map(|s| s.saturating_mul(1_000_000));
-        let mut info = SpaceInfo::new(req, random(), random(), now_us() / 1_000_000);
+        let mut info = SpaceInfo::new(req, random(), random(), wall_us() / 1_000_000);
         if let Some(id) = id {
             info.id = id.to_owned();
         }
@@ -320,7 +119,7 @@ impl Hub {
             OpusHead::new(self.config.channels),
             serial,
             &info.title,
-            self.config.ring_chunks,
+            self.fanout.clone(),
         );
         let space = Arc::new(Space {
             info: Mutex::new(info.clone()),
@@ -354,17 +153,13 @@ impl Hub {
     pub fn end(&self, space: &Space) {
         space.info.lock().expect("space lock").end();
         space.track.new_source();
-        space.track.flush();
         space.track.end();
     }
 
-    /// Listeners on the whole node.
+    /// Listeners on the whole node (a gauge, not a walk over the spaces).
     pub fn total_listeners(&self) -> u64 {
-        self.spaces
-            .read()
-            .expect("hub lock")
-            .values()
-            .map(|s| s.counters.listeners())
-            .sum()
+        self.fanout
+            .listeners
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }

@@ -6,12 +6,13 @@
 //! that reconnects after a network drop does not wait for the old connection to time out); the
 //! older one is told it was replaced. Listeners are never disconnected by a source change.
 
+use crate::clock::{mono_us, wall_us};
 use crate::front::{respond, Head};
-use crate::hub::{now_us, Hub, Space};
+use crate::hub::{Hub, Space};
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use levee_core::ingest::{single_packet, IngestError, MinRate, OggIngest, Pacer};
-use levee_core::packager::AudioPacket;
+use levee_core::packet::AudioPacket;
 use levee_core::space::SpaceState;
 use levee_core::wire::{self, WireMessage};
 use levee_core::wsframe::{self, FrameDecoder, Message};
@@ -91,15 +92,13 @@ pub(crate) fn publish(hub: &Hub, space: &Space, packets: &mut Vec<AudioPacket>) 
     if !space.go_live() {
         return false;
     }
-    let listeners = space.counters.listeners();
     space
         .counters
         .ingest_packets
         .fetch_add(packets.len() as u64, Relaxed);
-    let target = hub.config.cadence.chunk_samples(listeners);
     space
         .track
-        .publish(std::mem::take(packets), target, listeners as u32, now_us());
+        .publish(std::mem::take(packets), &hub.config.cadence, wall_us());
     true
 }
 
@@ -164,8 +163,12 @@ pub async fn icecast(
     tracing::info!(space = %id, %peer, "icecast source connected");
 
     let mut ingest = OggIngest::new();
-    let mut pacer = Pacer::new(now_us(), hub.config.source_burst.as_micros() as u64);
-    let mut min_rate = MinRate::new(now_us(), MIN_RATE_WINDOW_US, hub.config.min_source_realtime);
+    let mut pacer = Pacer::new(mono_us(), hub.config.source_burst.as_micros() as u64);
+    let mut min_rate = MinRate::new(
+        mono_us(),
+        MIN_RATE_WINDOW_US,
+        hub.config.min_source_realtime,
+    );
     let mut packets = Vec::new();
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut first = Some(rest);
@@ -205,7 +208,7 @@ pub async fn icecast(
                 "replaced by a newer source for this space\n".into(),
             ));
         }
-        if let Err(e) = ingest.push(&data, now_us(), &mut packets) {
+        if let Err(e) = ingest.push(&data, wall_us(), &mut packets) {
             hub.node.ingest_errors.inc(e.kind());
             space.counters.ingest_errors.fetch_add(1, Relaxed);
             // Packets completed before the error were valid: they still reach listeners.
@@ -225,11 +228,11 @@ pub async fn icecast(
         if !publish(&hub, &space, &mut packets) {
             break Err((410, "Gone", "this space has ended\n".into()));
         }
-        if let Err(ratio) = min_rate.record(samples, now_us()) {
+        if let Err(ratio) = min_rate.record(samples, mono_us()) {
             hub.node.ingest_errors.inc("idle");
             break Err((408, "Request Timeout", too_slow(ratio)));
         }
-        let wait = pacer.ahead_us(samples, now_us());
+        let wait = pacer.ahead_us(samples, mono_us());
         if wait > 0 {
             tokio::time::sleep(Duration::from_micros(wait)).await;
         }
@@ -336,8 +339,8 @@ pub async fn websocket(
     }
     let id = space.snapshot().id;
     tracing::info!(space = %id, %peer, "websocket source connected");
-    let mut pacer = Pacer::new(now_us(), cfg.source_burst.as_micros() as u64);
-    let mut min_rate = MinRate::new(now_us(), MIN_RATE_WINDOW_US, cfg.min_source_realtime);
+    let mut pacer = Pacer::new(mono_us(), cfg.source_burst.as_micros() as u64);
+    let mut min_rate = MinRate::new(mono_us(), MIN_RATE_WINDOW_US, cfg.min_source_realtime);
     let mut packets = Vec::new();
     let end: Option<(u16, String)> = loop {
         let msg = match next_message(&mut stream, &mut dec, &mut buf, cfg.source_idle_timeout).await
@@ -362,7 +365,7 @@ pub async fn websocket(
                 Ok(WireMessage::Audio {
                     capture_us, packet, ..
                 }) => {
-                    let now = now_us();
+                    let now = wall_us();
                     let ts = if now.abs_diff(capture_us) <= MAX_CLOCK_SKEW_US {
                         capture_us
                     } else {
@@ -392,7 +395,7 @@ pub async fn websocket(
             }
             Message::Close(..) => break Some((wsframe::CLOSE_NORMAL, String::new())),
             Message::Text(_) | Message::Pong => {
-                if let Err(ratio) = min_rate.record(0, now_us()) {
+                if let Err(ratio) = min_rate.record(0, mono_us()) {
                     hub.node.ingest_errors.inc("idle");
                     break Some((wsframe::CLOSE_POLICY, too_slow(ratio)));
                 }
@@ -407,11 +410,11 @@ pub async fn websocket(
                 if !publish(&hub, &space, &mut packets) {
                     break Some((wsframe::CLOSE_GOING_AWAY, "this space has ended".into()));
                 }
-                if let Err(ratio) = min_rate.record(samples, now_us()) {
+                if let Err(ratio) = min_rate.record(samples, mono_us()) {
                     hub.node.ingest_errors.inc("idle");
                     break Some((wsframe::CLOSE_POLICY, too_slow(ratio)));
                 }
-                let wait = pacer.ahead_us(samples, now_us());
+                let wait = pacer.ahead_us(samples, mono_us());
                 if wait > 0 {
                     tokio::time::sleep(Duration::from_micros(wait)).await;
                 }

@@ -6,7 +6,8 @@
 //! See `docs/protocol.md`.
 
 use crate::api::{base_url, error, Peer};
-use crate::hub::{now_us, Hub};
+use crate::clock::wall_us as now_us;
+use crate::hub::Hub;
 use crate::shield::{random_u64, random_unit, Refusal, Shield, REFUSALS};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -139,7 +140,7 @@ pub(crate) async fn join(
     };
     let configured = Shield::load_access(&ss.access);
     let (access, difficulty) = shield.effective_access(configured, ss.difficulty.load(Relaxed));
-    let listeners = space.counters.listeners();
+    let listeners = space.track.listeners();
 
     let (decision, listener) = match &req.queue_token {
         Some(token) => match QueueToken::verify(&shield.signer, token, &id, now_s) {

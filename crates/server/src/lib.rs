@@ -5,8 +5,10 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod api;
+pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod fanout;
 pub mod front;
 pub mod hub;
 pub mod ingest;
@@ -51,6 +53,7 @@ impl Server {
         let listener = TcpListener::from_std(socket.into())?;
         let addr = listener.local_addr()?;
         let hub = Hub::new(config);
+        hub.fanout.start()?;
         let router = api::router(hub.clone());
         let task = tokio::spawn(front::accept_loop(listener, hub.clone(), router));
         tokio::spawn(shield_ticker(hub.clone()));
@@ -60,6 +63,7 @@ impl Server {
     /// Stops accepting and ends background tasks.
     pub fn abort(&self) {
         self.task.abort();
+        self.hub.fanout.stop();
     }
 
     /// Serves until the accept loop ends.
@@ -74,7 +78,7 @@ async fn shield_ticker(hub: Arc<Hub>) {
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        let now = hub::now_us();
+        let now = clock::wall_us();
         let connections = hub
             .node
             .connections

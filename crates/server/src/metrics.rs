@@ -4,40 +4,20 @@
 //! rendered on request. Space ids appear as labels; their number is bounded by
 //! `Config::max_spaces`.
 
-use crate::hub::{Format, Hub};
+use crate::fanout::{TrackCounters, FORMATS};
+use crate::hub::Hub;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// Per-space counters, indexed by [`Format::idx`] where per format.
+/// Per-space counters of its sources (the fan-out's own are in `fanout::TrackCounters`).
 #[derive(Debug, Default)]
 pub struct SpaceCounters {
-    /// Listeners connected now.
-    pub listeners: [AtomicU64; 2],
-    /// Listeners that joined.
-    pub joins: [AtomicU64; 2],
-    /// Bytes written to listeners.
-    pub bytes_sent: [AtomicU64; 2],
-    /// Chunks written to listeners.
-    pub chunks_sent: [AtomicU64; 2],
-    /// Times a lagging listener skipped to the live edge.
-    pub lag_skips: [AtomicU64; 2],
-    /// Chunks lagging listeners lost.
-    pub chunks_skipped: [AtomicU64; 2],
-    /// Listeners cut for stalling.
-    pub stall_cuts: [AtomicU64; 2],
     /// Opus packets accepted from sources.
     pub ingest_packets: AtomicU64,
     /// Sources refused or dropped for bad input.
     pub ingest_errors: AtomicU64,
     /// Sources connected.
     pub sources: AtomicU64,
-}
-
-impl SpaceCounters {
-    /// Listeners connected now, all formats.
-    pub fn listeners(&self) -> u64 {
-        self.listeners.iter().map(|a| a.load(Relaxed)).sum()
-    }
 }
 
 /// Node-wide counters.
@@ -139,7 +119,7 @@ pub fn render(hub: &Hub) -> String {
             node.ingest_errors.0[i].load(Relaxed)
         );
     }
-    type Field = fn(&crate::metrics::SpaceCounters) -> &[AtomicU64; 2];
+    type Field = fn(&TrackCounters) -> &[AtomicU64; 2];
     let per_format: [(&str, &str, &str, Field); 7] = [
         (
             "levee_listeners",
@@ -188,8 +168,8 @@ pub fn render(hub: &Hub) -> String {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for s in &spaces {
             let id = s.snapshot().id;
-            for f in [Format::Ogg, Format::Ws] {
-                let v = field(&s.counters)[f.idx()].load(Relaxed);
+            for f in FORMATS {
+                let v = field(&s.track.counters)[f.idx()].load(Relaxed);
                 let _ = writeln!(out, "{name}{{space=\"{id}\",format=\"{}\"}} {v}", f.label());
             }
         }

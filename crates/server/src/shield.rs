@@ -6,7 +6,7 @@
 //! per-source state: limiter memory is fixed at start (count-min sketches), bans are a bounded
 //! map, and the waiting room is two counters per space.
 
-use crate::hub::now_us;
+use crate::clock::wall_us as now_us;
 use levee_core::admission::LineConfig;
 use levee_core::pressure::{Pressure, PressureConfig, Signals};
 use levee_core::sketch::{CountMin, RateSketch, DEPTH};

@@ -544,17 +544,25 @@ pub async fn session(
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use levee_core::packager::{AudioPacket, Chunk, Packager};
+    use levee_core::mux::{Muxer, OggMux, WsMux};
+    use levee_core::packet::{AudioPacket, PacketStream};
     use levee_media::opus::{OpusHead, SILENCE_20MS};
 
     const T0: u64 = 1_700_000_000_000_000;
 
-    /// What levee's packager makes of `packets` (marked or not), `per_chunk` packets a chunk;
+    /// One chunk as levee's muxers package it for both formats.
+    struct Chunk {
+        ogg: Bytes,
+        ws: Bytes,
+    }
+
+    /// What levee's muxers make of `packets` (marked or not), `per_chunk` packets a chunk;
     /// host packets listed in `drop` never reach the server.
     fn stream(n: u64, per_chunk: u32, marked: bool, drop: &[u64]) -> (Bytes, Bytes, Vec<Chunk>) {
-        let mut p = Packager::new(OpusHead::new(2), 7, &[]);
-        let headers = p.headers().clone();
-        let mut chunks = Vec::new();
+        let head = OpusHead::new(2);
+        let (mut ogg, mut ws) = (OggMux::new(&head, 7, &[]), WsMux::new(&head));
+        let mut numbering = PacketStream::new();
+        let (mut ogg_chunks, mut ws_chunks) = (Vec::new(), Vec::new());
         let mut buf = Vec::new();
         for i in (0..n).filter(|i| !drop.contains(i)) {
             let data = if marked {
@@ -563,15 +571,26 @@ mod tests {
             } else {
                 Bytes::from_static(&SILENCE_20MS)
             };
-            let packet = AudioPacket {
+            let packet = numbering.push(AudioPacket {
                 data,
                 samples: 960,
                 capture_us: T0 + i * 20_000,
-            };
-            p.push(packet, per_chunk * 960, &mut chunks);
+            });
+            ogg.push(&packet, per_chunk * 960, &mut ogg_chunks);
+            ws.push(&packet, per_chunk * 960, &mut ws_chunks);
         }
-        p.flush(&mut chunks);
-        (headers.ws, headers.ogg, chunks)
+        ogg.flush(&mut ogg_chunks);
+        ws.flush(&mut ws_chunks);
+        assert_eq!(ogg_chunks.len(), ws_chunks.len());
+        let chunks = ogg_chunks
+            .into_iter()
+            .zip(ws_chunks)
+            .map(|(o, w)| Chunk {
+                ogg: o.bytes,
+                ws: w.bytes,
+            })
+            .collect();
+        (ws.headers(), ogg.headers(), chunks)
     }
 
     fn read_all(format: Format, head: &Bytes, chunks: &[Chunk], split: usize) -> Reader {

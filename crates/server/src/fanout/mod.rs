@@ -1,0 +1,219 @@
+//! The fan-out engine: a space's programme packaged once per format, written to every listener
+//! by a few writer shards.
+//!
+//! ```text
+//!  publish ─► Track: packet stream ─► muxers (Ogg, WebSocket) ─► rings ─► windows (Arc)
+//!                                                                            │ notify once per
+//!                                                                            ▼ chunk per shard
+//!  shard 0 … shard N-1 (one thread each, own epoll): walk the space's listeners, one
+//!  non-blocking vectored write of the shared bytes each; only a full socket leaves the
+//!  fast path and waits for writability, with its stall clock
+//! ```
+//!
+//! - [`track`]: the packet stream, muxers, rings and windows of one space.
+//! - [`shard`]: the writer shard's logic, sans IO: listeners are plain slots, time is injected,
+//!   the socket is anything that implements [`shard::Conn`] (tests use an in-memory one).
+//! - [`poll`]: the thin IO adapter: one thread per shard around a `mio` poll.
+//!
+//! A listener costs a slot (about 100 bytes, see `docs/benchmarks.md`), its socket and its
+//! registration in the shard's epoll; no task, no future, no buffer of its own.
+
+pub mod poll;
+pub mod shard;
+pub mod track;
+
+pub use track::{Track, TrackCounters};
+
+use bytes::Bytes;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+/// Which delivery format a listener reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Progressive Ogg/Opus over HTTP.
+    Ogg,
+    /// levee's WebSocket messages.
+    Ws,
+}
+
+/// Every format, in index order.
+pub const FORMATS: [Format; 2] = [Format::Ogg, Format::Ws];
+
+impl Format {
+    /// Label used in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Format::Ogg => "ogg",
+            Format::Ws => "ws",
+        }
+    }
+    /// Index into per-format counters.
+    pub fn idx(self) -> usize {
+        self as usize
+    }
+}
+
+/// The bounds the engine enforces (set from the server's `Config`).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Writer shards (threads).
+    pub shards: usize,
+    /// Chunks kept per space and format (the fan-out window).
+    pub ring_chunks: usize,
+    /// Chunks behind the live edge a new or lagging listener starts at.
+    pub join_backlog: u64,
+    /// Most chunks one write carries.
+    pub max_batch: usize,
+    /// A listener whose socket accepts nothing for this long is cut.
+    pub stall_timeout: Duration,
+    /// Time a WebSocket listener gets to answer our close frame.
+    pub close_linger: Duration,
+    /// Largest message a WebSocket listener may send.
+    pub max_ws_message: usize,
+    /// Bytes a progressive-Ogg listener may send after its request before it is dropped.
+    pub max_ogg_upload: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            shards: 2,
+            ring_chunks: 256,
+            join_backlog: 1,
+            max_batch: 64,
+            stall_timeout: Duration::from_secs(10),
+            close_linger: Duration::from_secs(1),
+            max_ws_message: 1024,
+            max_ogg_upload: 16 * 1024,
+        }
+    }
+}
+
+/// A listener on its way to a shard.
+pub struct NewListener<C, G> {
+    /// Its space.
+    pub track: Arc<Track>,
+    /// Its socket (its response head already written).
+    pub conn: C,
+    /// What it reads.
+    pub format: Format,
+    /// Bytes it sent after its request head (WebSocket frames, maybe).
+    pub rest: Bytes,
+    /// Dropped when the listener leaves (gives back its connection's accounting).
+    pub guard: G,
+}
+
+/// What the server hands the shards with a listener: dropped when the listener leaves.
+pub type Guard = Box<dyn Send>;
+
+/// A shard's mailbox: new listeners and tracks with new chunks.
+pub struct Inbox {
+    adds: Mutex<Vec<NewListener<TcpStream, Guard>>>,
+    tracks: Mutex<Vec<Arc<Track>>>,
+    pending: AtomicBool,
+    waker: OnceLock<mio::Waker>,
+}
+
+impl Inbox {
+    fn new() -> Self {
+        Inbox {
+            adds: Mutex::new(Vec::new()),
+            tracks: Mutex::new(Vec::new()),
+            pending: AtomicBool::new(false),
+            waker: OnceLock::new(),
+        }
+    }
+
+    fn wake(&self) {
+        if !self.pending.swap(true, Ordering::AcqRel) {
+            if let Some(w) = self.waker.get() {
+                let _ = w.wake();
+            }
+        }
+    }
+
+    pub(crate) fn push_track(&self, track: Arc<Track>) {
+        self.tracks.lock().expect("inbox lock").push(track);
+        self.wake();
+    }
+
+    /// Takes everything queued; the shard calls it after each wake-up.
+    pub(crate) fn drain(
+        &self,
+        adds: &mut Vec<NewListener<TcpStream, Guard>>,
+        tracks: &mut Vec<Arc<Track>>,
+    ) {
+        self.pending.store(false, Ordering::Release);
+        adds.append(&mut self.adds.lock().expect("inbox lock"));
+        tracks.append(&mut self.tracks.lock().expect("inbox lock"));
+    }
+}
+
+/// The node's fan-out: shard mailboxes, the node-wide listener gauge and the bounds.
+pub struct Fanout {
+    pub(crate) inboxes: Box<[Inbox]>,
+    /// Listeners on the whole node now.
+    pub listeners: AtomicU64,
+    /// Bounds in force.
+    pub limits: Limits,
+    stop: AtomicBool,
+}
+
+impl Fanout {
+    /// An engine with `limits.shards` mailboxes and no thread yet (see [`Fanout::start`]).
+    pub fn new(mut limits: Limits) -> Arc<Self> {
+        limits.shards = limits.shards.max(1);
+        Arc::new(Fanout {
+            inboxes: (0..limits.shards).map(|_| Inbox::new()).collect(),
+            listeners: AtomicU64::new(0),
+            limits,
+            stop: AtomicBool::new(false),
+        })
+    }
+
+    /// Starts one writer thread per shard.
+    pub fn start(self: &Arc<Self>) -> std::io::Result<()> {
+        for id in 0..self.shards() {
+            poll::spawn(self.clone(), id)?;
+        }
+        Ok(())
+    }
+
+    /// Asks the writer threads to stop (their listeners are dropped).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        for inbox in self.inboxes.iter() {
+            inbox.pending.store(false, Ordering::Release);
+            inbox.wake();
+        }
+    }
+
+    pub(crate) fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Number of writer shards.
+    pub fn shards(&self) -> usize {
+        self.inboxes.len()
+    }
+
+    /// Counts a listener in (space and node gauges, joins). Call before [`Fanout::attach`], as
+    /// soon as it is admitted, so that admission sees it at once.
+    pub fn admit(&self, track: &Track, format: Format) {
+        let c = &track.counters;
+        c.joins[format.idx()].fetch_add(1, Ordering::Relaxed);
+        c.listeners[format.idx()].fetch_add(1, Ordering::Relaxed);
+        self.listeners.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Hands an admitted listener (see [`Fanout::admit`]) to one of the track's shards.
+    pub fn attach(&self, listener: NewListener<TcpStream, Guard>) {
+        let shard = listener.track.pick_shard();
+        let inbox = &self.inboxes[shard];
+        inbox.adds.lock().expect("inbox lock").push(listener);
+        inbox.wake();
+    }
+}
