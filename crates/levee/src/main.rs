@@ -38,9 +38,12 @@ struct ServeArgs {
     /// Channels of every space's output stream (1 or 2).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
     channels: u8,
-    /// Chunks kept per space (the fan-out window).
+    /// Chunks kept per space and format (the fan-out window).
     #[arg(long, default_value_t = 256)]
     ring_chunks: usize,
+    /// Writer shards (threads) that write to listeners; 0: one per CPU.
+    #[arg(long, default_value_t = 0)]
+    fanout_shards: usize,
     /// Cut a listener whose write cannot complete for this long.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     stall_timeout: Duration,
@@ -133,6 +136,7 @@ impl ServeArgs {
             public_url: self.public_url.clone(),
             channels: self.channels,
             ring_chunks: self.ring_chunks.max(2),
+            fanout_shards: self.fanout_shards,
             stall_timeout: self.stall_timeout,
             listener_sndbuf: self.listener_sndbuf,
             header_timeout: self.header_timeout,
