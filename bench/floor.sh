@@ -42,8 +42,9 @@
 # Beside the table: floor's sends per listener-second, skipped sends (EAGAIN), partial sends,
 # missed ticks and longest tick, levee's chunks per listener-second, lagging skips and source
 # packets per second, sink's own CPU, and the CPU that other processes took on the machine (all
-# CPUs' busy time in /proc/stat less server and sink: the machine is shared, read the figures
-# with it), all over the window. Stalls are reported, not judged: a starved run shows them.
+# CPUs' busy time in /proc/stat less server and sink) and the vCPUs' steal time: the machine
+# is shared, read the figures with them. All over the window. Stalls are reported, not
+# judged: a starved run shows them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(git rev-parse --show-toplevel)
@@ -111,8 +112,9 @@ trap 'exit 130' INT TERM
 # utime and stime, in clock ticks (fields 14 and 15; the name in parentheses may hold spaces).
 cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12, $13}'; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
-# Busy time of all CPUs, in clock ticks (user nice system irq softirq steal of /proc/stat).
-machine_busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+# Busy time of all CPUs (user nice system irq softirq) and steal (time the hypervisor gave
+# these vCPUs to someone else), in clock ticks, from /proc/stat: "busy,steal".
+machine_busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 "," $9}' /proc/stat; }
 kernel_kib() {
   local slab pages
   slab=$(awk '/^SUnreclaim:/ {print $2}' /proc/meminfo)
@@ -310,10 +312,13 @@ if held < expect:
     why.append(f"held {held:.0f} of {expect}")
 h = max(held, 1)
 # What else ran on the machine in the window (the machine is shared): all CPUs' busy time less
-# the server's and sink's, in % of one core (for levee it includes storm's source, about 1 %).
+# the server's and sink's, in % of one core (for levee it includes storm's source, under 1 %),
+# and the vCPUs' steal time.
 sink_s = sum(map(float, sk2.split(","))) / hz - sum(map(float, sk1.split(","))) / hz
 row["sink_cpu_pct"] = sink_s / dt * 100 if sink_s > 0 else row.get("sink_cpu_pct", float("nan"))
-row["others_pct"] = ((float(busy2) - float(busy1)) / hz - user_s - sys_s - max(sink_s, 0)) / dt * 100
+(b1, st1), (b2, st2) = (map(float, b.split(",")) for b in (busy1, busy2))
+row["others_pct"] = ((b2 - b1) / hz - user_s - sys_s - max(sink_s, 0)) / dt * 100
+row["steal_pct"] = (st2 - st1) / hz / dt * 100
 row.update(held=held, user_us=user_s * 1e6 / (h * dt), sys_us=sys_s * 1e6 / (h * dt),
            total_us=(user_s + sys_s) * 1e6 / (h * dt), user_kib=row["rss_growth_kib"] / h,
            kernel_kib=row["kernel_growth_kib"] / h / 2, valid=not why, why="; ".join(why))
@@ -322,8 +327,9 @@ EOF
   tail -n 1 "$OUT/rows.jsonl" | python3 -c 'import json, sys
 r = json.loads(sys.stdin.read())
 print("run %s %d #%s: %s, held %.0f, %.1f us per listener-second (user %.1f, system %.1f), %s stalls, "
-  "other processes %.0f %% of a core%s" % (r["server"], r["listeners"], sys.argv[1], "valid" if r["valid"] else "INVALID",
-  r["held"], r["total_us"], r["user_us"], r["sys_us"], r.get("stalls", "?"), r["others_pct"],
+  "other processes %.0f %% of a core, steal %.0f %%%s" % (r["server"], r["listeners"], sys.argv[1],
+  "valid" if r["valid"] else "INVALID", r["held"], r["total_us"], r["user_us"], r["sys_us"], r.get("stalls", "?"),
+  r["others_pct"], r["steal_pct"],
   " (" + r["why"] + ")" if r["why"] else ""))' "$rep" >&2 || true
 }
 
@@ -365,12 +371,12 @@ for s in ("floor", "levee"):
         print(f"- floor, in the window: {med(u,'sends_per_listener_s'):.2f} sends per listener-second, "
               f"skipped sends (EAGAIN) {med(u,'skipped'):.0f}, partial {med(u,'partial'):.0f}, "
               f"missed ticks {med(u,'missed_ticks'):.0f}, longest tick {med(u,'tick_us_max'):,.0f} µs; "
-              f"sink CPU {med(u,'sink_cpu_pct'):.0f} % of a core, other processes {med(u,'others_pct'):.0f} % of a core")
+              f"sink CPU {med(u,'sink_cpu_pct'):.0f} % of a core, other processes {med(u,'others_pct'):.0f} % of a core, steal {med(u,'steal_pct'):.0f} % of a core")
     else:
         print(f"- levee, in the window: {med(u,'chunks_per_listener_s'):.2f} chunks per listener-second, "
               f"lagging skips {med(u,'lagging_skips'):.0f} ({med(u,'chunks_skipped'):.0f} chunks), "
               f"stalled cuts {med(u,'stalled_cuts'):.0f}, source {med(u,'source_packets_per_s'):.1f} packets/s; "
-              f"sink CPU {med(u,'sink_cpu_pct'):.0f} % of a core, other processes {med(u,'others_pct'):.0f} % of a core")
+              f"sink CPU {med(u,'sink_cpu_pct'):.0f} % of a core, other processes {med(u,'others_pct'):.0f} % of a core, steal {med(u,'steal_pct'):.0f} % of a core")
 EOF
 }
 

@@ -61,7 +61,10 @@ fn raise_nofile() {
 fn wait_for(mut ok: impl FnMut() -> bool, what: &str) {
     let t = Instant::now();
     while !ok() {
-        assert!(t.elapsed() < Duration::from_secs(60), "timed out waiting for {what}");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -76,16 +79,6 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        max_listeners_per_space: 2 * n + 10,
-        ..Config::default()
-    };
-    let server = rt.block_on(Server::start(config)).expect("server starts");
-    let hub = server.hub.clone();
-    rt.block_on(async { demo::start(hub.clone()) });
-    let addr = server.addr;
-    std::thread::sleep(Duration::from_secs(1));
     println!("| listeners | format | live heap bytes per listener | RSS KiB per listener |");
     println!("|---|---|---|---|");
     let mut held: Vec<TcpStream> = Vec::with_capacity(n);
@@ -96,7 +89,17 @@ fn main() {
             "GET /live/demo/ws HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
         ),
     ] {
-        std::thread::sleep(Duration::from_millis(500));
+        // A fresh server per format, so that neither inherits the other's grown tables.
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            max_listeners_per_space: n + 10,
+            ..Config::default()
+        };
+        let server = rt.block_on(Server::start(config)).expect("server starts");
+        let hub = server.hub.clone();
+        rt.block_on(async { demo::start(hub.clone()) });
+        let addr = server.addr;
+        std::thread::sleep(Duration::from_secs(1));
         let (heap0, rss0) = (LIVE.load(Relaxed), rss_kib());
         for _ in 0..n {
             let mut s = TcpStream::connect(addr).expect("connect");
@@ -128,6 +131,6 @@ fn main() {
         );
         held.clear();
         wait_for(|| hub.total_listeners() == 0, "every listener gone");
+        server.abort();
     }
-    server.abort();
 }
