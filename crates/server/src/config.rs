@@ -1,7 +1,10 @@
-//! Server settings. Every bound the server enforces is named here, with its default.
+//! Server settings, all in one place. Every bound the server enforces is named here, with its
+//! default.
 
-use crate::shield::ShieldConfig;
+use levee_core::admission::LineConfig;
 use levee_core::cadence::Cadence;
+use levee_core::pressure::PressureConfig;
+use levee_core::source::Cidr;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -108,6 +111,101 @@ impl Default for Config {
             ingest_reserve: 256,
             min_source_realtime: 0.5,
             shield: ShieldConfig::default(),
+        }
+    }
+}
+
+/// Shield settings; every limit is named here with its default.
+#[derive(Debug, Clone)]
+pub struct ShieldConfig {
+    /// Secret from which ticket keys derive; nodes sharing it verify each other's tickets.
+    pub secret: Vec<u8>,
+    /// Key rotation period, s (tokens of the current and previous period verify).
+    pub key_period_s: u64,
+    /// How long a ticket may be used to open a stream, s.
+    pub ticket_ttl_s: u64,
+    /// How long a place in line is honoured, s.
+    pub queue_token_ttl_s: u64,
+    /// How long a challenge may be solved, s.
+    pub challenge_ttl_s: u64,
+    /// Bind tickets and challenges to the caller's /24 (IPv4) or /48 (IPv6).
+    pub bind_to_prefix: bool,
+    /// Open connections per address.
+    pub max_conns_per_ip: i32,
+    /// Open connections per /24 or /48.
+    pub max_conns_per_prefix: i32,
+    /// New connections per second per address.
+    pub conn_rate_per_ip: f64,
+    /// New connections per second per /24 or /48.
+    pub conn_rate_per_prefix: f64,
+    /// Join requests per second per address.
+    pub join_rate_per_ip: f64,
+    /// Join requests per second per /24 or /48.
+    pub join_rate_per_prefix: f64,
+    /// Refusals within 10 s that get an address banned.
+    pub strikes_to_ban: f64,
+    /// First ban; each repeat doubles it.
+    pub ban_base: Duration,
+    /// Longest automatic ban.
+    pub ban_max: Duration,
+    /// Bans held at most (the earliest to expire is dropped first).
+    pub max_bans: usize,
+    /// Sources exempt from limits and bans.
+    pub allow: Vec<Cidr>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Bearer key of the admin API.
+    pub admin_key: String,
+    /// Each space's waiting room.
+    pub line: LineConfig,
+    /// Escalation thresholds of a space.
+    pub space_pressure: PressureConfig,
+    /// Escalation thresholds of the node.
+    pub node_pressure: PressureConfig,
+    /// Counters per sketch row (memory: 4 rows × 4 B × width per sketch).
+    pub sketch_width: usize,
+}
+
+impl Default for ShieldConfig {
+    fn default() -> Self {
+        ShieldConfig {
+            secret: crate::random::bytes::<32>().to_vec(),
+            key_period_s: 600,
+            ticket_ttl_s: 60,
+            queue_token_ttl_s: 900,
+            challenge_ttl_s: 120,
+            bind_to_prefix: true,
+            max_conns_per_ip: 256,
+            max_conns_per_prefix: 4_096,
+            conn_rate_per_ip: 100.0,
+            conn_rate_per_prefix: 2_000.0,
+            join_rate_per_ip: 20.0,
+            join_rate_per_prefix: 1_000.0,
+            strikes_to_ban: 200.0,
+            ban_base: Duration::from_secs(30),
+            ban_max: Duration::from_secs(3_600),
+            max_bans: 65_536,
+            allow: vec![
+                Cidr::parse("127.0.0.1/32").expect("valid"),
+                Cidr::parse("::1/128").expect("valid"),
+            ],
+            trusted_proxies: Vec::new(),
+            admin_key: crate::random::bytes::<16>()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+            line: LineConfig::default(),
+            space_pressure: PressureConfig::default(),
+            // The node escalates on volume that got past the per-source limits and on CPU, not
+            // on refusals: refused sources are already contained, and escalating the node
+            // would make every space's listeners pay for one space's attack.
+            node_pressure: PressureConfig {
+                join_rate_high: 20_000.0,
+                cpu_high: 1.8,
+                reject_ratio_high: f64::INFINITY,
+                ..PressureConfig::default()
+            },
+            sketch_width: 32_768,
         }
     }
 }

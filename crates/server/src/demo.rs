@@ -2,8 +2,8 @@
 //! space as if a host were live. It goes through the same validation and track as any source.
 
 use crate::clock::wall_us;
+use crate::endpoints::ingest::publish;
 use crate::hub::{Hub, Space};
-use crate::ingest::publish;
 use crate::shield::Access;
 use levee_core::ingest::OggIngest;
 use levee_core::packet::AudioPacket;

@@ -5,8 +5,8 @@
 
 use crate::clock::wall_us;
 use crate::config::Config;
+use crate::counters::{NodeCounters, SpaceCounters};
 use crate::fanout::{Fanout, Track};
-use crate::metrics::SpaceCounters;
 use crate::shield::{Access, Shield, SpaceShield};
 use levee_core::space::{NewSpace, SpaceInfo, SpaceState};
 use levee_media::opus::OpusHead;
@@ -57,17 +57,11 @@ pub struct Hub {
     pub config: Config,
     spaces: RwLock<HashMap<String, Arc<Space>>>,
     /// Node-wide counters.
-    pub node: crate::metrics::NodeCounters,
+    pub node: NodeCounters,
     /// Per-source limits, bans, tickets and escalation.
     pub shield: Shield,
     /// The writer shards every space's listeners are written by.
     pub fanout: Arc<Fanout>,
-}
-
-fn random<const N: usize>() -> [u8; N] {
-    let mut b = [0u8; N];
-    getrandom::fill(&mut b).expect("the OS random source works");
-    b
 }
 
 impl Hub {
@@ -92,7 +86,12 @@ impl Hub {
         id: Option<&str>,
     ) -> Result<Arc<Space>, CreateError> {
         let start_us = req.scheduled_start.map(|s| s.saturating_mul(1_000_000));
-        let mut info = SpaceInfo::new(req, random(), random(), wall_us() / 1_000_000);
+        let mut info = SpaceInfo::new(
+            req,
+            crate::random::bytes(),
+            crate::random::bytes(),
+            wall_us() / 1_000_000,
+        );
         if let Some(id) = id {
             info.id = id.to_owned();
         }
@@ -114,7 +113,7 @@ impl Hub {
                 None => return Err(CreateError::Full(self.config.max_spaces)),
             }
         }
-        let serial = u32::from_le_bytes(random());
+        let serial = u32::from_le_bytes(crate::random::bytes());
         let track = Track::new(
             OpusHead::new(self.config.channels),
             serial,

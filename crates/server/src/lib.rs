@@ -7,16 +7,15 @@
 pub mod api;
 pub mod clock;
 pub mod config;
+pub mod counters;
 pub mod demo;
+pub mod endpoints;
 pub mod fanout;
-pub mod front;
+pub mod http1;
 pub mod hub;
-pub mod ingest;
-pub mod join;
-pub mod listen;
-pub mod metrics;
+pub mod random;
 pub mod shield;
-pub mod web;
+pub mod ws;
 
 pub use config::Config;
 pub use hub::Hub;
@@ -55,7 +54,7 @@ impl Server {
         let hub = Hub::new(config);
         hub.fanout.start()?;
         let router = api::router(hub.clone());
-        let task = tokio::spawn(front::accept_loop(listener, hub.clone(), router));
+        let task = tokio::spawn(endpoints::front::accept_loop(listener, hub.clone(), router));
         tokio::spawn(shield_ticker(hub.clone()));
         Ok(Server { addr, hub, task })
     }

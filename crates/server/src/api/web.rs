@@ -1,42 +1,42 @@
 //! The web pages, embedded in the binary (sources in `web/` at the repository root).
 
 /// The lobby: live spaces and a form to create one.
-pub const LOBBY_HTML: &str = include_str!("../../../web/lobby.html");
+pub const LOBBY_HTML: &str = include_str!("../../../../web/lobby.html");
 /// A space's listening page.
-pub const SPACE_HTML: &str = include_str!("../../../web/space.html");
+pub const SPACE_HTML: &str = include_str!("../../../../web/space.html");
 /// A space's host page (microphone → Opus → WebSocket).
-pub const HOST_HTML: &str = include_str!("../../../web/host.html");
+pub const HOST_HTML: &str = include_str!("../../../../web/host.html");
 
 const ASSETS: &[(&str, &str, &str)] = &[
     (
         "levee.css",
         "text/css; charset=utf-8",
-        include_str!("../../../web/levee.css"),
+        include_str!("../../../../web/levee.css"),
     ),
     (
         "lobby.js",
         "text/javascript; charset=utf-8",
-        include_str!("../../../web/lobby.js"),
+        include_str!("../../../../web/lobby.js"),
     ),
     (
         "player.js",
         "text/javascript; charset=utf-8",
-        include_str!("../../../web/player.js"),
+        include_str!("../../../../web/player.js"),
     ),
     (
         "host.js",
         "text/javascript; charset=utf-8",
-        include_str!("../../../web/host.js"),
+        include_str!("../../../../web/host.js"),
     ),
     (
         "capture-worklet.js",
         "text/javascript; charset=utf-8",
-        include_str!("../../../web/capture-worklet.js"),
+        include_str!("../../../../web/capture-worklet.js"),
     ),
     (
         "pow-worker.js",
         "text/javascript; charset=utf-8",
-        include_str!("../../../web/pow-worker.js"),
+        include_str!("../../../../web/pow-worker.js"),
     ),
 ];
 

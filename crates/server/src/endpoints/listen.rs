@@ -5,8 +5,9 @@
 //! `fanout::shard` for the hot path and its bounds.
 
 use crate::fanout::{Format, Guard, NewListener};
-use crate::front::respond;
+use crate::http1::respond;
 use crate::hub::{Hub, Space};
+use crate::ws::ws_close;
 use bytes::Bytes;
 use levee_core::space::SpaceState;
 use levee_core::wsframe;
@@ -73,28 +74,4 @@ fn hand_over(
         rest,
         guard,
     });
-}
-
-/// Time a peer gets to answer our close frame before the socket is dropped.
-pub const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Ends a WebSocket as RFC 6455 asks: send the close frame, stop sending (FIN), then read
-/// until the peer closes too (at most [`CLOSE_LINGER`], at most 4 KiB). Dropping the socket at
-/// once would reset it if the peer's answer arrived first, and the peer could lose our frame.
-pub async fn ws_close(stream: &mut TcpStream, code: u16, reason: &str) {
-    let frame = wsframe::close_frame(code, reason);
-    let done = async {
-        stream.write_all(&frame).await?;
-        stream.shutdown().await?;
-        let mut sink = [0u8; 512];
-        let mut total = 0;
-        loop {
-            let n = tokio::io::AsyncReadExt::read(stream, &mut sink).await?;
-            total += n;
-            if n == 0 || total > 4096 {
-                return Ok::<(), std::io::Error>(());
-            }
-        }
-    };
-    let _ = tokio::time::timeout(CLOSE_LINGER, done).await;
 }

@@ -5,10 +5,11 @@
 //! the caller asks too fast, `503` when the line is full. Each answer says when to ask again.
 //! See `docs/protocol.md`.
 
-use crate::api::{base_url, error, Peer};
+use super::reply::{base_url, error, Peer};
 use crate::clock::wall_us as now_us;
 use crate::hub::Hub;
-use crate::shield::{random_u64, random_unit, Refusal, Shield, REFUSALS};
+use crate::random;
+use crate::shield::{Refusal, Shield, REFUSALS};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -58,7 +59,7 @@ fn challenge(hub: &Hub, space: &str, ip: IpAddr, difficulty: u8, why: &str) -> R
         difficulty,
         expires_s: now / 1_000_000 + cfg.challenge_ttl_s,
         prefix: cfg.bind_to_prefix.then(|| wide_prefix(ip)),
-        salt: random_u64(),
+        salt: random::u64(),
     };
     hub.shield.counters.challenges.fetch_add(1, Relaxed);
     let seed = c.sign(&hub.shield.signer, now / 1_000_000);
@@ -110,7 +111,7 @@ pub(crate) async fn join(
                 "too many join requests from this network: slow down",
             ),
         };
-        let retry = 2_000 + (random_unit() * 3_000.0) as u64;
+        let retry = 2_000 + (random::unit() * 3_000.0) as u64;
         return with_retry_after(
             (
                 status,
@@ -149,7 +150,7 @@ pub(crate) async fn join(
                     q.number,
                     now,
                     listeners,
-                    random_unit(),
+                    random::unit(),
                 );
                 (d, q.listener)
             }
@@ -210,13 +211,13 @@ pub(crate) async fn join(
                     },
                 }
             }
-            let draw = random_u64() as u32;
+            let draw = random::u64() as u32;
             let d = ss
                 .line
                 .lock()
                 .expect("line lock")
-                .arrive(now, listeners, draw, random_unit());
-            (d, random_u64())
+                .arrive(now, listeners, draw, random::unit());
+            (d, random::u64())
         }
     };
     let cfg = &shield.cfg;

@@ -7,7 +7,7 @@
 //! older one is told it was replaced. Listeners are never disconnected by a source change.
 
 use crate::clock::{mono_us, wall_us};
-use crate::front::{respond, Head};
+use crate::http1::{respond, Head};
 use crate::hub::{Hub, Space};
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
@@ -255,7 +255,7 @@ pub async fn icecast(
 }
 
 async fn close(stream: &mut TcpStream, code: u16, reason: &str) {
-    crate::listen::ws_close(stream, code, reason).await;
+    crate::ws::ws_close(stream, code, reason).await;
 }
 
 /// The first message a browser host sends: `{"key": "<host key>"}`.

@@ -4,66 +4,11 @@
 //! rendered on request. Space ids appear as labels; their number is bounded by
 //! `Config::max_spaces`.
 
+use crate::counters::{SpaceCounters, INGEST_ERROR_KINDS};
 use crate::fanout::{TrackCounters, FORMATS};
 use crate::hub::Hub;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-
-/// Per-space counters of its sources (the fan-out's own are in `fanout::TrackCounters`).
-#[derive(Debug, Default)]
-pub struct SpaceCounters {
-    /// Opus packets accepted from sources.
-    pub ingest_packets: AtomicU64,
-    /// Sources refused or dropped for bad input.
-    pub ingest_errors: AtomicU64,
-    /// Sources connected.
-    pub sources: AtomicU64,
-}
-
-/// Node-wide counters.
-#[derive(Debug, Default)]
-pub struct NodeCounters {
-    /// Connections accepted.
-    pub connections: AtomicU64,
-    /// Connections open now.
-    pub open_connections: AtomicU64,
-    /// Connections closed at once because the node was at `max_connections`.
-    pub refused_capacity: AtomicU64,
-    /// Requests refused for a bad or slow request head.
-    pub bad_requests: AtomicU64,
-    /// Ingest errors by kind: not_ogg, bad_crc, too_large, bad_ogg, wrong_codec, bad_opus,
-    /// bad_structure, bad_key, bad_frame, idle.
-    pub ingest_errors: IngestErrorCounters,
-}
-
-/// Labels of [`IngestErrorCounters`].
-pub const INGEST_ERROR_KINDS: [&str; 10] = [
-    "not_ogg",
-    "bad_crc",
-    "too_large",
-    "bad_ogg",
-    "wrong_codec",
-    "bad_opus",
-    "bad_structure",
-    "bad_key",
-    "bad_frame",
-    "idle",
-];
-
-/// One counter per ingest error kind.
-#[derive(Debug, Default)]
-pub struct IngestErrorCounters([AtomicU64; INGEST_ERROR_KINDS.len()]);
-
-impl IngestErrorCounters {
-    /// Counts one error of `kind` (one of [`INGEST_ERROR_KINDS`]).
-    pub fn inc(&self, kind: &str) {
-        let i = INGEST_ERROR_KINDS
-            .iter()
-            .position(|k| *k == kind)
-            .unwrap_or(INGEST_ERROR_KINDS.len() - 1);
-        self.0[i].fetch_add(1, Relaxed);
-    }
-}
 
 /// Renders every counter in Prometheus text format 0.0.4.
 pub fn render(hub: &Hub) -> String {
@@ -116,7 +61,7 @@ pub fn render(hub: &Hub) -> String {
         let _ = writeln!(
             out,
             "levee_ingest_errors_total{{reason=\"{k}\"}} {}",
-            node.ingest_errors.0[i].load(Relaxed)
+            node.ingest_errors.get(i)
         );
     }
     type Field = fn(&TrackCounters) -> &[AtomicU64; 2];
@@ -246,7 +191,7 @@ pub fn render(hub: &Hub) -> String {
             sp.shield.line.lock().expect("line lock").waiting()
         );
     }
-    type Scalar = fn(&crate::metrics::SpaceCounters) -> &AtomicU64;
+    type Scalar = fn(&SpaceCounters) -> &AtomicU64;
     let per_space: [(&str, &str, Scalar); 3] = [
         (
             "levee_ingest_packets_total",
