@@ -13,7 +13,7 @@
 #        WINDOW=20 (s of measurement)  FLOOR_PORT=18193  LEVEE_PORT=18194
 #        FLOOR_IPS=127.8.0.1-127.8.40.255  LEVEE_IPS=127.9.0.1-127.9.40.255 (sink's --src-ips)
 #        LEVEE_BIN=target/release/levee (when unset, built with cargo first)
-#        KEEP=DIR (copy every log and per-run JSON there)
+#        KEEP=DIR (copy the logs, metrics and per-run JSON rows there)
 #
 # The two servers, each started fresh for each run, floor first then levee, 3 s apart:
 # - floor: `target/reference/release/floor --port P --tick-ms T --rate 4000 --sndbuf 65536`
@@ -226,7 +226,10 @@ run_one() {
     mkdir -p "$KEEP"
     cp "$OUT/sink-$tag.out" "$OUT/server-$tag.out" "$KEEP/"
     cp "$OUT/$name.err" "$KEEP/server-$tag.err"
-    [ "$name" = levee ] && cp "$OUT/m1-$tag" "$OUT/m2-$tag" "$OUT/source.err" "$KEEP/" 2>/dev/null || true
+    if [ "$name" = levee ]; then
+      cp "$OUT/m1-$tag" "$OUT/m2-$tag" "$KEEP/" 2>/dev/null || true
+      cp "$OUT/source.err" "$KEEP/source-$tag.err" 2>/dev/null || true
+    fi
   fi
   python3 - "$name" "$n" "$tick" "$HZ" "$c1" "$c2" "$t1" "$t2" "$ts" "$rss0" "$rss1" "$rss2" "$k0" "$k1" \
     "$OUT/sink-$tag.out" "$OUT/server-$tag.out" "$fl1" "$fl2" "$OUT/m1-$tag" "$OUT/m2-$tag" "$alive" \
