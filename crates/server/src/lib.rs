@@ -77,7 +77,7 @@ async fn shield_ticker(hub: Arc<Hub>) {
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        let now = clock::wall_us();
+        let now = clock::mono_us();
         let connections = hub
             .node
             .connections

@@ -6,7 +6,7 @@
 //! See `docs/protocol.md`.
 
 use super::reply::{base_url, error, Peer};
-use crate::clock::wall_us as now_us;
+use crate::clock::{mono_us, wall_us};
 use crate::hub::Hub;
 use crate::random;
 use crate::shield::{Refusal, Shield, REFUSALS};
@@ -52,7 +52,7 @@ fn with_retry_after(mut resp: Response, ms: u64) -> Response {
 }
 
 fn challenge(hub: &Hub, space: &str, ip: IpAddr, difficulty: u8, why: &str) -> Response {
-    let now = now_us();
+    let now = wall_us();
     let cfg = &hub.shield.cfg;
     let c = Challenge {
         space: space.to_owned(),
@@ -90,8 +90,9 @@ pub(crate) async fn join(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let now = now_us();
-    let now_s = now / 1_000_000;
+    // Rates, strikes and the line run on the monotonic clock; tokens carry wall time.
+    let now = mono_us();
+    let now_s = wall_us() / 1_000_000;
     let shield = &hub.shield;
     let ip = shield.source_ip(
         peer.ip(),
@@ -367,7 +368,7 @@ pub(crate) async fn list_bans(State(hub): State<Arc<Hub>>, headers: HeaderMap) -
     if let Some(r) = refuse_non_admin(&hub, &headers) {
         return r;
     }
-    let now = now_us();
+    let now = mono_us();
     let bans: Vec<_> = hub
         .shield
         .bans(now)
@@ -402,7 +403,7 @@ pub(crate) async fn add_ban(
         Err(e) => return bad_cidr(e),
     };
     let secs = req.seconds.unwrap_or(3_600).min(30 * 86_400);
-    hub.shield.ban(cidr, secs, now_us());
+    hub.shield.ban(cidr, secs, mono_us());
     tracing::warn!(%cidr, seconds = secs, "operator banned a network");
     (
         StatusCode::CREATED,

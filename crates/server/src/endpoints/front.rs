@@ -9,7 +9,7 @@
 
 use super::{ingest, listen};
 use crate::api;
-use crate::clock::wall_us;
+use crate::clock::{mono_us, wall_us};
 use crate::http1::{query_param, read_head, respond, Head, HeadError};
 use crate::hub::{Hub, Space};
 use crate::shield::{Access, ConnKeys, Refusal};
@@ -45,7 +45,7 @@ pub async fn accept_loop(listener: TcpListener, hub: Arc<Hub>, router: axum::Rou
             }
         };
         hub.node.connections.fetch_add(1, Relaxed);
-        let keys = match hub.shield.admit_connection(peer.ip(), wall_us()) {
+        let keys = match hub.shield.admit_connection(peer.ip(), mono_us()) {
             Ok(keys) => keys,
             // Banned: not even an answer.
             Err(Refusal::Banned) => continue,
@@ -262,12 +262,12 @@ fn admit_listener(
     let configured = crate::shield::Shield::load_access(&space.shield.access);
     let (access, _) = shield.effective_access(configured, space.shield.difficulty.load(Relaxed));
     if access != Access::Open {
-        let now = wall_us();
+        let now_s = wall_us() / 1_000_000;
         let ip = shield.source_ip(peer.ip(), head.header("x-forwarded-for"));
         let id = space.info.lock().expect("space lock").id.clone();
         let token = query_param(head.query.as_deref(), "ticket").unwrap_or("");
-        if let Err(e) = Ticket::verify(&shield.signer, token, &id, ip, now / 1_000_000) {
-            shield.offence(ip, "ticket", now);
+        if let Err(e) = Ticket::verify(&shield.signer, token, &id, ip, now_s) {
+            shield.offence(ip, "ticket", mono_us());
             let why = if token.is_empty() {
                 "this space needs a ticket: POST /api/spaces/{id}/join".to_owned()
             } else {

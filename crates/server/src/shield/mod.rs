@@ -6,7 +6,7 @@
 //! per-source state: limiter memory is fixed at start (count-min sketches), bans are a bounded
 //! map, and the waiting room is two counters per space.
 
-use crate::clock::wall_us as now_us;
+use crate::clock::{mono_us, wall_us};
 pub use crate::config::ShieldConfig;
 use levee_core::pressure::{Pressure, Signals};
 use levee_core::sketch::{CountMin, RateSketch, DEPTH};
@@ -251,7 +251,7 @@ fn cpu_ticks() -> u64 {
 impl Shield {
     /// A shield with fresh random sketch seeds.
     pub fn new(cfg: ShieldConfig) -> Self {
-        let now = now_us();
+        let now = mono_us();
         let seeds = || -> [u64; DEPTH] { std::array::from_fn(|_| crate::random::u64()) };
         let w = cfg.sketch_width;
         Shield {
@@ -565,9 +565,11 @@ pub struct SpaceShield {
 }
 
 impl SpaceShield {
-    /// A space's shield with `access` and a line opening now (pre-queue until `start_us`).
+    /// A space's shield with `access` and a line opening now (pre-queue until `start_us`, µs
+    /// since the Unix epoch; the line itself runs on the monotonic clock).
     pub fn new(cfg: &ShieldConfig, access: Access, start_us: Option<u64>) -> Self {
-        let now = now_us();
+        let now = mono_us();
+        let start_us = start_us.map(|s| now + s.saturating_sub(wall_us()));
         SpaceShield {
             access: AtomicU8::new(access as u8),
             line: Mutex::new(levee_core::admission::Line::new(cfg.line, now, start_us)),
