@@ -25,22 +25,37 @@ use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-#[derive(Deserialize, Default)]
+/// The body of `POST /api/spaces/{id}/join` (see `docs/protocol.md`): empty, `{}`, a place in
+/// line to present again, or a solved proof-of-work challenge. Unknown fields are refused.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct JoinReq {
+pub struct JoinReq {
     /// The token of a place in line, when asking again.
     #[serde(default)]
-    queue_token: Option<String>,
+    pub queue_token: Option<String>,
     /// A solved challenge.
     #[serde(default)]
-    pow: Option<Pow>,
+    pub pow: Option<Pow>,
 }
 
-#[derive(Deserialize)]
+/// A solved proof-of-work challenge: the seed the server handed out and the nonce found.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Pow {
-    seed: String,
-    nonce: u64,
+pub struct Pow {
+    /// The challenge's seed, as received.
+    pub seed: String,
+    /// A nonce such that `SHA-256(seed ‖ decimal nonce)` has the required leading zero bits.
+    pub nonce: u64,
+}
+
+/// Parses a join request body. A body of only ASCII whitespace (or none) is the empty request;
+/// anything else must be a JSON object of [`JoinReq`]'s fields. The error is the human reason,
+/// as the API returns it after `invalid join request: `. Never panics, whatever the bytes.
+pub fn parse_join_request(body: &[u8]) -> Result<JoinReq, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(JoinReq::default());
+    }
+    serde_json::from_slice(body).map_err(|e| e.to_string())
 }
 
 fn with_retry_after(mut resp: Response, ms: u64) -> Response {
@@ -127,17 +142,13 @@ pub(crate) async fn join(
         shield.counters.refuse("space_ended");
         return error(StatusCode::GONE, "this space has ended");
     }
-    let req: JoinReq = if body.iter().all(u8::is_ascii_whitespace) {
-        JoinReq::default()
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(r) => r,
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("invalid join request: {e}"),
-                )
-            }
+    let req = match parse_join_request(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid join request: {e}"),
+            )
         }
     };
     let configured = Shield::load_access(&ss.access);
@@ -488,5 +499,38 @@ pub(crate) async fn remove_allow(
             format!("{c} is not on the allowlist"),
         ),
         Err(e) => bad_cidr(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_requests_parse_and_unknown_fields_are_refused() {
+        assert_eq!(parse_join_request(b""), Ok(JoinReq::default()));
+        assert_eq!(parse_join_request(b" \r\n\t"), Ok(JoinReq::default()));
+        assert_eq!(parse_join_request(b"{}"), Ok(JoinReq::default()));
+        assert_eq!(
+            parse_join_request(br#"{"pow":{"seed":"s","nonce":7}}"#),
+            Ok(JoinReq {
+                queue_token: None,
+                pow: Some(Pow {
+                    seed: "s".into(),
+                    nonce: 7
+                }),
+            })
+        );
+        assert_eq!(
+            parse_join_request(br#"{"queue_token":"q"}"#)
+                .unwrap()
+                .queue_token
+                .as_deref(),
+            Some("q")
+        );
+        assert!(parse_join_request(br#"{"extra":1}"#).is_err());
+        assert!(parse_join_request(br#"{"pow":{"seed":"s","nonce":1,"x":0}}"#).is_err());
+        assert!(parse_join_request(b"\xff\xfe").is_err());
+        assert!(parse_join_request(b"[").is_err());
     }
 }
