@@ -119,6 +119,8 @@ pub struct Inbox {
     tracks: Mutex<Vec<Arc<Track>>>,
     pending: AtomicBool,
     waker: OnceLock<mio::Waker>,
+    /// Its thread died (a bug): it takes nothing more, and its mailbox stays empty.
+    dead: AtomicBool,
 }
 
 impl Inbox {
@@ -128,6 +130,7 @@ impl Inbox {
             tracks: Mutex::new(Vec::new()),
             pending: AtomicBool::new(false),
             waker: OnceLock::new(),
+            dead: AtomicBool::new(false),
         }
     }
 
@@ -140,8 +143,23 @@ impl Inbox {
     }
 
     pub(crate) fn push_track(&self, track: Arc<Track>) {
+        if self.dead.load(Ordering::Acquire) {
+            return;
+        }
         self.tracks.lock().expect("inbox lock").push(track);
         self.wake();
+    }
+
+    /// Marks the shard dead and drops what waited for it (listeners counted out).
+    pub(crate) fn die(&self, node_listeners: &AtomicU64) {
+        self.dead.store(true, Ordering::Release);
+        if let Ok(mut adds) = self.adds.lock() {
+            for l in adds.drain(..) {
+                l.track.counters.listeners[l.format.idx()].fetch_sub(1, Ordering::Relaxed);
+                node_listeners.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.tracks.lock().map(|mut t| t.clear()).ok();
     }
 
     /// Takes everything queued; the shard calls it after each wake-up.
@@ -213,11 +231,68 @@ impl Fanout {
         self.listeners.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Hands an admitted listener (see [`Fanout::admit`]) to one of the track's shards.
+    /// Hands an admitted listener (see [`Fanout::admit`]) to one of the track's shards (the
+    /// next living one: a shard whose thread died takes nothing more).
     pub fn attach(&self, listener: NewListener<TcpStream, Guard>) {
-        let shard = listener.track.pick_shard();
-        let inbox = &self.inboxes[shard];
+        let first = listener.track.pick_shard();
+        let n = self.shards();
+        let Some(inbox) = (0..n)
+            .map(|i| &self.inboxes[(first + i) % n])
+            .find(|inbox| !inbox.dead.load(Ordering::Acquire))
+        else {
+            // No shard left: the listener is counted out and its socket closed.
+            let c = &listener.track.counters;
+            c.listeners[listener.format.idx()].fetch_sub(1, Ordering::Relaxed);
+            self.listeners.fetch_sub(1, Ordering::Relaxed);
+            return;
+        };
         inbox.adds.lock().expect("inbox lock").push(listener);
         inbox.wake();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use levee_media::opus::OpusHead;
+
+    fn socket() -> TcpStream {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        l.accept().unwrap().0
+    }
+
+    #[test]
+    fn a_dead_shard_takes_no_listener_and_none_left_counts_it_out() {
+        let fanout = Fanout::new(Limits {
+            shards: 2,
+            ..Limits::default()
+        });
+        let track = Track::new(OpusHead::new(1), 1, "t", fanout.clone());
+        fanout.inboxes[0].die(&fanout.listeners);
+        for _ in 0..3 {
+            fanout.admit(&track, Format::Ogg);
+            fanout.attach(NewListener {
+                track: track.clone(),
+                conn: socket(),
+                format: Format::Ogg,
+                rest: Bytes::new(),
+                guard: Box::new(()),
+            });
+        }
+        let queued = |i: usize| fanout.inboxes[i].adds.lock().unwrap().len();
+        assert_eq!((queued(0), queued(1)), (0, 3));
+        fanout.inboxes[1].die(&fanout.listeners);
+        fanout.admit(&track, Format::Ogg);
+        fanout.attach(NewListener {
+            track: track.clone(),
+            conn: socket(),
+            format: Format::Ogg,
+            rest: Bytes::new(),
+            guard: Box::new(()),
+        });
+        assert_eq!(queued(1), 0, "a dead shard's mailbox is emptied");
+        assert_eq!(fanout.listeners.load(Ordering::Relaxed), 0);
+        assert_eq!(track.listeners(), 0);
     }
 }

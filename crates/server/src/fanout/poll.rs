@@ -42,7 +42,24 @@ pub(super) fn spawn(fanout: Arc<Fanout>, id: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Marks the shard dead if its thread unwinds (a bug), so that no listener or track waits for
+/// it; its own listeners are closed as the unwinding drops them.
+struct DeathWatch<'a>(&'a Fanout, usize);
+
+impl Drop for DeathWatch<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(
+                shard = self.1,
+                "fan-out shard died; its listeners were dropped"
+            );
+            self.0.inboxes[self.1].die(&self.0.listeners);
+        }
+    }
+}
+
 fn run(fanout: Arc<Fanout>, id: usize, mut poll: Poll) {
+    let _watch = DeathWatch(&fanout, id);
     let mut shard: Shard<TcpStream, Guard> = Shard::new(id, fanout.limits.clone());
     let mut events = Events::with_capacity(EVENTS);
     let (mut adds, mut tracks) = (Vec::new(), Vec::new());

@@ -670,6 +670,20 @@ impl<C: Conn, G> Shard<C, G> {
     }
 }
 
+impl<C, G> Drop for Shard<C, G> {
+    /// A shard that goes away (its thread stopped or died) counts its listeners out.
+    fn drop(&mut self) {
+        for slot in self.slots.iter().flatten() {
+            if let Some(group) = &self.groups[slot.group as usize] {
+                let track = &group.track;
+                track.counters.listeners[slot.format.idx()].fetch_sub(1, Relaxed);
+                track.fanout_listeners().fetch_sub(1, Relaxed);
+                track.links[self.id].members.fetch_sub(1, AcqRel);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1119,6 +1133,21 @@ mod tests {
         w.shard.on_ready(0, true, false, w.now);
         assert!(w.shard.is_empty());
         assert_eq!(w.fanout.listeners.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn a_shard_that_goes_away_counts_its_listeners_out() {
+        let mut w = World::new(Limits::default());
+        w.join(Format::Ws, UNLIMITED);
+        w.join(Format::Ogg, UNLIMITED);
+        assert_eq!(w.fanout.listeners.load(Relaxed), 2);
+        drop(std::mem::replace(
+            &mut w.shard,
+            Shard::new(0, Limits::default()),
+        ));
+        assert_eq!(w.track.listeners(), 0);
+        assert_eq!(w.fanout.listeners.load(Relaxed), 0);
+        assert_eq!(w.track.links[0].members.load(Relaxed), 0);
     }
 
     #[test]
