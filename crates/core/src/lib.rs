@@ -14,6 +14,7 @@
 //! - [`ticket`]: stateless signed tokens (join tickets, places in line, proof-of-work).
 //! - [`sketch`]: fixed-size count-min counters for per-source limits.
 //! - [`source`]: source addresses, their /24 and /48 networks, CIDR lists.
+//! - [`cidrmap`]: address blocks looked up by address in O(1) (bans, the allowlist).
 //! - [`wire`]: levee's WebSocket message format.
 //! - [`wsframe`]: WebSocket framing: encode once for everyone, decode clients with bounds.
 //!
@@ -22,6 +23,7 @@
 
 pub mod admission;
 pub mod cadence;
+pub mod cidrmap;
 pub mod ingest;
 pub mod mux;
 pub mod packet;

@@ -4,18 +4,23 @@
 //! Cost model: a refusal at accept is a few atomic adds and a close; a refused join is a
 //! sketch lookup and a small JSON answer; a refused ticket is one HMAC. None of them allocates
 //! per-source state: limiter memory is fixed at start (count-min sketches), bans are a bounded
-//! map, and the waiting room is two counters per space.
+//! map checked in O(1) (one probe per prefix length in use, see `bans`), and the waiting room
+//! is two counters per space.
 
 use crate::clock::{mono_us, wall_us};
 pub use crate::config::ShieldConfig;
+use levee_core::cidrmap::CidrMap;
 use levee_core::pressure::{Pressure, Signals};
 use levee_core::sketch::{CountMin, RateSketch, DEPTH};
 use levee_core::source::{self, Cidr, SourceKey};
 use levee_core::ticket::Signer;
-use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, RwLock};
+
+mod bans;
+pub use bans::Ban;
+use bans::Bans;
 
 /// How a space's stream endpoints admit listeners.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -125,80 +130,50 @@ impl ShieldCounters {
     }
 }
 
-/// A ban in force.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ban {
-    /// What is banned.
-    pub cidr: Cidr,
-    /// Until when, µs since the Unix epoch.
-    pub until_us: u64,
-    /// How many times this block was banned automatically.
-    pub count: u32,
-    /// Set by an operator rather than by the limiter.
-    pub manual: bool,
+/// Most entries of the allowlist.
+pub const MAX_ALLOW: usize = 4_096;
+
+/// The allowlist: in the order given (for the admin API) and by prefix length (for checks).
+#[derive(Debug)]
+struct Allow {
+    list: Vec<Cidr>,
+    map: CidrMap<()>,
 }
 
-#[derive(Debug, Default)]
-struct Bans {
-    by_cidr: HashMap<Cidr, Ban>,
-    by_expiry: BTreeSet<(u64, Cidr)>,
-    /// Repeat counts of expired automatic bans, so that the next ban is longer (bounded too).
-    history: HashMap<Cidr, u32>,
-}
+impl Allow {
+    fn new(list: &[Cidr]) -> Self {
+        let mut a = Allow {
+            list: Vec::new(),
+            map: CidrMap::new(),
+        };
+        for c in list {
+            a.add(*c);
+        }
+        a
+    }
 
-impl Bans {
-    fn insert(&mut self, ban: Ban, max: usize) {
-        if let Some(old) = self.by_cidr.insert(ban.cidr, ban) {
-            self.by_expiry.remove(&(old.until_us, old.cidr));
+    fn contains(&self, ip: IpAddr) -> bool {
+        self.map.lookup(ip, |_| true).found.is_some()
+    }
+
+    fn add(&mut self, cidr: Cidr) -> bool {
+        if self.map.contains_key(&cidr) {
+            return true;
         }
-        self.by_expiry.insert((ban.until_us, ban.cidr));
-        while self.by_cidr.len() > max {
-            if let Some(first) = self.by_expiry.pop_first() {
-                self.by_cidr.remove(&first.1);
-            }
+        if self.list.len() >= MAX_ALLOW {
+            return false;
         }
-        if self.history.len() > max {
-            self.history.clear();
-        }
+        self.map.insert(cidr, ());
+        self.list.push(cidr);
+        true
     }
 
     fn remove(&mut self, cidr: Cidr) -> bool {
-        match self.by_cidr.remove(&cidr) {
-            Some(b) => {
-                self.by_expiry.remove(&(b.until_us, b.cidr));
-                true
-            }
-            None => false,
+        if self.map.remove(&cidr).is_none() {
+            return false;
         }
-    }
-
-    fn expire(&mut self, now_us: u64) {
-        while let Some(&(until, cidr)) = self.by_expiry.first() {
-            if until > now_us {
-                break;
-            }
-            self.by_expiry.pop_first();
-            if let Some(b) = self.by_cidr.remove(&cidr) {
-                if !b.manual {
-                    self.history.insert(cidr, b.count);
-                }
-            }
-        }
-    }
-
-    fn find(&self, ip: IpAddr) -> Option<Ban> {
-        if self.by_cidr.is_empty() {
-            return None;
-        }
-        let ip = source::canonical(ip);
-        let lens: &[u8] = if ip.is_ipv4() {
-            &[32, 24, 16, 8]
-        } else {
-            &[128, 64, 48, 32]
-        };
-        lens.iter()
-            .find_map(|&l| self.by_cidr.get(&Cidr::new(ip, l)).copied())
-            .or_else(|| self.by_cidr.values().find(|b| b.cidr.contains(ip)).copied())
+        self.list.retain(|c| *c != cidr);
+        true
     }
 }
 
@@ -226,8 +201,11 @@ pub struct Shield {
     join_rate: RateSketch,
     strikes: RateSketch,
     spent: RateSketch,
-    bans: Mutex<Bans>,
-    allow: RwLock<Vec<Cidr>>,
+    /// Read on every accept and join (shared), written on a ban, a lift or an expiry.
+    bans: RwLock<Bans>,
+    /// Bans held, readable without the lock: with none, a check costs one atomic load.
+    ban_count: AtomicUsize,
+    allow: RwLock<Allow>,
     node: Mutex<NodeState>,
     node_difficulty: AtomicU8,
 }
@@ -262,8 +240,9 @@ impl Shield {
             join_rate: RateSketch::new(w, 1_000_000, seeds(), now),
             strikes: RateSketch::new(w, 10_000_000, seeds(), now),
             spent: RateSketch::new(w, cfg.challenge_ttl_s * 1_000_000, seeds(), now),
-            bans: Mutex::new(Bans::default()),
-            allow: RwLock::new(cfg.allow.clone()),
+            bans: RwLock::new(Bans::default()),
+            ban_count: AtomicUsize::new(0),
+            allow: RwLock::new(Allow::new(&cfg.allow)),
             node: Mutex::new(NodeState {
                 pressure: Pressure::new(cfg.node_pressure.clone()),
                 last_joins: 0,
@@ -286,13 +265,9 @@ impl Shield {
             + self.spent.bytes()
     }
 
-    /// True when `ip` is on the allowlist.
+    /// True when `ip` is on the allowlist (one probe per prefix length in use).
     pub fn allowed(&self, ip: IpAddr) -> bool {
-        self.allow
-            .read()
-            .expect("allow lock")
-            .iter()
-            .any(|c| c.contains(ip))
+        self.allow.read().expect("allow lock").contains(ip)
     }
 
     /// The source of a request: the socket's address, or, from a trusted proxy, the last
@@ -310,11 +285,21 @@ impl Shield {
             .unwrap_or(peer)
     }
 
-    /// The ban in force on `ip`, if any.
+    /// The ban in force on `ip`, if any. O(1): one probe per prefix length in use, under a
+    /// shared lock (bans that ended are skipped here and dropped by [`Shield::tick`]).
     pub fn banned(&self, ip: IpAddr, now: u64) -> Option<Ban> {
-        let mut bans = self.bans.lock().expect("bans lock");
-        bans.expire(now);
-        bans.find(ip)
+        if self.ban_count.load(Relaxed) == 0 {
+            return None;
+        }
+        self.bans.read().expect("bans lock").find(ip, now)
+    }
+
+    /// Changes the bans under the write lock, keeping [`Shield::ban_count`] in step.
+    fn with_bans<R>(&self, f: impl FnOnce(&mut Bans) -> R) -> R {
+        let mut bans = self.bans.write().expect("bans lock");
+        let r = f(&mut bans);
+        self.ban_count.store(bans.len(), Relaxed);
+        r
     }
 
     /// Records a refusal of `ip`; bans it (for a doubling time) when it keeps offending.
@@ -329,27 +314,32 @@ impl Shield {
             64
         };
         let cidr = Cidr::new(ip, len);
-        let mut bans = self.bans.lock().expect("bans lock");
-        bans.expire(now);
-        if bans.by_cidr.contains_key(&cidr) {
+        let imposed = self.with_bans(|bans| {
+            bans.expire(now);
+            if bans.contains(cidr) {
+                return None;
+            }
+            let count = bans.repeats(cidr) + 1;
+            let secs = self
+                .cfg
+                .ban_base
+                .as_secs()
+                .saturating_mul(1 << (count - 1).min(20));
+            let secs = secs.min(self.cfg.ban_max.as_secs());
+            bans.insert(
+                Ban {
+                    cidr,
+                    until_us: now + secs * 1_000_000,
+                    count,
+                    manual: false,
+                },
+                self.cfg.max_bans,
+            );
+            Some((secs, count))
+        });
+        let Some((secs, count)) = imposed else {
             return;
-        }
-        let count = bans.history.get(&cidr).copied().unwrap_or(0) + 1;
-        let secs = self
-            .cfg
-            .ban_base
-            .as_secs()
-            .saturating_mul(1 << (count - 1).min(20));
-        let secs = secs.min(self.cfg.ban_max.as_secs());
-        bans.insert(
-            Ban {
-                cidr,
-                until_us: now + secs * 1_000_000,
-                count,
-                manual: false,
-            },
-            self.cfg.max_bans,
-        );
+        };
         self.counters.bans.fetch_add(1, Relaxed);
         tracing::warn!(%cidr, seconds = secs, repeat = count, "banned a repeat offender");
     }
@@ -436,6 +426,9 @@ impl Shield {
 
     /// Feeds the node's signals (called about once a second).
     pub fn tick(&self, connections: u64, now: u64) -> Signals {
+        if self.ban_count.load(Relaxed) > 0 {
+            self.with_bans(|bans| bans.expire(now));
+        }
         let mut n = self.node.lock().expect("node lock");
         let dt = (now.saturating_sub(n.last_us) as f64 / 1e6).max(1e-3);
         let joins = self.counters.joins_passed.load(Relaxed);
@@ -464,57 +457,46 @@ impl Shield {
 
     /// Bans `cidr` for `secs` (operator action).
     pub fn ban(&self, cidr: Cidr, secs: u64, now: u64) {
-        let mut bans = self.bans.lock().expect("bans lock");
-        bans.insert(
-            Ban {
-                cidr,
-                until_us: now + secs.saturating_mul(1_000_000),
-                count: 0,
-                manual: true,
-            },
-            self.cfg.max_bans,
-        );
+        self.with_bans(|bans| {
+            bans.expire(now);
+            bans.insert(
+                Ban {
+                    cidr,
+                    until_us: now + secs.saturating_mul(1_000_000),
+                    count: 0,
+                    manual: true,
+                },
+                self.cfg.max_bans,
+            )
+        });
     }
 
     /// Lifts the ban on `cidr`; false if there was none.
     pub fn unban(&self, cidr: Cidr) -> bool {
-        self.bans.lock().expect("bans lock").remove(cidr)
+        self.with_bans(|bans| bans.remove(cidr))
     }
 
     /// The bans in force.
     pub fn bans(&self, now: u64) -> Vec<Ban> {
-        let mut bans = self.bans.lock().expect("bans lock");
-        bans.expire(now);
-        bans.by_expiry
-            .iter()
-            .filter_map(|(_, c)| bans.by_cidr.get(c).copied())
-            .collect()
+        self.with_bans(|bans| {
+            bans.expire(now);
+            bans.in_expiry_order()
+        })
     }
 
     /// The allowlist.
     pub fn allowlist(&self) -> Vec<Cidr> {
-        self.allow.read().expect("allow lock").clone()
+        self.allow.read().expect("allow lock").list.clone()
     }
 
-    /// Adds `cidr` to the allowlist (at most 4,096 entries).
+    /// Adds `cidr` to the allowlist (at most [`MAX_ALLOW`] entries).
     pub fn allow(&self, cidr: Cidr) -> bool {
-        let mut a = self.allow.write().expect("allow lock");
-        if a.contains(&cidr) {
-            return true;
-        }
-        if a.len() >= 4_096 {
-            return false;
-        }
-        a.push(cidr);
-        true
+        self.allow.write().expect("allow lock").add(cidr)
     }
 
     /// Removes `cidr` from the allowlist; false if it was not there.
     pub fn disallow(&self, cidr: Cidr) -> bool {
-        let mut a = self.allow.write().expect("allow lock");
-        let before = a.len();
-        a.retain(|c| *c != cidr);
-        a.len() != before
+        self.allow.write().expect("allow lock").remove(cidr)
     }
 
     /// Access of a space given its configured access and its own escalation.
