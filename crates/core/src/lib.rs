@@ -14,6 +14,7 @@
 //! - [`ticket`]: stateless signed tokens (join tickets, places in line, proof-of-work).
 //! - [`sketch`]: fixed-size count-min counters for per-source limits.
 //! - [`source`]: source addresses, their /24 and /48 networks, CIDR lists.
+//! - [`replay`]: exact anti-replay of proof-of-work solutions (a sliding bitmap per node).
 //! - [`cidrmap`]: address blocks looked up by address in O(1) (bans, the allowlist).
 //! - [`wire`]: levee's WebSocket message format.
 //! - [`wsframe`]: WebSocket framing: encode once for everyone, decode clients with bounds.
@@ -28,6 +29,7 @@ pub mod ingest;
 pub mod mux;
 pub mod packet;
 pub mod pressure;
+pub mod replay;
 pub mod ring;
 pub mod sketch;
 pub mod source;

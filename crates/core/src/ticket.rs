@@ -312,7 +312,9 @@ impl QueueToken {
 
 /// A proof-of-work challenge: find a nonce so that `SHA-256(seed ‖ nonce)` starts with
 /// `difficulty` zero bits. The seed is itself a signed token, bound to the space and the
-/// caller's network, so challenges need no server state.
+/// caller's network, so verifying a challenge needs no server state. It names the node that
+/// issued it and that node's counter, which makes every challenge distinct and lets each be
+/// spent exactly once (see [`crate::replay`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Challenge {
     /// The space.
@@ -323,11 +325,14 @@ pub struct Challenge {
     pub expires_s: u64,
     /// The network it was issued to.
     pub prefix: Option<Cidr>,
-    /// Randomness that makes every challenge distinct.
-    pub salt: u64,
+    /// The issuing node (random at its start).
+    pub origin: u64,
+    /// The issuing node's counter: one more per challenge it signs.
+    pub counter: u64,
 }
 
-const CHALLENGE: &str = "c1";
+/// Kind of challenge seeds (`c1` carried a random salt instead of origin and counter).
+const CHALLENGE: &str = "c2";
 
 /// Number of leading zero bits of `hash`.
 pub fn leading_zero_bits(hash: &[u8]) -> u32 {
@@ -360,9 +365,10 @@ pub fn solve(seed: &str, difficulty: u8) -> u64 {
 impl Challenge {
     /// Signs the challenge: the result is the seed handed to the client.
     pub fn sign(&self, signer: &Signer, now_s: u64) -> String {
-        let mut p = Vec::with_capacity(32 + self.space.len());
+        let mut p = Vec::with_capacity(40 + self.space.len());
         p.extend_from_slice(&self.expires_s.to_be_bytes());
-        p.extend_from_slice(&self.salt.to_be_bytes());
+        p.extend_from_slice(&self.origin.to_be_bytes());
+        p.extend_from_slice(&self.counter.to_be_bytes());
         p.push(self.difficulty);
         put_prefix(&mut p, self.prefix);
         p.extend_from_slice(self.space.as_bytes());
@@ -383,7 +389,8 @@ impl Challenge {
         let mut f = Fields(&payload);
         let c = Challenge {
             expires_s: f.u64()?,
-            salt: f.u64()?,
+            origin: f.u64()?,
+            counter: f.u64()?,
             difficulty: f.u8()?,
             prefix: get_prefix(&mut f)?,
             space: f.rest_str()?,
@@ -527,7 +534,8 @@ mod tests {
             difficulty: 10,
             expires_s: 1_100,
             prefix: None,
-            salt: 5,
+            origin: 0x5eed,
+            counter: 5,
         };
         let seed = c.sign(&s, 1_000);
         let nonce = solve(&seed, 10);
@@ -548,5 +556,29 @@ mod tests {
             Err(TokenError::Expired)
         );
         assert_eq!(leading_zero_bits(&[0, 0x10, 0xff]), 11);
+    }
+
+    #[test]
+    fn challenges_carry_their_origin_and_counter_within_the_token_bound() {
+        let s = Signer::new(b"k", 600);
+        let c = Challenge {
+            space: "a".repeat(32),
+            difficulty: 0,
+            expires_s: u64::MAX,
+            prefix: Some(Cidr::new(ip("2001:db8:1:2::9"), 48)),
+            origin: u64::MAX,
+            counter: u64::MAX - 1,
+        };
+        let seed = c.sign(&s, 1_000);
+        assert!(seed.len() <= MAX_TOKEN_LEN, "{} characters", seed.len());
+        assert!(seed.starts_with("c2."));
+        let got = Challenge::verify_solution(&s, &seed, 0, &c.space, ip("2001:db8:1::1"), 1_000);
+        assert_eq!(got, Ok(c.clone()));
+        // The counter alone makes seeds distinct.
+        let next = Challenge {
+            counter: c.counter + 1,
+            ..c.clone()
+        };
+        assert_ne!(next.sign(&s, 1_000), seed);
     }
 }

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bytes::Bytes;
 use levee_core::admission::Decision;
+use levee_core::replay::ReplayError;
 use levee_core::source::{wide_prefix, Cidr};
 use levee_core::space::SpaceState;
 use levee_core::ticket::{Challenge, QueueToken, Ticket};
@@ -67,17 +68,30 @@ fn with_retry_after(mut resp: Response, ms: u64) -> Response {
 }
 
 fn challenge(hub: &Hub, space: &str, ip: IpAddr, difficulty: u8, why: &str) -> Response {
-    let now = wall_us();
+    let now_s = wall_us() / 1_000_000;
     let cfg = &hub.shield.cfg;
-    let c = Challenge {
-        space: space.to_owned(),
-        difficulty,
-        expires_s: now / 1_000_000 + cfg.challenge_ttl_s,
-        prefix: cfg.bind_to_prefix.then(|| wide_prefix(ip)),
-        salt: random::u64(),
+    let prefix = cfg.bind_to_prefix.then(|| wide_prefix(ip));
+    let c = match hub.shield.new_challenge(space, prefix, difficulty, now_s) {
+        Ok(c) => c,
+        Err(wait_s) => {
+            // This node issued as many challenges as its replay window remembers within a
+            // challenge's lifetime: issuing more could make an honest solution look expired.
+            hub.shield.counters.refuse("challenge_budget");
+            let retry = wait_s * 1_000;
+            return with_retry_after(
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(json!({
+                        "error": "this node is handing out too many challenges: ask again later",
+                        "retry_after_ms": retry,
+                    })),
+                )
+                    .into_response(),
+                retry,
+            );
+        }
     };
-    hub.shield.counters.challenges.fetch_add(1, Relaxed);
-    let seed = c.sign(&hub.shield.signer, now / 1_000_000);
+    let seed = c.sign(&hub.shield.signer, now_s);
     let mut resp = (
         StatusCode::UNAUTHORIZED,
         Json(json!({
@@ -188,16 +202,24 @@ pub(crate) async fn join(
                         now_s,
                     ) {
                         Ok(c) if c.difficulty >= difficulty => {
-                            if !shield.spend_challenge(&p.seed, now) {
-                                ss.join_refused.fetch_add(1, Relaxed);
-                                shield.offence(ip, "challenge", now);
-                                return challenge(
-                                    &hub,
-                                    &id,
-                                    ip,
-                                    difficulty,
-                                    "that challenge was already used",
-                                );
+                            match shield.spend_challenge(&c, now) {
+                                Ok(()) => {}
+                                // Issued by another node while this one remembers as many nodes'
+                                // challenges as it can: not the caller's fault, no strike.
+                                Err(e @ ReplayError::TooManyOrigins) => {
+                                    return challenge(
+                                        &hub,
+                                        &id,
+                                        ip,
+                                        difficulty,
+                                        &format!("{e}: solve this one"),
+                                    )
+                                }
+                                Err(e) => {
+                                    ss.join_refused.fetch_add(1, Relaxed);
+                                    shield.offence(ip, "challenge", now);
+                                    return challenge(&hub, &id, ip, difficulty, &e.to_string());
+                                }
                             }
                         }
                         Ok(_) => {
@@ -351,7 +373,7 @@ pub(crate) async fn shield_status(State(hub): State<Arc<Hub>>, headers: HeaderMa
         "queued": c.queued.load(Relaxed),
         "challenges": c.challenges.load(Relaxed),
         "bans_imposed": c.bans.load(Relaxed),
-        "limiter_bytes": hub.shield.sketch_bytes(),
+        "limiter_bytes": hub.shield.limiter_bytes(),
         "spaces": spaces,
     }))
     .into_response()

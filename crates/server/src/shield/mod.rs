@@ -11,9 +11,10 @@ use crate::clock::{mono_us, wall_us};
 pub use crate::config::ShieldConfig;
 use levee_core::cidrmap::CidrMap;
 use levee_core::pressure::{Pressure, Signals};
+use levee_core::replay::{AntiReplay, IssueBudget, ReplayError, REPLAY_WINDOW};
 use levee_core::sketch::{CountMin, RateSketch, DEPTH};
 use levee_core::source::{self, Cidr, SourceKey};
-use levee_core::ticket::Signer;
+use levee_core::ticket::{Challenge, Signer};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, RwLock};
@@ -86,7 +87,7 @@ impl Refusal {
 }
 
 /// Labels of [`ShieldCounters::refused`].
-pub const REFUSALS: [&str; 10] = [
+pub const REFUSALS: [&str; 11] = [
     "banned",
     "conn_limit",
     "conn_rate",
@@ -97,6 +98,7 @@ pub const REFUSALS: [&str; 10] = [
     "space_full",
     "node_full",
     "space_ended",
+    "challenge_budget",
 ];
 
 /// Shield counters.
@@ -200,7 +202,12 @@ pub struct Shield {
     conn_rate: RateSketch,
     join_rate: RateSketch,
     strikes: RateSketch,
-    spent: RateSketch,
+    /// Counters of the challenges this node signs, at most W per challenge lifetime.
+    issued: Mutex<IssueBudget>,
+    /// Spent challenges, exactly (a sliding bitmap of W counters per issuing node).
+    spent: Mutex<AntiReplay>,
+    /// This node's identity in the challenges it signs (random at start).
+    origin: u64,
     /// Read on every accept and join (shared), written on a ban, a lift or an expiry.
     bans: RwLock<Bans>,
     /// Bans held, readable without the lock: with none, a check costs one atomic load.
@@ -232,6 +239,7 @@ impl Shield {
         let now = mono_us();
         let seeds = || -> [u64; DEPTH] { std::array::from_fn(|_| crate::random::u64()) };
         let w = cfg.sketch_width;
+        let origin = crate::random::u64();
         Shield {
             signer: Signer::new(&cfg.secret, cfg.key_period_s),
             counters: ShieldCounters::default(),
@@ -239,7 +247,15 @@ impl Shield {
             conn_rate: RateSketch::new(w, 1_000_000, seeds(), now),
             join_rate: RateSketch::new(w, 1_000_000, seeds(), now),
             strikes: RateSketch::new(w, 10_000_000, seeds(), now),
-            spent: RateSketch::new(w, cfg.challenge_ttl_s * 1_000_000, seeds(), now),
+            issued: Mutex::new(IssueBudget::new(REPLAY_WINDOW, cfg.challenge_ttl_s)),
+            origin,
+            spent: Mutex::new(AntiReplay::new(
+                origin,
+                REPLAY_WINDOW,
+                // Another node's window unused this long remembers only expired challenges.
+                2 * (cfg.challenge_ttl_s + levee_core::replay::CLOCK_SLACK_S) * 1_000_000,
+                now,
+            )),
             bans: RwLock::new(Bans::default()),
             ban_count: AtomicUsize::new(0),
             allow: RwLock::new(Allow::new(&cfg.allow)),
@@ -256,13 +272,14 @@ impl Shield {
         }
     }
 
-    /// Bytes of fixed limiter state (it never grows).
-    pub fn sketch_bytes(&self) -> usize {
+    /// Bytes of limiter state: the sketches, fixed at start, and the spent-challenge windows
+    /// (this node's, fixed at start, and one per other node whose challenges it redeemed).
+    pub fn limiter_bytes(&self) -> usize {
         self.conns.bytes()
             + self.conn_rate.bytes()
             + self.join_rate.bytes()
             + self.strikes.bytes()
-            + self.spent.bytes()
+            + self.spent.lock().expect("spent lock").bytes()
     }
 
     /// True when `ip` is on the allowlist (one probe per prefix length in use).
@@ -411,12 +428,41 @@ impl Shield {
         }
     }
 
-    /// Marks a solved challenge as spent; false if it was already used.
-    pub fn spend_challenge(&self, seed: &str, now: u64) -> bool {
-        let h = seed.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-        });
-        self.spent.observe(SourceKey(h), now) <= 1.0
+    /// This node's identity in the challenges it signs.
+    pub fn origin(&self) -> u64 {
+        self.origin
+    }
+
+    /// A new challenge (to be signed) for `space`, bound to `prefix`, at wall second `now_s`;
+    /// or, once this node issued W ([`REPLAY_WINDOW`]) within a challenge's lifetime, the
+    /// seconds after which to ask again. The bound is what makes [`Shield::spend_challenge`]
+    /// exact for honest callers: no unexpired challenge can have left the replay window.
+    pub fn new_challenge(
+        &self,
+        space: &str,
+        prefix: Option<Cidr>,
+        difficulty: u8,
+        now_s: u64,
+    ) -> Result<Challenge, u64> {
+        let counter = self.issued.lock().expect("issue lock").issue(now_s)?;
+        self.counters.challenges.fetch_add(1, Relaxed);
+        Ok(Challenge {
+            space: space.to_owned(),
+            difficulty,
+            expires_s: now_s + self.cfg.challenge_ttl_s,
+            prefix,
+            origin: self.origin,
+            counter,
+        })
+    }
+
+    /// Marks a verified solution's challenge as spent: `Ok` exactly once per challenge while
+    /// it is valid, whatever the number spent before.
+    pub fn spend_challenge(&self, c: &Challenge, now: u64) -> Result<(), ReplayError> {
+        self.spent
+            .lock()
+            .expect("spent lock")
+            .spend(c.origin, c.counter, now)
     }
 
     /// The node-wide difficulty in force (0 = no challenge).
@@ -717,9 +763,79 @@ mod tests {
     #[test]
     fn a_solved_challenge_is_spent_once() {
         let s = shield(|_| {});
-        assert!(s.spend_challenge("seed-1", 0));
-        assert!(!s.spend_challenge("seed-1", 1));
-        assert!(s.spend_challenge("seed-2", 1));
+        let c1 = s.new_challenge("s", None, 12, 1_000).unwrap();
+        let c2 = s.new_challenge("s", None, 12, 1_000).unwrap();
+        assert_eq!(s.spend_challenge(&c1, 0), Ok(()));
+        assert_eq!(s.spend_challenge(&c1, 1), Err(ReplayError::Replayed));
+        assert_eq!(s.spend_challenge(&c2, 1), Ok(()));
+        assert_eq!(c1.expires_s, 1_000 + s.cfg.challenge_ttl_s);
+        // Another node's challenge (same secret) is spent once here too.
+        let other = Challenge {
+            origin: c1.origin ^ 1,
+            ..c1.clone()
+        };
+        assert_eq!(s.spend_challenge(&other, 2), Ok(()));
+        assert_eq!(s.spend_challenge(&other, 3), Err(ReplayError::Replayed));
+        assert_eq!(s.counters.challenges.load(Relaxed), 2);
+    }
+
+    /// Spends challenge `i`'s solution again.
+    fn issue_and_spend_again(s: &Shield, i: u64, now: u64) -> bool {
+        let c = Challenge {
+            counter: i,
+            ..s.new_challenge("s", None, 0, 1_000).unwrap()
+        };
+        s.spend_challenge(&c, now).is_ok()
+    }
+
+    /// Issues challenge `i` and spends its solution; true if accepted. From 300,000 on, the
+    /// challenge is signed and its solution verified as the join API does.
+    fn issue_and_spend(s: &Shield, i: u64, now: u64) -> bool {
+        let c = s.new_challenge("s", None, 0, 1_000).unwrap();
+        assert_eq!(c.counter, i);
+        if i >= 300_000 {
+            let seed = c.sign(&s.signer, 1_000);
+            let nonce = levee_core::ticket::solve(&seed, 0);
+            let ok =
+                Challenge::verify_solution(&s.signer, &seed, nonce, "s", ip("10.0.0.1"), 1_001);
+            assert_eq!(ok.as_ref(), Ok(&c));
+        }
+        s.spend_challenge(&c, now).is_ok()
+    }
+
+    #[test]
+    fn after_300k_spent_solutions_an_honest_one_is_accepted_and_every_replay_refused() {
+        // The production sketch width: a sketch used as a set calls fresh solutions spent once
+        // enough were spent in the window; the replay window never does.
+        let s = shield(|c| c.sketch_width = 32_768);
+        let t0 = std::time::Instant::now();
+        for i in 0..300_000 {
+            assert!(
+                issue_and_spend(&s, i, 1_000),
+                "solution {i} refused when first spent"
+            );
+        }
+        eprintln!("300,000 spent in {:?}", t0.elapsed());
+        for i in 300_000..300_100 {
+            assert!(issue_and_spend(&s, i, 2_000), "honest solution {i} refused");
+        }
+        for i in [0, 1, 150_000, 299_999, 300_050] {
+            assert!(
+                !issue_and_spend_again(&s, i, 3_000),
+                "replay of {i} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn limiter_memory_is_the_sketches_and_one_replay_window() {
+        let s = Shield::new(ShieldConfig::default());
+        // Seven count-min arrays of 4 × 32,768 four-byte counters, and W bits.
+        assert_eq!(
+            s.limiter_bytes(),
+            7 * 4 * 32_768 * 4 + REPLAY_WINDOW as usize / 8
+        );
+        assert_eq!(s.limiter_bytes(), 4 * 1024 * 1024);
     }
 
     #[test]
