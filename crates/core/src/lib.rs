@@ -14,6 +14,7 @@
 //! - [`ticket`]: stateless signed tokens (join tickets, places in line, proof-of-work).
 //! - [`sketch`]: fixed-size count-min counters for per-source limits.
 //! - [`source`]: source addresses, their /24 and /48 networks, CIDR lists.
+//! - [`refusal`]: refusal reasons as enums, each variant carrying its metric label.
 //! - [`replay`]: exact anti-replay of proof-of-work solutions (a sliding bitmap per node).
 //! - [`cidrmap`]: address blocks looked up by address in O(1) (bans, the allowlist).
 //! - [`wire`]: levee's WebSocket message format.
@@ -29,6 +30,7 @@ pub mod ingest;
 pub mod mux;
 pub mod packet;
 pub mod pressure;
+pub mod refusal;
 pub mod replay;
 pub mod ring;
 pub mod sketch;

@@ -7,8 +7,9 @@ mod common;
 use common::*;
 use levee_core::source::Cidr;
 use levee_core::ticket::{leading_zero_bits, pow_hash, solve, Signer, Ticket};
+use levee_core::wsframe::{self, FrameDecoder, Message};
 use serde_json::Value;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 const SECRET: &str = "test-cluster-secret";
@@ -587,4 +588,132 @@ async fn a_scheduled_space_opens_its_line_early_and_admits_at_the_start() {
             "after the start the pre-queue is admitted: {r:?}"
         );
     }
+}
+
+/// A browser host on `/live/{id}/publish` that sends its key and then nothing: the close frame
+/// the server ends it with.
+fn silent_ws_host(addr: SocketAddr, id: &str, key: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /live/{id}/publish HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut hello = bytes::BytesMut::new();
+    let key = format!(r#"{{"key":"{key}"}}"#);
+    wsframe::encode_client_frame(wsframe::OP_TEXT, key.as_bytes(), [1, 2, 3, 4], &mut hello);
+    let mut buf = [0u8; 4096];
+    let mut raw = Vec::new();
+    let at = loop {
+        let n = s.read(&mut buf).expect("an upgrade");
+        assert!(n > 0, "closed before the upgrade");
+        raw.extend_from_slice(&buf[..n]);
+        if let Some(at) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    assert!(
+        raw.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    s.write_all(&hello).unwrap();
+    let mut dec = FrameDecoder::for_server_frames(1 << 20);
+    dec.push(&raw[at..]);
+    loop {
+        match dec.next().expect("server frames are well formed") {
+            Some(Message::Close(code, reason)) => return (code.expect("a close code"), reason),
+            Some(_) => continue,
+            None => {}
+        }
+        let n = s
+            .read(&mut buf)
+            .expect("a close frame before the read timeout");
+        assert!(n > 0, "closed without a close frame");
+        dec.push(&buf[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_refusal_counts_under_its_own_reason() {
+    let _serial = SERIAL.lock().await;
+    let levee = Levee::start(&["--source-idle-timeout", "1s", "--admin-key", ADMIN]);
+    let space = create(&levee, "labels", "ticketed");
+    let (id, key) = (
+        space["id"].as_str().unwrap().to_owned(),
+        space["host_key"].as_str().unwrap().to_owned(),
+    );
+    let series = |m: &str, r: &str| levee.metric(&format!("{m}{{reason=\"{r}\"}}"));
+
+    // A host that goes silent is dropped as idle (1008, "nothing received"), not as a broken
+    // frame.
+    let (code, reason) = silent_ws_host(levee.addr, &id, &key);
+    assert_eq!(code, wsframe::CLOSE_POLICY, "{reason}");
+    assert!(reason.contains("nothing received"), "{reason}");
+    wait_until(Duration::from_secs(5), "the idle source is counted", || {
+        series("levee_ingest_errors_total", "idle") == 1.0
+    });
+    assert_eq!(series("levee_ingest_errors_total", "bad_frame"), 0.0);
+
+    // A stream without a ticket counts as `ticket`; a join to an ended space as `space_ended`.
+    let r = http_from(
+        source(80, 1),
+        levee.addr,
+        "GET",
+        &format!("/live/{id}.ogg"),
+        &[],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 403, "{r:?}");
+    let r = levee.http(
+        "DELETE",
+        &format!("/api/spaces/{id}"),
+        &[("Authorization", &format!("Bearer {key}"))],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = join(&levee, source(80, 2), &id, &serde_json::json!({})).await;
+    assert_eq!(r.status, 410, "{r:?}");
+    assert_eq!(body(&r)["error"], "this space has ended");
+    assert_eq!(series("levee_shield_refused_total", "ticket"), 1.0);
+    assert_eq!(series("levee_shield_refused_total", "space_ended"), 1.0);
+    for other in ["banned", "conn_rate", "join_rate", "challenge", "line_full"] {
+        assert_eq!(series("levee_shield_refused_total", other), 0.0, "{other}");
+    }
+
+    // The admin API lists every reason, with the same counts.
+    let r = levee.http(
+        "GET",
+        "/api/admin/shield",
+        &[("Authorization", &format!("Bearer {ADMIN}"))],
+        b"",
+    );
+    let refused = body(&r)["refused"].clone();
+    let labels: Vec<&str> = refused
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for l in [
+        "banned",
+        "conn_limit",
+        "conn_rate",
+        "join_rate",
+        "ticket",
+        "challenge",
+        "line_full",
+        "space_full",
+        "node_full",
+        "space_ended",
+        "challenge_budget",
+    ] {
+        assert!(labels.contains(&l), "{l} missing from {refused}");
+    }
+    assert_eq!(refused["ticket"], 1);
+    assert_eq!(refused["space_ended"], 1);
 }

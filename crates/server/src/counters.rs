@@ -1,6 +1,7 @@
 //! The node's and each space's counters: plain atomics, updated on the hot paths and rendered
 //! by `api::metrics`. A leaf module.
 
+use levee_core::refusal::IngestReason;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Per-space counters of its sources (the fan-out's own are in `fanout::TrackCounters`).
@@ -25,41 +26,22 @@ pub struct NodeCounters {
     pub refused_capacity: AtomicU64,
     /// Requests refused for a bad or slow request head.
     pub bad_requests: AtomicU64,
-    /// Ingest errors by kind: not_ogg, bad_crc, too_large, bad_ogg, wrong_codec, bad_opus,
-    /// bad_structure, bad_key, bad_frame, idle.
+    /// Ingest errors by reason (`levee_ingest_errors_total{reason}`).
     pub ingest_errors: IngestErrorCounters,
 }
 
-/// Labels of [`IngestErrorCounters`].
-pub const INGEST_ERROR_KINDS: [&str; 10] = [
-    "not_ogg",
-    "bad_crc",
-    "too_large",
-    "bad_ogg",
-    "wrong_codec",
-    "bad_opus",
-    "bad_structure",
-    "bad_key",
-    "bad_frame",
-    "idle",
-];
-
-/// One counter per ingest error kind.
+/// One counter per ingest refusal reason, indexed by the reason (no string lookup).
 #[derive(Debug, Default)]
-pub struct IngestErrorCounters([AtomicU64; INGEST_ERROR_KINDS.len()]);
+pub struct IngestErrorCounters([AtomicU64; IngestReason::COUNT]);
 
 impl IngestErrorCounters {
-    /// Errors of the kind at `i` in [`INGEST_ERROR_KINDS`].
-    pub fn get(&self, i: usize) -> u64 {
-        self.0[i].load(Relaxed)
+    /// Errors counted for `reason`.
+    pub fn get(&self, reason: IngestReason) -> u64 {
+        self.0[reason.index()].load(Relaxed)
     }
 
-    /// Counts one error of `kind` (one of [`INGEST_ERROR_KINDS`]).
-    pub fn inc(&self, kind: &str) {
-        let i = INGEST_ERROR_KINDS
-            .iter()
-            .position(|k| *k == kind)
-            .unwrap_or(INGEST_ERROR_KINDS.len() - 1);
-        self.0[i].fetch_add(1, Relaxed);
+    /// Counts one error for `reason`.
+    pub fn inc(&self, reason: IngestReason) {
+        self.0[reason.index()].fetch_add(1, Relaxed);
     }
 }

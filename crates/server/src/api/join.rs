@@ -9,7 +9,7 @@ use super::reply::{base_url, error, Peer};
 use crate::clock::{mono_us, wall_us};
 use crate::hub::Hub;
 use crate::random;
-use crate::shield::{Refusal, Shield, REFUSALS};
+use crate::shield::{Refusal, Shield, ShieldReason, SpaceShield, Wire};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -67,6 +67,26 @@ fn with_retry_after(mut resp: Response, ms: u64) -> Response {
     resp
 }
 
+/// A refusal as a JSON answer: its status, `{"error": detail}` and, when it says when to ask
+/// again, `retry_after_ms` and `Retry-After`.
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        match self.retry_after_ms {
+            Some(ms) => with_retry_after(
+                (
+                    status,
+                    Json(json!({ "error": self.detail, "retry_after_ms": ms })),
+                )
+                    .into_response(),
+                ms,
+            ),
+            None => (status, Json(json!({ "error": self.detail }))).into_response(),
+        }
+    }
+}
+
 fn challenge(hub: &Hub, space: &str, ip: IpAddr, difficulty: u8, why: &str) -> Response {
     let now_s = wall_us() / 1_000_000;
     let cfg = &hub.shield.cfg;
@@ -76,19 +96,15 @@ fn challenge(hub: &Hub, space: &str, ip: IpAddr, difficulty: u8, why: &str) -> R
         Err(wait_s) => {
             // This node issued as many challenges as its replay window remembers within a
             // challenge's lifetime: issuing more could make an honest solution look expired.
-            hub.shield.counters.refuse("challenge_budget");
-            let retry = wait_s * 1_000;
-            return with_retry_after(
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    Json(json!({
-                        "error": "this node is handing out too many challenges: ask again later",
-                        "retry_after_ms": retry,
-                    })),
+            return hub
+                .shield
+                .refuse(
+                    ShieldReason::ChallengeBudget,
+                    Wire::Http(503),
+                    "this node is handing out too many challenges: ask again later",
                 )
-                    .into_response(),
-                retry,
-            );
+                .retry_after(wait_s * 1_000)
+                .into_response();
         }
     };
     let seed = c.sign(&hub.shield.signer, now_s);
@@ -109,6 +125,59 @@ fn challenge(hub: &Hub, space: &str, ip: IpAddr, difficulty: u8, why: &str) -> R
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }
     resp
+}
+
+/// Checks the solved challenge of a caller asked for work at `difficulty`: `None` lets it into
+/// the line; `Some` is the answer instead, a (new) challenge, counted and struck when the
+/// solution was wrong or already spent.
+fn pow_answer(
+    hub: &Hub,
+    ss: &SpaceShield,
+    id: &str,
+    ip: IpAddr,
+    difficulty: u8,
+    pow: Option<&Pow>,
+    now: u64,
+) -> Option<Response> {
+    let shield = &hub.shield;
+    let Some(p) = pow else {
+        return Some(challenge(
+            hub,
+            id,
+            ip,
+            difficulty,
+            "solve this challenge to join",
+        ));
+    };
+    let now_s = wall_us() / 1_000_000;
+    let failed = |why: String| {
+        ss.join_refused.fetch_add(1, Relaxed);
+        let r = shield.offence(ip, ShieldReason::Challenge, Wire::Http(401), why, now);
+        Some(challenge(hub, id, ip, difficulty, &r.detail))
+    };
+    match Challenge::verify_solution(&shield.signer, &p.seed, p.nonce, id, ip, now_s) {
+        Ok(c) if c.difficulty >= difficulty => match shield.spend_challenge(&c, now) {
+            Ok(()) => None,
+            // Issued by another node while this one remembers as many nodes' challenges as it
+            // can: not the caller's fault, no strike.
+            Err(e @ ReplayError::TooManyOrigins) => Some(challenge(
+                hub,
+                id,
+                ip,
+                difficulty,
+                &format!("{e}: solve this one"),
+            )),
+            Err(e) => failed(e.to_string()),
+        },
+        Ok(_) => Some(challenge(
+            hub,
+            id,
+            ip,
+            difficulty,
+            "the difficulty rose: solve this one",
+        )),
+        Err(e) => failed(format!("challenge refused: {e}")),
+    }
 }
 
 /// `POST /api/spaces/{id}/join`.
@@ -134,27 +203,17 @@ pub(crate) async fn join(
     // Sources that the per-source limits already stop do not count toward the space's
     // escalation: a contained flood must not make every listener pay with work.
     if let Err(r) = shield.admit_join(ip, now) {
-        let (status, msg) = match r {
-            Refusal::Banned => (StatusCode::FORBIDDEN, "this network is temporarily banned"),
-            _ => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many join requests from this network: slow down",
-            ),
-        };
-        let retry = 2_000 + (random::unit() * 3_000.0) as u64;
-        return with_retry_after(
-            (
-                status,
-                Json(json!({ "error": msg, "retry_after_ms": retry })),
-            )
-                .into_response(),
-            retry,
-        );
+        return r.into_response();
     }
     ss.join_requests.fetch_add(1, Relaxed);
     if space.state() == SpaceState::Ended {
-        shield.counters.refuse("space_ended");
-        return error(StatusCode::GONE, "this space has ended");
+        return shield
+            .refuse(
+                ShieldReason::SpaceEnded,
+                Wire::Http(410),
+                "this space has ended",
+            )
+            .into_response();
     }
     let req = match parse_join_request(&body) {
         Ok(r) => r,
@@ -182,67 +241,18 @@ pub(crate) async fn join(
             }
             Err(e) => {
                 ss.join_refused.fetch_add(1, Relaxed);
-                shield.offence(ip, "ticket", now);
-                return error(StatusCode::FORBIDDEN, format!("queue token refused: {e}"));
+                let why = format!("queue token refused: {e}");
+                return shield
+                    .offence(ip, ShieldReason::Ticket, Wire::Http(403), why, now)
+                    .into_response();
             }
         },
         None => {
             // Entering the line: under pressure, pay with work first.
             if difficulty > 0 {
-                match &req.pow {
-                    None => {
-                        return challenge(&hub, &id, ip, difficulty, "solve this challenge to join")
-                    }
-                    Some(p) => match Challenge::verify_solution(
-                        &shield.signer,
-                        &p.seed,
-                        p.nonce,
-                        &id,
-                        ip,
-                        now_s,
-                    ) {
-                        Ok(c) if c.difficulty >= difficulty => {
-                            match shield.spend_challenge(&c, now) {
-                                Ok(()) => {}
-                                // Issued by another node while this one remembers as many nodes'
-                                // challenges as it can: not the caller's fault, no strike.
-                                Err(e @ ReplayError::TooManyOrigins) => {
-                                    return challenge(
-                                        &hub,
-                                        &id,
-                                        ip,
-                                        difficulty,
-                                        &format!("{e}: solve this one"),
-                                    )
-                                }
-                                Err(e) => {
-                                    ss.join_refused.fetch_add(1, Relaxed);
-                                    shield.offence(ip, "challenge", now);
-                                    return challenge(&hub, &id, ip, difficulty, &e.to_string());
-                                }
-                            }
-                        }
-                        Ok(_) => {
-                            return challenge(
-                                &hub,
-                                &id,
-                                ip,
-                                difficulty,
-                                "the difficulty rose: solve this one",
-                            )
-                        }
-                        Err(e) => {
-                            ss.join_refused.fetch_add(1, Relaxed);
-                            shield.offence(ip, "challenge", now);
-                            return challenge(
-                                &hub,
-                                &id,
-                                ip,
-                                difficulty,
-                                &format!("challenge refused: {e}"),
-                            );
-                        }
-                    },
+                let pow = req.pow.as_ref();
+                if let Some(answer) = pow_answer(&hub, ss, &id, ip, difficulty, pow, now) {
+                    return answer;
                 }
             }
             let draw = random::u64() as u32;
@@ -305,17 +315,14 @@ pub(crate) async fn join(
                 retry_after_ms,
             )
         }
-        Decision::Full { retry_after_ms } => {
-            shield.counters.refuse("line_full");
-            let body = json!({
-                "error": "the line for this space is full",
-                "retry_after_ms": retry_after_ms,
-            });
-            with_retry_after(
-                (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response(),
-                retry_after_ms,
+        Decision::Full { retry_after_ms } => shield
+            .refuse(
+                ShieldReason::LineFull,
+                Wire::Http(503),
+                "the line for this space is full",
             )
-        }
+            .retry_after(retry_after_ms)
+            .into_response(),
     }
 }
 
@@ -348,10 +355,9 @@ pub(crate) async fn shield_status(State(hub): State<Arc<Hub>>, headers: HeaderMa
         return r;
     }
     let c = &hub.shield.counters;
-    let refused: serde_json::Map<String, serde_json::Value> = REFUSALS
+    let refused: serde_json::Map<String, serde_json::Value> = ShieldReason::ALL
         .iter()
-        .enumerate()
-        .map(|(i, r)| (r.to_string(), json!(c.refused[i].load(Relaxed))))
+        .map(|r| (r.label().to_owned(), json!(c.refused(*r))))
         .collect();
     let spaces: Vec<_> = hub
         .list()

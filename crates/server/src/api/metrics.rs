@@ -4,9 +4,10 @@
 //! rendered on request. Space ids appear as labels; their number is bounded by
 //! `Config::max_spaces`.
 
-use crate::counters::{SpaceCounters, INGEST_ERROR_KINDS};
+use crate::counters::SpaceCounters;
 use crate::fanout::{TrackCounters, FORMATS};
 use crate::hub::Hub;
+use crate::shield::{IngestReason, ShieldReason};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -57,11 +58,12 @@ pub fn render(hub: &Hub) -> String {
         spaces.len() as u64,
     );
     let _ = writeln!(out, "# HELP levee_ingest_errors_total Sources refused or dropped, by reason.\n# TYPE levee_ingest_errors_total counter");
-    for (i, k) in INGEST_ERROR_KINDS.iter().enumerate() {
+    for r in IngestReason::ALL {
         let _ = writeln!(
             out,
-            "levee_ingest_errors_total{{reason=\"{k}\"}} {}",
-            node.ingest_errors.get(i)
+            "levee_ingest_errors_total{{reason=\"{}\"}} {}",
+            r.label(),
+            node.ingest_errors.get(r)
         );
     }
     type Field = fn(&TrackCounters) -> &[AtomicU64; 2];
@@ -121,11 +123,12 @@ pub fn render(hub: &Hub) -> String {
     }
     let sc = &hub.shield.counters;
     let _ = writeln!(out, "# HELP levee_shield_refused_total Requests and connections the shield refused, by reason.\n# TYPE levee_shield_refused_total counter");
-    for (i, r) in crate::shield::REFUSALS.iter().enumerate() {
+    for r in ShieldReason::ALL {
         let _ = writeln!(
             out,
-            "levee_shield_refused_total{{reason=\"{r}\"}} {}",
-            sc.refused[i].load(Relaxed)
+            "levee_shield_refused_total{{reason=\"{}\"}} {}",
+            r.label(),
+            sc.refused(r)
         );
     }
     scalar(
@@ -219,4 +222,53 @@ pub fn render(hub: &Hub) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shield::{Refusal, Wire};
+
+    /// The value of `series` in `text`, which must hold it exactly once.
+    fn value(text: &str, series: &str) -> u64 {
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.rsplit_once(' ').is_some_and(|(s, _)| s == series))
+            .collect();
+        assert_eq!(lines.len(), 1, "{series} in:\n{text}");
+        lines[0].rsplit_once(' ').unwrap().1.parse().unwrap()
+    }
+
+    #[test]
+    fn every_refusal_reason_has_its_series_and_counts_under_its_own_label() {
+        let hub = Hub::new(crate::config::Config::default());
+        // Count each reason a different number of times (its index + 1), through the one path
+        // every refusal takes.
+        for r in ShieldReason::ALL {
+            for _ in 0..=r.index() {
+                Refusal::new(r, Wire::Http(403), "").count(&hub.shield.counters, &hub.node);
+            }
+        }
+        for r in IngestReason::ALL {
+            for _ in 0..=r.index() {
+                Refusal::new(r, Wire::Close(1008), "").count(&hub.shield.counters, &hub.node);
+            }
+        }
+        let text = render(&hub);
+        for r in ShieldReason::ALL {
+            let series = format!("levee_shield_refused_total{{reason=\"{}\"}}", r.label());
+            assert_eq!(value(&text, &series), r.index() as u64 + 1, "{r:?}");
+        }
+        for r in IngestReason::ALL {
+            let series = format!("levee_ingest_errors_total{{reason=\"{}\"}}", r.label());
+            assert_eq!(value(&text, &series), r.index() as u64 + 1, "{r:?}");
+        }
+        // No other label appears in either metric.
+        for (metric, n) in [
+            ("levee_shield_refused_total{", ShieldReason::COUNT),
+            ("levee_ingest_errors_total{", IngestReason::COUNT),
+        ] {
+            assert_eq!(text.lines().filter(|l| l.starts_with(metric)).count(), n);
+        }
+    }
 }

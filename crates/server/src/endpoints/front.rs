@@ -12,7 +12,7 @@ use crate::api;
 use crate::clock::{mono_us, wall_us};
 use crate::http1::{query_param, read_head, respond, Head, HeadError};
 use crate::hub::{Hub, Space};
-use crate::shield::{Access, ConnKeys, Refusal};
+use crate::shield::{Access, ConnKeys, Refusal, ShieldReason, Wire};
 use bytes::Bytes;
 use levee_core::space::is_valid_id;
 use levee_core::ticket::Ticket;
@@ -47,12 +47,11 @@ pub async fn accept_loop(listener: TcpListener, hub: Arc<Hub>, router: axum::Rou
         hub.node.connections.fetch_add(1, Relaxed);
         let keys = match hub.shield.admit_connection(peer.ip(), mono_us()) {
             Ok(keys) => keys,
-            // Banned: not even an answer.
-            Err(Refusal::Banned) => continue,
-            Err(_) => {
-                let _ = stream.try_write(
-                    b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 5\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                );
+            // One write without reading the request (a `429`), or, banned, not even that.
+            Err(r) => {
+                if let Some(answer) = r.accept_answer() {
+                    let _ = stream.try_write(answer.as_bytes());
+                }
                 continue;
             }
         };
@@ -201,8 +200,16 @@ async fn media(
     guard: ConnGuard,
 ) {
     if matches!(kind, MediaKind::ListenOgg | MediaKind::ListenWs) {
-        if let Err((status, reason, body)) = admit_listener(&hub, &space, &head, peer) {
-            return respond(&mut stream, status, reason, "", &body).await;
+        if let Err(r) = admit_listener(&hub, &space, &head, peer) {
+            let body = format!("{}\n", r.detail);
+            return respond(
+                &mut stream,
+                r.status(),
+                r.phrase(),
+                &r.extra_headers(),
+                &body,
+            )
+            .await;
         }
     }
     match kind {
@@ -251,13 +258,9 @@ async fn media(
 }
 
 /// Checks a listener before any per-listener state exists: ticket (when the space's access
-/// asks for one) and capacity (the space's bulkhead, and the node's room kept for hosts).
-fn admit_listener(
-    hub: &Hub,
-    space: &Space,
-    head: &Head,
-    peer: SocketAddr,
-) -> Result<(), (u16, &'static str, String)> {
+/// asks for one) and capacity (the space's bulkhead, and the node's room kept for hosts). A
+/// refusal is counted already; it is answered before the upgrade, as plain HTTP.
+fn admit_listener(hub: &Hub, space: &Space, head: &Head, peer: SocketAddr) -> Result<(), Refusal> {
     let shield = &hub.shield;
     let configured = crate::shield::Shield::load_access(&space.shield.access);
     let (access, _) = shield.effective_access(configured, space.shield.difficulty.load(Relaxed));
@@ -267,21 +270,20 @@ fn admit_listener(
         let id = space.info.lock().expect("space lock").id.clone();
         let token = query_param(head.query.as_deref(), "ticket").unwrap_or("");
         if let Err(e) = Ticket::verify(&shield.signer, token, &id, ip, now_s) {
-            shield.offence(ip, "ticket", mono_us());
             let why = if token.is_empty() {
                 "this space needs a ticket: POST /api/spaces/{id}/join".to_owned()
             } else {
                 e.to_string()
             };
-            return Err((403, "Forbidden", format!("{why}\n")));
+            let wire = Wire::Http(403);
+            return Err(shield.offence(ip, ShieldReason::Ticket, wire, why, mono_us()));
         }
     }
     if space.track.listeners() as usize >= hub.config.max_listeners_per_space {
-        shield.counters.refuse("space_full");
-        return Err((
-            503,
-            "Service Unavailable",
-            "this space is full: try again shortly\n".into(),
+        return Err(shield.refuse(
+            ShieldReason::SpaceFull,
+            Wire::Http(503),
+            "this space is full: try again shortly",
         ));
     }
     let node_room = hub
@@ -289,11 +291,10 @@ fn admit_listener(
         .max_connections
         .saturating_sub(hub.config.ingest_reserve);
     if hub.total_listeners() as usize >= node_room {
-        shield.counters.refuse("node_full");
-        return Err((
-            503,
-            "Service Unavailable",
-            "this node is full: try again shortly\n".into(),
+        return Err(shield.refuse(
+            ShieldReason::NodeFull,
+            Wire::Http(503),
+            "this node is full: try again shortly",
         ));
     }
     Ok(())

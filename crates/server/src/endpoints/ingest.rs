@@ -9,6 +9,7 @@
 use crate::clock::{mono_us, wall_us};
 use crate::http1::{respond, Head};
 use crate::hub::{Hub, Space};
+use crate::shield::{IngestReason, Refusal, Wire};
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use levee_core::ingest::{single_packet, IngestError, MinRate, OggIngest, Pacer};
@@ -45,17 +46,67 @@ fn basic_password(header: Option<&str>) -> Option<String> {
 
 fn too_slow(ratio: f64) -> String {
     format!(
-        "source delivered {:.0}% of real time over {} s; dropped (a source must keep up with its own audio)\n",
+        "source delivered {:.0}% of real time over {} s; dropped (a source must keep up with its own audio)",
         ratio * 100.0,
         MIN_RATE_WINDOW_US / 1_000_000
     )
 }
 
-fn status_for(e: &IngestError) -> (u16, &'static str) {
-    match e.kind() {
-        "too_large" => (413, "Content Too Large"),
-        "wrong_codec" => (415, "Unsupported Media Type"),
-        _ => (400, "Bad Request"),
+/// A source refused for `reason`, answered as `wire`, counted now under its reason.
+fn refuse(hub: &Hub, reason: IngestReason, wire: Wire, detail: impl Into<String>) -> Refusal {
+    Refusal::new(reason, wire, detail.into()).counted(&hub.shield.counters, &hub.node)
+}
+
+/// An Icecast source refused for `reason`, with the reason's HTTP status, counted now.
+fn refuse_http(hub: &Hub, reason: IngestReason, detail: impl Into<String>) -> Refusal {
+    refuse(hub, reason, Wire::Http(reason.http_status()), detail)
+}
+
+/// The kind of an ingest error, as its reason.
+fn reason_of(e: &IngestError) -> IngestReason {
+    IngestReason::from(e)
+}
+
+/// How a source's connection ends, other than by the source closing it.
+enum End {
+    /// Refused or dropped (already counted under its reason).
+    Refused(Refusal),
+    /// A newer source took the space over (not an error).
+    Replaced,
+    /// The space ended (not an error).
+    SpaceEnded,
+    /// The source sent a close frame (WebSocket).
+    Closed,
+}
+
+impl End {
+    /// As the final HTTP answer of an Icecast source: status, reason phrase, body.
+    fn http(&self) -> (u16, &'static str, String) {
+        match self {
+            End::Refused(r) => (r.status(), r.phrase(), format!("{}\n", r.detail)),
+            End::Replaced => (
+                409,
+                "Conflict",
+                "replaced by a newer source for this space\n".into(),
+            ),
+            End::SpaceEnded | End::Closed => (410, "Gone", "this space has ended\n".into()),
+        }
+    }
+
+    /// As the close frame of a WebSocket source: code and reason.
+    fn close(&self) -> (u16, String) {
+        match self {
+            End::Refused(r) => match r.wire {
+                Wire::Close(code) => (code, r.detail.to_string()),
+                _ => (wsframe::CLOSE_POLICY, r.detail.to_string()),
+            },
+            End::Replaced => (
+                wsframe::CLOSE_POLICY,
+                "replaced by a newer source for this space".into(),
+            ),
+            End::SpaceEnded => (wsframe::CLOSE_GOING_AWAY, "this space has ended".into()),
+            End::Closed => (wsframe::CLOSE_NORMAL, String::new()),
+        }
     }
 }
 
@@ -116,13 +167,17 @@ pub async fn icecast(
     let key_ok = basic_password(head.header("authorization"))
         .is_some_and(|k| space.info.lock().expect("space lock").key_matches(&k));
     if !key_ok {
-        hub.node.ingest_errors.inc("bad_key");
+        let r = refuse_http(
+            &hub,
+            IngestReason::BadKey,
+            "publishing needs Basic auth source:<host key>",
+        );
         return respond(
             &mut stream,
-            401,
-            "Unauthorized",
+            r.status(),
+            r.phrase(),
             "WWW-Authenticate: Basic realm=\"levee\"\r\n",
-            "publishing needs Basic auth source:<host key>\n",
+            &format!("{}\n", r.detail),
         )
         .await;
     }
@@ -172,7 +227,7 @@ pub async fn icecast(
     let mut packets = Vec::new();
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut first = Some(rest);
-    let outcome: Result<(), (u16, &str, String)> = loop {
+    let outcome: Result<(), End> = loop {
         let data: Bytes = match first.take().filter(|r| !r.is_empty()) {
             Some(r) => r,
             None => {
@@ -188,49 +243,50 @@ pub async fn icecast(
                     Ok(Ok(_)) => buf.split().freeze(),
                     Ok(Err(_)) => break Ok(()),
                     Err(_) => {
-                        hub.node.ingest_errors.inc("idle");
-                        break Err((
-                            408,
-                            "Request Timeout",
+                        break Err(End::Refused(refuse_http(
+                            &hub,
+                            IngestReason::Idle,
                             format!(
-                                "no data for {:?}; source dropped\n",
+                                "no data for {:?}; source dropped",
                                 hub.config.source_idle_timeout
                             ),
-                        ));
+                        )));
                     }
                 }
             }
         };
         if claim.lost(&space) {
-            break Err((
-                409,
-                "Conflict",
-                "replaced by a newer source for this space\n".into(),
-            ));
+            break Err(End::Replaced);
         }
         if let Err(e) = ingest.push(&data, wall_us(), &mut packets) {
-            hub.node.ingest_errors.inc(e.kind());
+            let reason = reason_of(&e);
             space.counters.ingest_errors.fetch_add(1, Relaxed);
             // Packets completed before the error were valid: they still reach listeners.
             publish(&hub, &space, &mut packets);
-            let (code, reason) = status_for(&e);
-            let hint = if e.kind() == "not_ogg" {
+            let hint = if reason == IngestReason::NotOgg {
                 format!(" (declared Content-Type: {declared}); levee takes Ogg/Opus")
             } else {
                 String::new()
             };
-            break Err((code, reason, format!("{e}{hint}\n")));
+            break Err(End::Refused(refuse_http(
+                &hub,
+                reason,
+                format!("{e}{hint}"),
+            )));
         }
         let samples: u64 = packets.iter().map(|p| p.samples as u64).sum();
         if !packets.is_empty() {
             claim.take(&space);
         }
         if !publish(&hub, &space, &mut packets) {
-            break Err((410, "Gone", "this space has ended\n".into()));
+            break Err(End::SpaceEnded);
         }
         if let Err(ratio) = min_rate.record(samples, mono_us()) {
-            hub.node.ingest_errors.inc("idle");
-            break Err((408, "Request Timeout", too_slow(ratio)));
+            break Err(End::Refused(refuse_http(
+                &hub,
+                IngestReason::Idle,
+                too_slow(ratio),
+            )));
         }
         let wait = pacer.ahead_us(samples, mono_us());
         if wait > 0 {
@@ -245,7 +301,8 @@ pub async fn icecast(
                 respond(&mut stream, 200, "OK", "", "stream ended\n").await;
             }
         }
-        Err((code, reason, body)) => {
+        Err(end) => {
+            let (code, reason, body) = end.http();
             tracing::warn!(space = %id, %peer, code, reason = %body.trim(), "icecast source refused");
             if expects_continue {
                 respond(&mut stream, code, reason, "", &body).await;
@@ -264,25 +321,34 @@ struct Hello {
     key: String,
 }
 
-/// Reads the next whole message, or `None` on EOF, error or timeout (the reason is returned).
+/// Reads the next whole message; `Err(None)` on EOF or a read error, `Err(Some(refusal))`
+/// (not counted yet) on a framing error (`bad_frame`) or a timeout (`idle`).
 async fn next_message(
     stream: &mut TcpStream,
     dec: &mut FrameDecoder,
     buf: &mut [u8],
     timeout: Duration,
-) -> Result<Message, Option<(u16, String)>> {
+) -> Result<Message, Option<Refusal>> {
     loop {
         match dec.next() {
             Ok(Some(m)) => return Ok(m),
             Ok(None) => {}
-            Err(e) => return Err(Some((e.close_code(), e.to_string()))),
+            Err(e) => {
+                let wire = Wire::Close(e.close_code());
+                return Err(Some(Refusal::new(
+                    IngestReason::BadFrame,
+                    wire,
+                    e.to_string(),
+                )));
+            }
         }
         match tokio::time::timeout(timeout, stream.read(buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => return Err(None),
             Ok(Ok(n)) => dec.push(&buf[..n]),
             Err(_) => {
-                return Err(Some((
-                    wsframe::CLOSE_POLICY,
+                return Err(Some(Refusal::new(
+                    IngestReason::Idle,
+                    Wire::Close(wsframe::CLOSE_POLICY),
                     format!("nothing received for {timeout:?}"),
                 )))
             }
@@ -306,8 +372,8 @@ pub async fn websocket(
     let hello = match next_message(&mut stream, &mut dec, &mut buf, cfg.header_timeout).await {
         Ok(Message::Text(t)) => serde_json::from_str::<Hello>(&t).ok(),
         Ok(_) => None,
-        Err(Some((code, why))) => {
-            hub.node.ingest_errors.inc("bad_frame");
+        Err(Some(r)) => {
+            let (code, why) = End::Refused(r.counted(&hub.shield.counters, &hub.node)).close();
             return close(&mut stream, code, &why).await;
         }
         Err(None) => return,
@@ -315,13 +381,14 @@ pub async fn websocket(
     let authorized =
         hello.is_some_and(|h| space.info.lock().expect("space lock").key_matches(&h.key));
     if !authorized {
-        hub.node.ingest_errors.inc("bad_key");
-        return close(
-            &mut stream,
-            wsframe::CLOSE_POLICY,
+        let r = refuse(
+            &hub,
+            IngestReason::BadKey,
+            Wire::Close(wsframe::CLOSE_POLICY),
             "first message must be {\"key\": \"<host key>\"} with this space's host key",
-        )
-        .await;
+        );
+        let (code, why) = End::Refused(r).close();
+        return close(&mut stream, code, &why).await;
     }
     if space.state() == SpaceState::Ended {
         return close(
@@ -342,23 +409,19 @@ pub async fn websocket(
     let mut pacer = Pacer::new(mono_us(), cfg.source_burst.as_micros() as u64);
     let mut min_rate = MinRate::new(mono_us(), MIN_RATE_WINDOW_US, cfg.min_source_realtime);
     let mut packets = Vec::new();
-    let end: Option<(u16, String)> = loop {
+    let end: Option<End> = loop {
         let msg = match next_message(&mut stream, &mut dec, &mut buf, cfg.source_idle_timeout).await
         {
             Ok(m) => m,
             Err(e) => {
-                if e.is_some() {
-                    hub.node.ingest_errors.inc("bad_frame");
+                break e.map(|r| {
                     space.counters.ingest_errors.fetch_add(1, Relaxed);
-                }
-                break e;
+                    End::Refused(r.counted(&hub.shield.counters, &hub.node))
+                });
             }
         };
         if claim.lost(&space) {
-            break Some((
-                wsframe::CLOSE_POLICY,
-                "replaced by a newer source for this space".into(),
-            ));
+            break Some(End::Replaced);
         }
         let packet = match msg {
             Message::Binary(b) => match wire::decode(&b) {
@@ -374,15 +437,21 @@ pub async fn websocket(
                     single_packet(packet, ts)
                 }
                 Ok(_) => {
-                    hub.node.ingest_errors.inc("bad_structure");
-                    break Some((
-                        wsframe::CLOSE_UNSUPPORTED,
-                        "hosts send AUDIO messages (kind 0x02) only".into(),
-                    ));
+                    break Some(End::Refused(refuse(
+                        &hub,
+                        IngestReason::BadStructure,
+                        Wire::Close(wsframe::CLOSE_UNSUPPORTED),
+                        "hosts send AUDIO messages (kind 0x02) only",
+                    )));
                 }
                 Err(e) => {
-                    hub.node.ingest_errors.inc("bad_frame");
-                    break Some((wsframe::CLOSE_INVALID, e.to_string()));
+                    let wire = Wire::Close(wsframe::CLOSE_INVALID);
+                    break Some(End::Refused(refuse(
+                        &hub,
+                        IngestReason::BadFrame,
+                        wire,
+                        e.to_string(),
+                    )));
                 }
             },
             Message::Ping(p) => {
@@ -393,11 +462,12 @@ pub async fn websocket(
                 }
                 continue;
             }
-            Message::Close(..) => break Some((wsframe::CLOSE_NORMAL, String::new())),
+            Message::Close(..) => break Some(End::Closed),
             Message::Text(_) | Message::Pong => {
                 if let Err(ratio) = min_rate.record(0, mono_us()) {
-                    hub.node.ingest_errors.inc("idle");
-                    break Some((wsframe::CLOSE_POLICY, too_slow(ratio)));
+                    let wire = Wire::Close(wsframe::CLOSE_POLICY);
+                    let r = refuse(&hub, IngestReason::Idle, wire, too_slow(ratio));
+                    break Some(End::Refused(r));
                 }
                 continue;
             }
@@ -408,11 +478,12 @@ pub async fn websocket(
                 claim.take(&space);
                 packets.push(p);
                 if !publish(&hub, &space, &mut packets) {
-                    break Some((wsframe::CLOSE_GOING_AWAY, "this space has ended".into()));
+                    break Some(End::SpaceEnded);
                 }
                 if let Err(ratio) = min_rate.record(samples, mono_us()) {
-                    hub.node.ingest_errors.inc("idle");
-                    break Some((wsframe::CLOSE_POLICY, too_slow(ratio)));
+                    let wire = Wire::Close(wsframe::CLOSE_POLICY);
+                    let r = refuse(&hub, IngestReason::Idle, wire, too_slow(ratio));
+                    break Some(End::Refused(r));
                 }
                 let wait = pacer.ahead_us(samples, mono_us());
                 if wait > 0 {
@@ -420,13 +491,19 @@ pub async fn websocket(
                 }
             }
             Err(e) => {
-                hub.node.ingest_errors.inc(e.kind());
                 space.counters.ingest_errors.fetch_add(1, Relaxed);
-                break Some((wsframe::CLOSE_INVALID, e.to_string()));
+                let wire = Wire::Close(wsframe::CLOSE_INVALID);
+                break Some(End::Refused(refuse(
+                    &hub,
+                    reason_of(&e),
+                    wire,
+                    e.to_string(),
+                )));
             }
         }
     };
     claim.release(&space);
+    let end = end.map(|e| e.close());
     tracing::info!(space = %id, %peer, reason = ?end, "websocket source ended");
     if let Some((code, why)) = end {
         close(&mut stream, code, &why).await;

@@ -20,8 +20,10 @@ use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, RwLock};
 
 mod bans;
+mod refusal;
 pub use bans::Ban;
 use bans::Bans;
+pub use refusal::{IngestReason, Reason, Refusal, ShieldReason, Wire};
 
 /// How a space's stream endpoints admit listeners.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -61,51 +63,11 @@ impl Access {
     }
 }
 
-/// Why the shield refused something.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// The source is banned.
-    Banned,
-    /// Too many open connections from the address or its network.
-    ConnLimit,
-    /// Connecting too fast.
-    ConnRate,
-    /// Asking to join too fast.
-    JoinRate,
-}
-
-impl Refusal {
-    /// Label used in metrics.
-    pub fn label(self) -> &'static str {
-        match self {
-            Refusal::Banned => "banned",
-            Refusal::ConnLimit => "conn_limit",
-            Refusal::ConnRate => "conn_rate",
-            Refusal::JoinRate => "join_rate",
-        }
-    }
-}
-
-/// Labels of [`ShieldCounters::refused`].
-pub const REFUSALS: [&str; 11] = [
-    "banned",
-    "conn_limit",
-    "conn_rate",
-    "join_rate",
-    "ticket",
-    "challenge",
-    "line_full",
-    "space_full",
-    "node_full",
-    "space_ended",
-    "challenge_budget",
-];
-
 /// Shield counters.
 #[derive(Debug, Default)]
 pub struct ShieldCounters {
-    /// Refusals by reason ([`REFUSALS`]).
-    pub refused: [AtomicU64; REFUSALS.len()],
+    /// Refusals by reason, indexed by [`ShieldReason::index`].
+    refused: [AtomicU64; ShieldReason::COUNT],
     /// Join requests received.
     pub join_requests: AtomicU64,
     /// Join requests that passed the per-source limits (what drives the node's escalation).
@@ -121,11 +83,13 @@ pub struct ShieldCounters {
 }
 
 impl ShieldCounters {
-    /// Counts a refusal.
-    pub fn refuse(&self, label: &str) {
-        if let Some(i) = REFUSALS.iter().position(|r| *r == label) {
-            self.refused[i].fetch_add(1, Relaxed);
-        }
+    /// Counts a refusal for `reason`.
+    pub fn refuse(&self, reason: ShieldReason) {
+        self.refused[reason.index()].fetch_add(1, Relaxed);
+    }
+    /// Refusals counted for `reason`.
+    pub fn refused(&self, reason: ShieldReason) -> u64 {
+        self.refused[reason.index()].load(Relaxed)
     }
     fn total_refused(&self) -> u64 {
         self.refused.iter().map(|a| a.load(Relaxed)).sum()
@@ -367,24 +331,32 @@ impl Shield {
             return Ok(None);
         }
         if self.banned(peer, now).is_some() {
-            self.counters.refuse("banned");
-            return Err(Refusal::Banned);
+            // Not even an answer.
+            return Err(self.refuse(ShieldReason::Banned, Wire::Silent, "banned"));
         }
         let (narrow, wide) = source::keys(peer);
         if self.conn_rate.observe(narrow, now) > self.cfg.conn_rate_per_ip
             || self.conn_rate.observe(wide, now) > self.cfg.conn_rate_per_prefix
         {
-            self.counters.refuse("conn_rate");
             self.strike(peer, now);
-            return Err(Refusal::ConnRate);
+            let r = self.refuse(
+                ShieldReason::ConnRate,
+                Wire::Http(429),
+                "connecting too fast",
+            );
+            return Err(r.retry_after(5_000));
         }
         let n = self.conns.add(narrow, 1);
         let w = self.conns.add(wide, 1);
         if n > self.cfg.max_conns_per_ip || w > self.cfg.max_conns_per_prefix {
             self.release_connection(Some((narrow, wide)));
-            self.counters.refuse("conn_limit");
             self.strike(peer, now);
-            return Err(Refusal::ConnLimit);
+            let r = self.refuse(
+                ShieldReason::ConnLimit,
+                Wire::Http(429),
+                "too many open connections",
+            );
+            return Err(r.retry_after(5_000));
         }
         Ok(Some((narrow, wide)))
     }
@@ -404,28 +376,56 @@ impl Shield {
             self.counters.joins_passed.fetch_add(1, Relaxed);
             return Ok(());
         }
+        // Ask again in 2–5 s, spread so that refused callers do not come back together.
+        let retry = || 2_000 + (crate::random::unit() * 3_000.0) as u64;
         if self.banned(ip, now).is_some() {
-            self.counters.refuse("banned");
-            return Err(Refusal::Banned);
+            let r = self.refuse(
+                ShieldReason::Banned,
+                Wire::Http(403),
+                "this network is temporarily banned",
+            );
+            return Err(r.retry_after(retry()));
         }
         let (narrow, wide) = source::keys(ip);
         if self.join_rate.observe(narrow, now) > self.cfg.join_rate_per_ip
             || self.join_rate.observe(wide, now) > self.cfg.join_rate_per_prefix
         {
-            self.counters.refuse("join_rate");
             self.strike(ip, now);
-            return Err(Refusal::JoinRate);
+            let r = self.refuse(
+                ShieldReason::JoinRate,
+                Wire::Http(429),
+                "too many join requests from this network: slow down",
+            );
+            return Err(r.retry_after(retry()));
         }
         self.counters.joins_passed.fetch_add(1, Relaxed);
         Ok(())
     }
 
-    /// Records a failed ticket or challenge from `ip` (counts toward a ban).
-    pub fn offence(&self, ip: IpAddr, label: &str, now: u64) {
-        self.counters.refuse(label);
+    /// A refusal for `reason`, counted now (once).
+    pub fn refuse(
+        &self,
+        reason: ShieldReason,
+        wire: Wire,
+        detail: impl Into<std::borrow::Cow<'static, str>>,
+    ) -> Refusal {
+        self.counters.refuse(reason);
+        Refusal::new(reason, wire, detail)
+    }
+
+    /// Refuses a failed ticket or challenge from `ip` (counted, and a strike toward a ban).
+    pub fn offence(
+        &self,
+        ip: IpAddr,
+        reason: ShieldReason,
+        wire: Wire,
+        detail: impl Into<std::borrow::Cow<'static, str>>,
+        now: u64,
+    ) -> Refusal {
         if !self.allowed(ip) {
             self.strike(ip, now);
         }
+        self.refuse(reason, wire, detail)
     }
 
     /// This node's identity in the challenges it signs.
@@ -644,6 +644,18 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// The shield reason of a refusal, if refused.
+    fn why<T>(r: Result<T, Refusal>) -> Option<ShieldReason> {
+        match r {
+            Ok(_) => None,
+            Err(Refusal {
+                reason: Reason::Shield(r),
+                ..
+            }) => Some(r),
+            Err(other) => panic!("not a shield refusal: {other:?}"),
+        }
+    }
+
     fn shield(f: impl FnOnce(&mut ShieldConfig)) -> Shield {
         let mut cfg = ShieldConfig {
             sketch_width: 1024,
@@ -658,7 +670,10 @@ mod tests {
         let s = shield(|c| c.max_conns_per_ip = 3);
         let a = ip("10.0.0.1");
         let permits: Vec<_> = (0..3).map(|i| s.admit_connection(a, i).unwrap()).collect();
-        assert!(matches!(s.admit_connection(a, 10), Err(Refusal::ConnLimit)));
+        assert_eq!(
+            why(s.admit_connection(a, 10)),
+            Some(ShieldReason::ConnLimit)
+        );
         assert!(
             s.admit_connection(ip("10.0.0.2"), 10).is_ok(),
             "a neighbour is not punished"
@@ -675,10 +690,10 @@ mod tests {
         for i in 1..=10 {
             s.admit_connection(ip(&format!("10.9.9.{i}")), 0).unwrap();
         }
-        assert!(matches!(
-            s.admit_connection(ip("10.9.9.200"), 0),
-            Err(Refusal::ConnLimit)
-        ));
+        assert_eq!(
+            why(s.admit_connection(ip("10.9.9.200"), 0)),
+            Some(ShieldReason::ConnLimit)
+        );
         assert!(s.admit_connection(ip("10.9.8.1"), 0).is_ok());
     }
 
@@ -697,7 +712,7 @@ mod tests {
         }
         let ban = s.banned(a, t).expect("banned");
         assert!((t + 29_000_000..=t + 30_000_000).contains(&ban.until_us));
-        assert!(matches!(s.admit_join(a, t), Err(Refusal::Banned)));
+        assert_eq!(why(s.admit_join(a, t)), Some(ShieldReason::Banned));
         assert!(s.banned(a, t + 31_000_000).is_none(), "the ban expires");
         // Offend again: the second ban lasts 60 s.
         let mut t = t + 40_000_000;
@@ -738,10 +753,12 @@ mod tests {
         let s = shield(|_| {});
         let net = Cidr::parse("198.51.100.0/24").unwrap();
         s.ban(net, 60, 0);
-        assert!(matches!(
-            s.admit_connection(ip("198.51.100.77"), 1),
-            Err(Refusal::Banned)
-        ));
+        let r = s.admit_connection(ip("198.51.100.77"), 1).unwrap_err();
+        assert_eq!(
+            (r.reason, r.wire),
+            (ShieldReason::Banned.into(), Wire::Silent)
+        );
+        assert_eq!(s.counters.refused(ShieldReason::Banned), 1);
         assert_eq!(s.bans(1).len(), 1);
         assert!(s.unban(net));
         assert!(s.admit_connection(ip("198.51.100.77"), 2).is_ok());
