@@ -1,5 +1,7 @@
 //! The `levee` command: CLI wiring only.
 
+mod settings;
+
 use clap::{Args, Parser, Subcommand};
 use levee_core::source::Cidr;
 use levee_server::{Config, Server};
@@ -27,8 +29,14 @@ enum Command {
     Storm(Box<levee_storm::cli::StormArgs>),
 }
 
+/// Every flag can also come from a settings file (`--config`) or from its environment
+/// variable `LEVEE_<FLAG>`; flags beat the environment, which beats the file.
 #[derive(Args)]
+#[command(args_override_self = true)]
 struct ServeArgs {
+    /// Settings file (TOML; keys are these flags' long names, e.g. `ring-chunks = 512`).
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -190,7 +198,13 @@ fn say(line: &str) {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = match settings::parse(std::env::args_os().collect()) {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("levee: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     if let Command::Storm(args) = cli.command {
         return levee_storm::cli::main(*args);
     }
