@@ -9,6 +9,7 @@
 //! - [`ingest`]: source validation (Ogg/Opus or single packets) and real-time pacing.
 //! - [`cadence`]: chunk duration as a function of the audience (latency vs. CPU).
 //! - [`space`]: identity, host key and the `scheduled → live → ended` state machine.
+//! - [`audit`]: the bounded log of operator actions.
 //! - [`admission`]: the waiting room as two counters (FIFO, pre-queue lottery, honest ETAs).
 //! - [`pressure`]: escalation to proof-of-work under attack, and relaxation.
 //! - [`ticket`]: stateless signed tokens (join tickets, places in line, proof-of-work).
@@ -24,6 +25,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod admission;
+pub mod audit;
 pub mod cadence;
 pub mod cidrmap;
 pub mod ingest;

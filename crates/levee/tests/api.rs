@@ -233,3 +233,63 @@ fn metrics_expose_the_documented_series() {
         levee.metric("levee_ingest_packets_total{space=\"demo\"}") > 0.0
     });
 }
+
+#[test]
+fn operator_actions_are_kept_in_the_audit_log_with_who_and_when() {
+    let levee = Levee::start(&["--admin-key", "audit-key"]);
+    let auth = [
+        ("authorization", "Bearer audit-key"),
+        ("content-type", "application/json"),
+    ];
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let ban = levee.http(
+        "POST",
+        "/api/admin/bans",
+        &auth,
+        br#"{"cidr":"127.9.9.0/24","seconds":60}"#,
+    );
+    assert_eq!(ban.status, 201, "{}", ban.body);
+    let allow = levee.http(
+        "POST",
+        "/api/admin/allow",
+        &auth,
+        br#"{"cidr":"127.8.0.0/16"}"#,
+    );
+    assert_eq!(allow.status, 201, "{}", allow.body);
+    let unban = levee.http("DELETE", "/api/admin/bans?cidr=127.9.9.0/24", &auth, b"");
+    assert_eq!(unban.status, 200, "{}", unban.body);
+    // A refused action is not an action.
+    let missing = levee.http("DELETE", "/api/admin/bans?cidr=127.7.0.0/16", &auth, b"");
+    assert_eq!(missing.status, 404);
+
+    assert_eq!(levee.http("GET", "/api/admin/audit", &[], b"").status, 401);
+    let log = levee.http("GET", "/api/admin/audit", &auth, b"");
+    assert_eq!(log.status, 200, "{}", log.body);
+    let v: serde_json::Value = serde_json::from_str(&log.body).unwrap();
+    let entries = v["entries"].as_array().unwrap();
+    let actions: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), e["what"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("ban", "127.9.9.0/24 for 60 s"),
+            ("allow", "127.8.0.0/16"),
+            ("unban", "127.9.9.0/24")
+        ]
+    );
+    for (i, e) in entries.iter().enumerate() {
+        assert_eq!(e["seq"], i as u64 + 1);
+        assert_eq!(e["who"], "127.0.0.1");
+        assert!(e["at"].as_u64().unwrap() >= before);
+    }
+    assert_eq!(v["dropped"], 0);
+    let newer = levee.http("GET", "/api/admin/audit?since=2", &auth, b"");
+    let v: serde_json::Value = serde_json::from_str(&newer.body).unwrap();
+    assert_eq!(v["entries"].as_array().unwrap().len(), 1);
+    assert_eq!(v["entries"][0]["action"], "unban");
+}

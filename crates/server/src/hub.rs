@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::counters::{NodeCounters, SpaceCounters};
 use crate::fanout::{Fanout, Track};
 use crate::shield::{Access, Shield, SpaceShield};
+use levee_core::audit::{AuditLog, AUDIT_ENTRIES};
 use levee_core::space::{NewSpace, SpaceInfo, SpaceState};
 use levee_media::opus::OpusHead;
 use std::collections::HashMap;
@@ -62,6 +63,8 @@ pub struct Hub {
     pub shield: Shield,
     /// The writer shards every space's listeners are written by.
     pub fanout: Arc<Fanout>,
+    /// Operator actions on the shield (bans, allowlist), newest [`AUDIT_ENTRIES`] kept.
+    pub audit: Mutex<AuditLog>,
 }
 
 impl Hub {
@@ -75,6 +78,7 @@ impl Hub {
             node: Default::default(),
             shield,
             fanout,
+            audit: Mutex::new(AuditLog::new(AUDIT_ENTRIES)),
         })
     }
 

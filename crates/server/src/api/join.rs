@@ -427,6 +427,7 @@ pub(crate) async fn list_bans(State(hub): State<Arc<Hub>>, headers: HeaderMap) -
 /// `POST /api/admin/bans` `{"cidr": "...", "seconds": N}` (default one hour).
 pub(crate) async fn add_ban(
     State(hub): State<Arc<Hub>>,
+    Extension(Peer(peer)): Extension<Peer>,
     headers: HeaderMap,
     body: Result<Json<BanReq>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
@@ -443,6 +444,7 @@ pub(crate) async fn add_ban(
     };
     let secs = req.seconds.unwrap_or(3_600).min(30 * 86_400);
     hub.shield.ban(cidr, secs, mono_us());
+    audit(&hub, peer, "ban", format!("{cidr} for {secs} s"));
     tracing::warn!(%cidr, seconds = secs, "operator banned a network");
     (
         StatusCode::CREATED,
@@ -454,6 +456,7 @@ pub(crate) async fn add_ban(
 /// `DELETE /api/admin/bans?cidr=...`.
 pub(crate) async fn remove_ban(
     State(hub): State<Arc<Hub>>,
+    Extension(Peer(peer)): Extension<Peer>,
     headers: HeaderMap,
     Query(q): Query<CidrQuery>,
 ) -> Response {
@@ -462,6 +465,7 @@ pub(crate) async fn remove_ban(
     }
     match Cidr::parse(&q.cidr) {
         Ok(c) if hub.shield.unban(c) => {
+            audit(&hub, peer, "unban", c.to_string());
             Json(json!({ "cidr": c.to_string(), "banned": false })).into_response()
         }
         Ok(c) => error(StatusCode::NOT_FOUND, format!("{c} is not banned")),
@@ -487,6 +491,7 @@ pub(crate) struct AllowReq {
 /// `POST /api/admin/allow` `{"cidr": "..."}`.
 pub(crate) async fn add_allow(
     State(hub): State<Arc<Hub>>,
+    Extension(Peer(peer)): Extension<Peer>,
     headers: HeaderMap,
     body: Result<Json<AllowReq>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
@@ -499,6 +504,7 @@ pub(crate) async fn add_allow(
     };
     match Cidr::parse(&req.cidr) {
         Ok(c) if hub.shield.allow(c) => {
+            audit(&hub, peer, "allow", c.to_string());
             (StatusCode::CREATED, Json(json!({ "cidr": c.to_string() }))).into_response()
         }
         Ok(_) => error(
@@ -512,6 +518,7 @@ pub(crate) async fn add_allow(
 /// `DELETE /api/admin/allow?cidr=...`.
 pub(crate) async fn remove_allow(
     State(hub): State<Arc<Hub>>,
+    Extension(Peer(peer)): Extension<Peer>,
     headers: HeaderMap,
     Query(q): Query<CidrQuery>,
 ) -> Response {
@@ -520,6 +527,7 @@ pub(crate) async fn remove_allow(
     }
     match Cidr::parse(&q.cidr) {
         Ok(c) if hub.shield.disallow(c) => {
+            audit(&hub, peer, "disallow", c.to_string());
             Json(json!({ "cidr": c.to_string(), "allowed": false })).into_response()
         }
         Ok(c) => error(
@@ -528,6 +536,54 @@ pub(crate) async fn remove_allow(
         ),
         Err(e) => bad_cidr(e),
     }
+}
+
+/// Records an operator action in the audit log (and the log output).
+fn audit(hub: &Hub, peer: std::net::SocketAddr, action: &'static str, what: String) {
+    tracing::info!(who = %peer.ip(), action, what = %what, "audit");
+    let at_s = wall_us() / 1_000_000;
+    hub.audit
+        .lock()
+        .expect("audit lock")
+        .record(at_s, peer.ip().to_string(), action, what);
+}
+
+/// Query of `GET /api/admin/audit`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuditQuery {
+    #[serde(default)]
+    since: u64,
+}
+
+/// `GET /api/admin/audit?since=SEQ`: operator actions after `since`, oldest first.
+pub(crate) async fn audit_log(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Query(q): Query<AuditQuery>,
+) -> Response {
+    if let Some(r) = refuse_non_admin(&hub, &headers) {
+        return r;
+    }
+    let (entries, dropped) = hub.audit.lock().expect("audit lock").since(q.since);
+    let entries: Vec<_> = entries
+        .iter()
+        .map(|e| {
+            json!({
+                "seq": e.seq,
+                "at": e.at_s,
+                "who": e.who,
+                "action": e.action,
+                "what": e.what,
+            })
+        })
+        .collect();
+    Json(json!({
+        "entries": entries,
+        "dropped": dropped,
+        "kept_at_most": levee_core::audit::AUDIT_ENTRIES,
+    }))
+    .into_response()
 }
 
 #[cfg(test)]

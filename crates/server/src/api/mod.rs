@@ -64,6 +64,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         )
         .route("/api/spaces/{id}/join", axum::routing::post(join::join))
         .route("/api/admin/shield", get(join::shield_status))
+        .route("/api/admin/audit", get(join::audit_log))
         .route(
             "/api/admin/bans",
             get(join::list_bans)
