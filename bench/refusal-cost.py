@@ -3,6 +3,7 @@
 
     cargo build --release -p levee
     python3 bench/refusal-cost.py [--count 20000]
+    python3 bench/refusal-cost.py --bans 65536 [--count 20000]
 
 Each case gets a fresh release server whose limits force the outcome, and a loop of plain
 sockets from one loopback source address (bounded in count). The server's CPU time
@@ -14,8 +15,17 @@ one. Cases:
   - join refused, over the join rate: a request parsed, a 429 JSON answer;
   - join served: a request parsed, a line decision, a signed ticket in a 200 JSON answer;
   - ticket refused at a stream endpoint: a request head parsed, one HMAC, a 403.
+
+With --bans N, only the cases of a source that is *not* banned run (connection over the rate,
+/healthz served, join over the rate), each twice: on a server without bans and on one holding N
+bans installed through the admin API before the loop (half IPv4 /32s, half IPv6 /64s; the
+default bound is 65,536), then 61 s for the installation's TIME_WAIT sockets to go. Every
+accept and every join checks the bans, so the difference is what holding them costs the path
+an attack loads.
 """
 import argparse
+import concurrent.futures
+import json
 import os
 import socket
 import subprocess
@@ -32,8 +42,15 @@ def cpu_ticks(pid):
     return int(fields[11]) + int(fields[12])
 
 
+ADMIN = "refusal-cost-admin"
+# Allowlisted: the control connections (space creation, ban installation) come from here.
+CONTROL_NET = "127.254.0.0/16"
+CONTROL_SRC = "127.254.0.1"
+
+
 def start(args):
-    p = subprocess.Popen([BIN, "serve", "--listen", "127.0.0.1:0", "--allow", "127.254.0.1/32", *args],
+    p = subprocess.Popen([BIN, "serve", "--listen", "127.0.0.1:0", "--allow", CONTROL_NET,
+                          "--admin-key", ADMIN, *args],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = p.stdout.readline().strip()
     host, port = line.rsplit("http://", 1)[1].split(":")
@@ -57,9 +74,10 @@ def request(addr, src, raw, read=True):
         s.close()
 
 
-def control(addr, method, path, body=b""):
-    s = socket.create_connection(addr)
-    s.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+def control(addr, method, path, body=b"", auth=False, src=CONTROL_SRC):
+    s = socket.create_connection(addr, source_address=(src, 0))
+    extra = f"Authorization: Bearer {ADMIN}\r\n" if auth else ""
+    s.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{extra}"
               f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
     data = b""
     while chunk := s.recv(65536):
@@ -68,9 +86,39 @@ def control(addr, method, path, body=b""):
     return data.split(b"\r\n\r\n", 1)[1]
 
 
-def measure(name, server_args, count, raw_fn, src="127.9.0.1", warm=None):
+def ban_cidr(i):
+    """The i-th installed ban: IPv4 /32s in 100.64.0.0/10 and IPv6 /64s in 2001:db8::/32."""
+    if i % 2 == 0:
+        k = i // 2
+        return f"100.{64 + (k >> 16)}.{(k >> 8) & 255}.{k & 255}/32"
+    k = i // 2
+    return f"2001:db8:{k >> 16:x}:{k & 0xffff:x}::/64"
+
+
+def install_bans(addr, n):
+    """Bans n blocks through POST /api/admin/bans (4 connections at a time); returns the count
+    the server then lists."""
+    def one(i):
+        body = json.dumps({"cidr": ban_cidr(i), "seconds": 3600}).encode()
+        # Spread over 200 allowlisted addresses: 65,536 connections from one would recycle
+        # its ephemeral ports.
+        answer = control(addr, "POST", "/api/admin/bans", body, auth=True, src=f"127.254.1.{i % 200 + 1}")
+        assert b'"cidr"' in answer, answer
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(one, range(n)))
+    listed = json.loads(control(addr, "GET", "/api/admin/bans", auth=True))["bans"]
+    # The installation's 65,536 connections leave as many sockets in TIME_WAIT (60 s on Linux),
+    # which would tax every new connection in the kernel: let them go before measuring.
+    time.sleep(61)
+    return len(listed)
+
+
+def measure(name, server_args, count, raw_fn, src="127.9.0.1", warm=None, bans=0):
     p, addr = start(server_args)
     try:
+        if bans:
+            held = install_bans(addr, bans)
+            assert held == bans, f"{held} bans held, {bans} installed"
         ctx = warm(addr) if warm else None
         raw = raw_fn(ctx)
         c0, t0 = cpu_ticks(p.pid), time.time()
@@ -86,17 +134,37 @@ def measure(name, server_args, count, raw_fn, src="127.9.0.1", warm=None):
 
 
 def space(ctlsrc_addr, access="open"):
-    import json
     body = json.dumps({"title": "bench", "access": access}).encode()
     return json.loads(control(ctlsrc_addr, "POST", "/api/spaces", body))["id"]
+
+
+def with_bans(n, bans):
+    """The cases of a source that is not banned, without bans and then with `bans` held."""
+    no_strikes = ["--strikes-to-ban", "1000000000"]
+    health = lambda _: b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    join = lambda sid: f"POST /api/spaces/{sid}/join HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode()
+    for held in (0, bans):
+        tag = f"{held:,} bans"
+        measure(f"{tag}: connection refused, over the connection rate (429)",
+                ["--conn-rate-per-ip", "1", *no_strikes], n, health, bans=held)
+        measure(f"{tag}: request served, GET /healthz (200)",
+                ["--conn-rate-per-ip", "1000000", *no_strikes], n // 4, health, bans=held)
+        measure(f"{tag}: join refused, over the join rate (429 JSON)",
+                ["--join-rate-per-ip", "1", "--conn-rate-per-ip", "1000000", *no_strikes], n // 4, join,
+                warm=lambda addr: space(addr), bans=held)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--count", type=int, default=20000)
-    n = ap.parse_args().count
+    ap.add_argument("--bans", type=int, default=0,
+                    help="measure a not-banned source's cases with 0 and with this many bans held")
+    args = ap.parse_args()
+    n = args.count
     print("| case | requests | server CPU µs each | server CPU while refusing |")
     print("|---|---|---|---|")
+    if args.bans:
+        return with_bans(n, args.bans)
     no_strikes = ["--strikes-to-ban", "1000000000"]
 
     # Banned: a few refusals get the source banned for 10 minutes, then every connection is a
