@@ -167,7 +167,9 @@ impl std::error::Error for FrameError {}
 ///
 /// Push received bytes with [`FrameDecoder::push`] (the caller bounds each push), then call
 /// [`FrameDecoder::next`] until it returns `Ok(None)`. Buffered bytes never exceed one frame
-/// header plus `max_message` plus the last push.
+/// header plus `max_message` plus the last push, and one control frame's 125 bytes more when a
+/// ping or close arrives inside a fragmented message ([`FrameDecoder::MAX_HELD_OVER`]): a
+/// fragment that would grow its message past `max_message` is refused from its header.
 #[derive(Debug)]
 pub struct FrameDecoder {
     buf: BytesMut,
@@ -177,6 +179,11 @@ pub struct FrameDecoder {
 }
 
 impl FrameDecoder {
+    /// Most bytes [`FrameDecoder::buffered`] holds beyond `max_message` and the last push: the
+    /// longest frame header (14 bytes) and a control frame's payload (125) inside a
+    /// fragmented message.
+    pub const MAX_HELD_OVER: usize = 14 + 125;
+
     /// A server-side decoder (frames must be masked) that refuses messages larger than
     /// `max_message` bytes.
     pub fn new(max_message: usize) -> Self {
@@ -303,6 +310,21 @@ impl FrameDecoder {
                 limit: self.max_message,
             });
         }
+        // Fragmentation is judged from the header, before the frame is buffered: a fragment
+        // may only fill what is left of its message's bound.
+        let open = self.partial.as_ref().map(|(_, acc)| acc.len());
+        match (opcode, open) {
+            (OP_TEXT | OP_BINARY, Some(_)) | (OP_CONTINUATION, None) => {
+                return Err(FrameError::BadFragmentation)
+            }
+            (OP_CONTINUATION, Some(held)) if held as u64 + len > self.max_message as u64 => {
+                return Err(FrameError::TooBig {
+                    size: held as u64 + len,
+                    limit: self.max_message,
+                })
+            }
+            _ => {}
+        }
         let len = len as usize;
         let mask_len = if masked { 4 } else { 0 };
         if self.buf.len() < at + mask_len + len {
@@ -422,6 +444,55 @@ mod tests {
             d.next(),
             Err(FrameError::TooBig { size: 2000, .. })
         ));
+    }
+
+    #[test]
+    fn fragment_past_the_bound_is_refused_from_its_header() {
+        // Found by fuzz/ws_client_frames: with a 1 KiB bound, a fragmented message holding
+        // 1,000 bytes and a continuation frame declaring 1,000 more, the decoder buffered the
+        // whole continuation (1,132 bytes held, over header + bound + push) before refusing.
+        for server_side in [true, false] {
+            let frame = |op: u8, fin: bool, p: &[u8], out: &mut BytesMut| {
+                let start = out.len();
+                if server_side {
+                    encode_client_frame(op, p, [1, 2, 3, 4], out);
+                } else {
+                    encode_frame(op, p, out);
+                }
+                if !fin {
+                    out[start] &= 0x7f;
+                }
+            };
+            let mut d = if server_side {
+                FrameDecoder::new(1024)
+            } else {
+                FrameDecoder::for_server_frames(1024)
+            };
+            let mut out = BytesMut::new();
+            frame(OP_BINARY, false, &[7; 1000], &mut out);
+            d.push(&out);
+            assert_eq!(d.next(), Ok(None));
+            let mut cont = BytesMut::new();
+            frame(OP_CONTINUATION, true, &[8; 1000], &mut cont);
+            d.push(&cont[..8]);
+            assert_eq!(
+                d.next(),
+                Err(FrameError::TooBig {
+                    size: 2000,
+                    limit: 1024
+                })
+            );
+            assert!(d.buffered() <= 14 + 1024 + 8);
+            // A new message inside one is refused from its header as well.
+            let mut d = FrameDecoder::for_server_frames(1024);
+            let mut out = BytesMut::new();
+            encode_header(OP_BINARY, 10, &mut out);
+            out[0] &= 0x7f;
+            out.put_slice(&[0; 10]);
+            encode_header(OP_TEXT, 1000, &mut out);
+            d.push(&out);
+            assert_eq!(d.next(), Err(FrameError::BadFragmentation));
+        }
     }
 
     #[test]

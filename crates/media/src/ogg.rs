@@ -80,7 +80,8 @@ pub enum OggError {
     },
     /// A page is larger than the reader's configured bound.
     PageTooLarge {
-        /// Size the page header declares.
+        /// Size the page header declares (at least this much when the bound is already
+        /// exceeded by the fixed header or the segment table).
         size: usize,
         /// The bound in force.
         limit: usize,
@@ -220,6 +221,13 @@ impl PageReader {
             });
         }
         if avail < HEADER_FIXED {
+            // Below the smallest page: only a bound smaller than a header refuses it already.
+            if avail > self.max_page {
+                return Err(OggError::PageTooLarge {
+                    size: HEADER_FIXED,
+                    limit: self.max_page,
+                });
+            }
             return Ok(None);
         }
         let version = self.buf[4];
@@ -227,6 +235,13 @@ impl PageReader {
             return Err(OggError::UnsupportedVersion(version));
         }
         let nseg = self.buf[26] as usize;
+        // The segment table alone may exceed the bound: refuse before buffering it.
+        if HEADER_FIXED + nseg > self.max_page {
+            return Err(OggError::PageTooLarge {
+                size: HEADER_FIXED + nseg,
+                limit: self.max_page,
+            });
+        }
         if avail < HEADER_FIXED + nseg {
             return Ok(None);
         }
@@ -528,6 +543,48 @@ mod tests {
             r.next_page(),
             Err(OggError::PageTooLarge { limit: 1000, .. })
         ));
+    }
+
+    #[test]
+    fn segment_table_larger_than_the_bound_is_refused_before_it_is_buffered() {
+        // Found by fuzz/ogg_pages (minimised input: 02c5 then "OggS", version 0, ... 88
+        // segments): a reader bounded to 112 bytes held 142 bytes between pushes while it
+        // waited for the segment table of a page whose header alone (27 + 88) exceeds 112.
+        let mut raw = BytesMut::new();
+        raw.put_slice(CAPTURE);
+        raw.put_u8(0);
+        raw.put_u8(0);
+        raw.put_u64_le(0);
+        raw.put_u32_le(1);
+        raw.put_u32_le(0);
+        raw.put_u32_le(0);
+        raw.put_u8(88);
+        raw.put_bytes(1, 88);
+        let mut r = PageReader::new(112);
+        r.push(&raw[..HEADER_FIXED]);
+        assert_eq!(
+            r.next_page(),
+            Err(OggError::PageTooLarge {
+                size: HEADER_FIXED + 88,
+                limit: 112
+            })
+        );
+        // The same page under a bound that fits its header is waited for, then read.
+        let mut r = PageReader::new(MAX_PAGE);
+        r.push(&raw[..HEADER_FIXED + 40]);
+        assert_eq!(r.next_page(), Ok(None));
+        // A bound below the smallest page: never more than the bound is held.
+        let mut r = PageReader::new(10);
+        r.push(&raw[..10]);
+        assert_eq!(r.next_page(), Ok(None));
+        r.push(&raw[10..11]);
+        assert_eq!(
+            r.next_page(),
+            Err(OggError::PageTooLarge {
+                size: HEADER_FIXED,
+                limit: 10
+            })
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 pub const MAX_HEADERS: usize = 48;
 
 /// A parsed request head.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Head {
     /// Request method, as sent.
     pub method: String,
@@ -42,6 +42,7 @@ impl Head {
 }
 
 /// Why no request head could be read.
+#[derive(Debug, PartialEq, Eq)]
 pub enum HeadError {
     /// The peer closed (or the socket failed) first.
     Closed,
@@ -51,8 +52,49 @@ pub enum HeadError {
     Malformed(String),
 }
 
-/// Reads a request head. Returns it with the buffer of everything read (head and any bytes
-/// after it) and the head's length.
+/// Parses a request head from the bytes received so far, `buf`, allowing at most `max` bytes
+/// of head. Pure: [`read_head`] calls it after each read.
+///
+/// `Ok(None)`: the head is incomplete and may still fit (read more). `Ok(Some((head, len)))`:
+/// the head is the first `len` bytes of `buf` (`len <= buf.len()` and `len <= max`); what
+/// follows is the body or the first bytes of a stream. A head that does not end within the
+/// first `max` bytes is refused as [`HeadError::TooLarge`], however many bytes `buf` holds.
+pub fn parse_head(buf: &[u8], max: usize) -> Result<Option<(Head, usize)>, HeadError> {
+    let window = &buf[..buf.len().min(max)];
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(window) {
+        Ok(httparse::Status::Complete(len)) => {
+            let target = req.path.unwrap_or("/");
+            let (path, query) = match target.split_once('?') {
+                Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+                None => (target.to_owned(), None),
+            };
+            let head = Head {
+                method: req.method.unwrap_or("GET").to_owned(),
+                path,
+                query,
+                headers: req
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_ascii_lowercase(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect(),
+            };
+            Ok(Some((head, len)))
+        }
+        Ok(httparse::Status::Partial) if buf.len() >= max => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(HeadError::Malformed(e.to_string())),
+    }
+}
+
+/// Reads a request head of at most `max` bytes. Returns it with the buffer of everything read
+/// (head and any bytes after it, never more than `max` bytes in all) and the head's length.
 pub async fn read_head(
     stream: &mut TcpStream,
     max: usize,
@@ -74,34 +116,8 @@ pub async fn read_head(
         if n == 0 {
             return Err(HeadError::Closed);
         }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf) {
-            Ok(httparse::Status::Complete(len)) => {
-                let target = req.path.unwrap_or("/");
-                let (path, query) = match target.split_once('?') {
-                    Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
-                    None => (target.to_owned(), None),
-                };
-                let head = Head {
-                    method: req.method.unwrap_or("GET").to_owned(),
-                    path,
-                    query,
-                    headers: req
-                        .headers
-                        .iter()
-                        .map(|h| {
-                            (
-                                h.name.to_ascii_lowercase(),
-                                String::from_utf8_lossy(h.value).into_owned(),
-                            )
-                        })
-                        .collect(),
-                };
-                return Ok((head, buf, len));
-            }
-            Ok(httparse::Status::Partial) => continue,
-            Err(e) => return Err(HeadError::Malformed(e.to_string())),
+        if let Some((head, len)) = parse_head(&buf, max)? {
+            return Ok((head, buf, len));
         }
     }
 }
@@ -184,4 +200,84 @@ pub fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
         .filter_map(|kv| kv.split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FFMPEG_PUT: &[u8] = b"PUT /live/abc.ogg HTTP/1.1\r\nTransfer-Encoding: chunked\r\nUser-Agent: Lavf/61.7.100\r\nAccept: */*\r\nExpect: 100-continue\r\nContent-Type: application/ogg\r\nIce-Public: 0\r\nAuthorization: Basic c291cmNlOmtleQ==\r\n\r\nOggS";
+
+    #[test]
+    fn complete_head_is_parsed_and_what_follows_is_left() {
+        let (head, len) = parse_head(FFMPEG_PUT, 8192).unwrap().unwrap();
+        assert_eq!(len, FFMPEG_PUT.len() - 4);
+        assert_eq!(&FFMPEG_PUT[len..], b"OggS");
+        assert_eq!(head.method, "PUT");
+        assert_eq!(head.path, "/live/abc.ogg");
+        assert_eq!(head.query, None);
+        assert_eq!(head.header("expect"), Some("100-continue"));
+        assert_eq!(head.header("user-agent"), Some("Lavf/61.7.100"));
+        assert!(!head.is_websocket());
+    }
+
+    #[test]
+    fn query_and_upgrade_are_seen() {
+        let req = b"GET /live/abc/ws?ticket=t1.x&fmt=ws HTTP/1.1\r\nHost: a\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\n\r\n";
+        let (head, len) = parse_head(req, 8192).unwrap().unwrap();
+        assert_eq!(len, req.len());
+        assert_eq!(head.path, "/live/abc/ws");
+        assert_eq!(head.query.as_deref(), Some("ticket=t1.x&fmt=ws"));
+        assert_eq!(query_param(head.query.as_deref(), "ticket"), Some("t1.x"));
+        assert!(head.is_websocket());
+    }
+
+    #[test]
+    fn incomplete_head_asks_for_more_in_any_prefix() {
+        let full = FFMPEG_PUT.len() - 4;
+        for cut in 0..full {
+            assert_eq!(
+                parse_head(&FFMPEG_PUT[..cut], 8192),
+                Ok(None),
+                "prefix {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn head_longer_than_max_is_too_large_however_much_was_read() {
+        let full = FFMPEG_PUT.len() - 4;
+        assert!(parse_head(FFMPEG_PUT, full).unwrap().is_some());
+        for max in [0, 1, 16, full - 1] {
+            assert_eq!(
+                parse_head(FFMPEG_PUT, max),
+                Err(HeadError::TooLarge),
+                "max {max}"
+            );
+            assert_eq!(
+                parse_head(&FFMPEG_PUT[..max], max),
+                Err(HeadError::TooLarge),
+                "max {max}"
+            );
+        }
+        // Below the bound, the same prefix is only incomplete.
+        assert_eq!(parse_head(&FFMPEG_PUT[..16], 17), Ok(None));
+    }
+
+    #[test]
+    fn garbage_and_too_many_headers_are_malformed() {
+        assert!(matches!(
+            parse_head(b"\x16\x03\x01\x02\x00\x01\x00", 8192),
+            Err(HeadError::Malformed(_))
+        ));
+        let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            many.extend_from_slice(format!("x-{i}: v\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert!(matches!(
+            parse_head(&many, 8192),
+            Err(HeadError::Malformed(_))
+        ));
+    }
 }
