@@ -185,6 +185,28 @@ mod tests {
         assert_eq!(edge.push(audio(3)).seq, 3);
     }
 
+    /// Reads one item from `tap`, checking order and counting; false when it was empty.
+    fn take(
+        tap: &mut Tap,
+        next_expected: &mut u64,
+        read: &mut u64,
+        lost: &mut u64,
+    ) -> Result<bool, TestCaseError> {
+        match tap.read() {
+            TapRead::Packet(p) => {
+                prop_assert_eq!(p.seq, *next_expected);
+                *next_expected += 1;
+                *read += 1;
+            }
+            TapRead::Lost(n) => {
+                *lost += n;
+                *next_expected += n;
+            }
+            TapRead::Empty => return Ok(false),
+        }
+        Ok(true)
+    }
+
     proptest! {
         /// Whatever the interleaving of offers and reads, a tap hands out packets in order and
         /// every packet offered is either read or counted lost; the queue never exceeds its bound.
@@ -204,34 +226,12 @@ mod tests {
                     prop_assert!(tap.len() <= cap);
                 }
                 for _ in 0..reads {
-                    match tap.read() {
-                        TapRead::Packet(p) => {
-                            prop_assert_eq!(p.seq, next_expected);
-                            next_expected += 1;
-                            read += 1;
-                        }
-                        TapRead::Lost(n) => {
-                            lost += n;
-                            next_expected += n;
-                        }
-                        TapRead::Empty => break,
+                    if !take(&mut tap, &mut next_expected, &mut read, &mut lost)? {
+                        break;
                     }
                 }
             }
-            loop {
-                match tap.read() {
-                    TapRead::Packet(p) => {
-                        prop_assert_eq!(p.seq, next_expected);
-                        next_expected += 1;
-                        read += 1;
-                    }
-                    TapRead::Lost(n) => {
-                        lost += n;
-                        next_expected += n;
-                    }
-                    TapRead::Empty => break,
-                }
-            }
+            while take(&mut tap, &mut next_expected, &mut read, &mut lost)? {}
             prop_assert_eq!(read + lost, offered);
             prop_assert_eq!(tap.lost_total(), lost);
         }

@@ -270,7 +270,7 @@ mod tests {
         });
         let track = Track::new(OpusHead::new(1), 1, "t", fanout.clone());
         fanout.inboxes[0].die(&fanout.listeners);
-        for _ in 0..3 {
+        let join = || {
             fanout.admit(&track, Format::Ogg);
             fanout.attach(NewListener {
                 track: track.clone(),
@@ -279,18 +279,14 @@ mod tests {
                 rest: Bytes::new(),
                 guard: Box::new(()),
             });
+        };
+        for _ in 0..3 {
+            join();
         }
         let queued = |i: usize| fanout.inboxes[i].adds.lock().unwrap().len();
         assert_eq!((queued(0), queued(1)), (0, 3));
         fanout.inboxes[1].die(&fanout.listeners);
-        fanout.admit(&track, Format::Ogg);
-        fanout.attach(NewListener {
-            track: track.clone(),
-            conn: socket(),
-            format: Format::Ogg,
-            rest: Bytes::new(),
-            guard: Box::new(()),
-        });
+        join();
         assert_eq!(queued(1), 0, "a dead shard's mailbox is emptied");
         assert_eq!(fanout.listeners.load(Ordering::Relaxed), 0);
         assert_eq!(track.listeners(), 0);
