@@ -140,7 +140,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(p.samples >= 120 && p.samples <= MAX_PACKET_SAMPLES);
             assert!(p.capture_us <= now);
         }
-        all.extend(out.drain(..));
+        all.append(&mut out);
         if res.is_err() {
             break;
         }
