@@ -142,6 +142,20 @@ pub struct Shard<C, G> {
     tally: Tally,
 }
 
+/// Puts `item` in a free place of `table` (or a new one at its end); returns its index.
+fn insert<T>(table: &mut Vec<Option<T>>, free: &mut Vec<u32>, item: T) -> u32 {
+    match free.pop() {
+        Some(i) => {
+            table[i as usize] = Some(item);
+            i
+        }
+        None => {
+            table.push(Some(item));
+            (table.len() - 1) as u32
+        }
+    }
+}
+
 fn track_key(t: &Arc<Track>) -> usize {
     Arc::as_ptr(t) as usize
 }
@@ -211,16 +225,7 @@ impl<C: Conn, G> Shard<C, G> {
                     track: track.clone(),
                     members: [Vec::new(), Vec::new()],
                 };
-                let g = match self.free_groups.pop() {
-                    Some(g) => {
-                        self.groups[g as usize] = Some(group);
-                        g
-                    }
-                    None => {
-                        self.groups.push(Some(group));
-                        (self.groups.len() - 1) as u32
-                    }
-                };
+                let g = insert(&mut self.groups, &mut self.free_groups, group);
                 self.group_of.insert(track_key(&track), g);
                 g
             }
@@ -251,16 +256,7 @@ impl<C: Conn, G> Shard<C, G> {
             ws,
         };
         members[format.idx()].push(0);
-        let key = match self.free.pop() {
-            Some(k) => {
-                self.slots[k as usize] = Some(slot);
-                k
-            }
-            None => {
-                self.slots.push(Some(slot));
-                (self.slots.len() - 1) as u32
-            }
-        };
+        let key = insert(&mut self.slots, &mut self.free, slot);
         let members = &mut self.groups[g as usize].as_mut().expect("group").members;
         *members[format.idx()].last_mut().expect("just pushed") = key;
         let outcome = self.inbound(key, &rest, now).and_then(|()| {
