@@ -155,10 +155,15 @@ fn small_storm_report_matches_the_servers_metrics() {
     );
     // Latency and join figures are present and sane.
     assert!(r["ttfa_ms"]["p99"].as_f64().unwrap() > 0.0);
-    assert!(r["e2e_latency_ms"]["count"].as_u64().unwrap() > 10_000);
+    // One listener in 10 reads as bytes arrive and times every frame; the others read in
+    // batches and count exactly but time nothing.
+    assert_eq!(r["timed_sessions"], 30);
+    let timed_frames = r["timed_frames"].as_u64().unwrap();
+    assert!(timed_frames > 1_000, "{timed_frames}");
+    assert!(timed_frames * 5 < r["frames_received"].as_u64().unwrap());
     assert!(r["generator"]["cpu_pct"].as_f64().unwrap() > 0.0);
     assert_eq!(r["generator"]["procs"], 2);
-    assert_eq!(r["e2e_latency_ms"]["count"], r["frames_received"]);
+    assert_eq!(r["e2e_latency_ms"]["count"].as_u64(), Some(timed_frames));
     assert_eq!(r["ttfa_ms"]["count"], 300);
     let page = std::fs::read_to_string(&html).expect("html written");
     assert!(page.contains("<svg") && !page.contains("<script"));

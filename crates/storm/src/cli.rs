@@ -115,6 +115,13 @@ struct Common {
     /// Simulated playout buffer, ms.
     #[arg(long, default_value_t = 200)]
     playout_ms: u64,
+    /// Listeners with audio read every this many ms (0: as bytes arrive).
+    #[arg(long, default_value_t = 100)]
+    read_every_ms: u64,
+    /// One listener in this many reads as bytes arrive and measures latency, jitter and
+    /// underruns (1: all).
+    #[arg(long, default_value_t = 10)]
+    timed_every: u64,
     /// Synthetic host: pause this long after the start (inject a gap)...
     #[arg(long, value_parser = dur)]
     pause_at: Option<Duration>,
@@ -153,6 +160,8 @@ impl Common {
         sc.mix.ogg = ogg;
         sc.meter.stall_ms = self.stall_ms;
         sc.meter.playout_ms = self.playout_ms;
+        sc.meter.read_every_ms = self.read_every_ms;
+        sc.meter.timed_every = self.timed_every;
         sc.host.pause_at = self.pause_at;
         sc.host.pause_for = self.pause_for;
         sc.host.bitrate = self.bitrate;

@@ -1,27 +1,19 @@
-//! Listener clients: one TCP connection per simulated listener, WebSocket or progressive Ogg,
-//! measured as it reads.
+//! What a listener does with the bytes it receives, WebSocket or progressive Ogg: parse them
+//! with constant memory and measure every frame.
 //!
-//! Contract: [`session`] runs one connection attempt from its scheduled time to its planned
-//! end and returns a [`SessionRecord`]; frame-level figures (latency, gaps, stalls, joins)
-//! go to the caller's [`Shard`] as they happen. Per listener it holds a socket, a parser of a
-//! few hundred bytes and a meter: received bytes are read into one buffer per worker thread
-//! (readiness, then `try_read`), never into a per-listener buffer, and nothing is allocated
-//! per frame. Every wait is bounded (connect timeout, first-audio deadline, planned end).
+//! Contract: a [`Reader`] takes received bytes in any split with their arrival time and sends
+//! each audio frame to its meter; frame-level figures (latency, gaps, stalls, joins) go to the
+//! caller's [`Shard`] as they happen. It holds a parser of a few hundred bytes and a meter, and
+//! allocates nothing per frame. [`request`] is what a listener sends to open a stream; the
+//! sockets themselves are [`crate::reactor`]'s.
 
 use crate::hist::Hist;
 use crate::marker;
-use crate::measure::{
-    Failure, Frame, GranuleTracker, JoinTiming, ListenerMeter, MeterConfig, SeqStep, SeqTracker,
-};
+use crate::measure::{Frame, GranuleTracker, ListenerMeter, MeterConfig, SeqStep, SeqTracker};
 use crate::proto::{OggEvent, OggParser, WsParser};
-use crate::stats::{Format, Point, SessionRecord};
-use std::cell::RefCell;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Mutex;
+use crate::stats::{Format, Point};
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::watch;
 
 /// Bytes of the per-thread read buffer.
 pub const READ_BUF: usize = 64 * 1024;
@@ -92,15 +84,6 @@ pub struct Bounds {
     pub end_ok_after_us: u64,
 }
 
-/// Keeps a count of open sockets right however the session ends.
-pub struct SocketGuard<'a>(pub &'a std::sync::atomic::AtomicU64);
-
-impl Drop for SocketGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 // One per listener, never moved: boxing the larger variant would only add an allocation.
 #[allow(clippy::large_enum_variant)]
 enum Parser {
@@ -108,25 +91,28 @@ enum Parser {
     Ogg(OggParser),
 }
 
-/// Per-listener reading state.
-struct Reader {
+/// Per-listener reading state: bytes in, frames to the meter and the caller's [`Shard`].
+pub(crate) struct Reader {
     parser: Parser,
-    meter: ListenerMeter,
+    /// Arrival times are exact (the listener reads as bytes arrive), not bounds.
+    timed: bool,
+    pub(crate) meter: ListenerMeter,
     seq: SeqTracker,
     granule: GranuleTracker,
     /// Estimated samples per packet (for Ogg pages without marker).
     samples_est: u32,
     /// Audio missing before the next packet (Ogg granule gaps).
     pending_missing: u64,
-    bytes: u64,
-    pages: u64,
-    close: Option<u16>,
-    first_audio_us: Option<u64>,
+    pub(crate) bytes: u64,
+    pub(crate) pages: u64,
+    pub(crate) close: Option<u16>,
+    pub(crate) first_audio_us: Option<u64>,
 }
 
 impl Reader {
-    fn new(format: Format, meter: MeterConfig) -> Self {
+    pub(crate) fn new(format: Format, meter: MeterConfig, timed: bool) -> Self {
         Reader {
+            timed,
             parser: match format {
                 Format::Ws => Parser::Ws(WsParser::default()),
                 Format::Ogg => Parser::Ogg(OggParser::default()),
@@ -141,6 +127,19 @@ impl Reader {
             close: None,
             first_audio_us: None,
         }
+    }
+
+    /// The format read.
+    pub(crate) fn format(&self) -> Format {
+        match self.parser {
+            Parser::Ws(_) => Format::Ws,
+            Parser::Ogg(_) => Format::Ogg,
+        }
+    }
+
+    /// Whether arrival times are exact (see [`crate::measure::Frame::exact`]).
+    pub(crate) fn timed(&self) -> bool {
+        self.timed
     }
 
     /// One audio packet: `seq`/`capture` from the wire (WebSocket) or none (Ogg); the marker
@@ -174,6 +173,7 @@ impl Reader {
             samples,
             capture_us: capture,
             missing_samples: missing,
+            exact: self.timed,
         });
         let p = &mut shard.point;
         p.frames += 1;
@@ -194,7 +194,7 @@ impl Reader {
     }
 
     /// Feeds received bytes. Returns a protocol error's reason.
-    fn feed(
+    pub(crate) fn feed(
         &mut self,
         data: &[u8],
         arrival_us: u64,
@@ -246,297 +246,20 @@ impl Reader {
     }
 }
 
-thread_local! {
-    static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0u8; READ_BUF]);
-}
-
-/// Reads what the socket has (without waiting) into the thread's buffer and feeds it.
-/// Returns `Ok(true)` on end of stream.
-fn drain_socket(
-    stream: &TcpStream,
-    reader: &mut Reader,
-    shard: &Mutex<Shard>,
-) -> Result<bool, Failure> {
-    READ_BUFFER.with(|buf| {
-        let mut buf = buf.borrow_mut();
-        let arrival = now_us();
-        // Bounded: at most 16 reads (1 MiB) per wake-up, then yield to other listeners.
-        for _ in 0..16 {
-            match stream.try_read(&mut buf[..]) {
-                Ok(0) => return Ok(true),
-                Ok(n) => {
-                    let mut sh = shard.lock().unwrap_or_else(|e| e.into_inner());
-                    reader
-                        .feed(&buf[..n], arrival, &mut sh)
-                        .map_err(Failure::Protocol)?;
-                    if n < buf.len() {
-                        return Ok(false);
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) => return Err(Failure::from_io(&e)),
-            }
-        }
-        Ok(false)
-    })
-}
-
-fn request(format: Format, ep: &Endpoint, nonce: u64) -> String {
+/// The request line and headers that open a stream at `path`.
+pub fn request(format: Format, authority: &str, path: &str, nonce: u64) -> String {
     match format {
         Format::Ws => {
             use base64::Engine;
             let key =
                 base64::engine::general_purpose::STANDARD.encode(nonce.to_be_bytes().repeat(2));
             format!(
-                "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: levee-storm\r\n\r\n",
-                ep.ws_path, ep.authority
+                "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: levee-storm\r\n\r\n"
             )
         }
         Format::Ogg => format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: levee-storm\r\nAccept: audio/ogg\r\n\r\n",
-            ep.ogg_path, ep.authority
+            "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: levee-storm\r\nAccept: audio/ogg\r\n\r\n"
         ),
-    }
-}
-
-/// Reads the HTTP answer head; returns the status and the bytes after the head.
-async fn read_head(stream: &TcpStream, deadline_us: u64) -> Result<(u16, Vec<u8>), Failure> {
-    let mut head = Vec::with_capacity(256);
-    let mut chunk = [0u8; 512];
-    loop {
-        let now = now_us();
-        if now >= deadline_us {
-            return Err(Failure::Timeout("response"));
-        }
-        match tokio::time::timeout(Duration::from_micros(deadline_us - now), stream.readable())
-            .await
-        {
-            Err(_) => return Err(Failure::Timeout("response")),
-            Ok(Err(e)) => return Err(Failure::from_io(&e)),
-            Ok(Ok(())) => {}
-        }
-        match stream.try_read(&mut chunk) {
-            Ok(0) => return Err(Failure::Closed),
-            Ok(n) => {
-                head.extend_from_slice(&chunk[..n]);
-                if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let status = crate::http::parse_status(&head[..end + 4])
-                        .ok_or(Failure::Protocol("bad_http_answer"))?;
-                    return Ok((status, head.split_off(end + 4)));
-                }
-                if head.len() > MAX_HEAD {
-                    return Err(Failure::Protocol("http_head_too_large"));
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(Failure::from_io(&e)),
-        }
-    }
-}
-
-async fn connect(
-    ep: &Endpoint,
-    source: Option<Ipv4Addr>,
-    deadline_us: u64,
-) -> Result<TcpStream, Failure> {
-    let sock = if ep.addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .map_err(|e| Failure::from_io(&e))?;
-    if let (Some(src), true) = (source, ep.addr.is_ipv4()) {
-        sock.bind(SocketAddr::new(src.into(), 0))
-            .map_err(|e| Failure::from_io(&e))?;
-    }
-    let left = deadline_us.saturating_sub(now_us()).max(1);
-    match tokio::time::timeout(Duration::from_micros(left), sock.connect(ep.addr)).await {
-        Err(_) => Err(Failure::Timeout("connect")),
-        Ok(Err(e)) => Err(Failure::from_io(&e)),
-        Ok(Ok(s)) => Ok(s),
-    }
-}
-
-/// Counters a session updates as it goes.
-pub struct Gauges<'a> {
-    /// Sockets open now.
-    pub sockets: &'a std::sync::atomic::AtomicU64,
-    /// Listeners with audio now.
-    pub connected: &'a std::sync::atomic::AtomicU64,
-    /// Listeners whose join is under way.
-    pub waiting: &'a std::sync::atomic::AtomicU64,
-}
-
-/// Runs one connection attempt. See the module docs.
-#[allow(clippy::too_many_arguments)]
-pub async fn session(
-    ep: &Endpoint,
-    format: Format,
-    source: Option<Ipv4Addr>,
-    bounds: Bounds,
-    nonce: u64,
-    shard: &Mutex<Shard>,
-    gauges: &Gauges<'_>,
-    mut stop: watch::Receiver<bool>,
-) -> SessionRecord {
-    use std::sync::atomic::Ordering::Relaxed;
-    let mut join = JoinTiming {
-        scheduled_us: bounds.scheduled_us,
-        started_us: Some(now_us()),
-        ..JoinTiming::default()
-    };
-    let mut reader = Reader::new(format, ep.meter);
-    let audio_deadline = bounds.scheduled_us + ep.first_audio_timeout.as_micros() as u64;
-    gauges.waiting.fetch_add(1, Relaxed);
-    let mut waiting = true;
-    let outcome: Result<(), (bool, Failure)> = async {
-        let connect_deadline =
-            (bounds.scheduled_us + ep.connect_timeout.as_micros() as u64).min(audio_deadline);
-        let mut stream = connect(ep, source, connect_deadline)
-            .await
-            .map_err(|f| (false, f))?;
-        gauges.sockets.fetch_add(1, Relaxed);
-        let _guard = SocketGuard(gauges.sockets);
-        join.connected_us = Some(now_us());
-        stream
-            .write_all(request(format, ep, nonce).as_bytes())
-            .await
-            .map_err(|e| (false, Failure::from_io(&e)))?;
-        let (status, rest) = read_head(&stream, audio_deadline.min(bounds.leave_us))
-            .await
-            .map_err(|f| (false, f))?;
-        join.response_us = Some(now_us());
-        let want = if format == Format::Ws { 101 } else { 200 };
-        if status != want {
-            return Err((false, Failure::Http(status)));
-        }
-        {
-            let mut sh = shard.lock().unwrap_or_else(|e| e.into_inner());
-            reader
-                .feed(&rest, now_us(), &mut sh)
-                .map_err(|r| (false, Failure::Protocol(r)))?;
-        }
-        drop(rest);
-        // One timer and one stop watch for the whole session, not one per wake-up.
-        let timer = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(timer);
-        let mut armed_for = 0u64;
-        let stopped = async {
-            loop {
-                if stop.changed().await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-                if *stop.borrow() {
-                    return;
-                }
-            }
-        };
-        tokio::pin!(stopped);
-        loop {
-            if waiting {
-                if let Some(t) = reader.first_audio_us {
-                    waiting = false;
-                    gauges.waiting.fetch_sub(1, Relaxed);
-                    gauges.connected.fetch_add(1, Relaxed);
-                    join.first_audio_us = Some(t);
-                    let mut sh = shard.lock().unwrap_or_else(|e| e.into_inner());
-                    sh.point.joins += 1;
-                    sh.point.ttfa.record(t.saturating_sub(bounds.scheduled_us));
-                }
-            }
-            let joined = !waiting;
-            if let Some(code) = reader.close {
-                return if joined && now_us() >= bounds.end_ok_after_us {
-                    Ok(())
-                } else {
-                    Err((joined, Failure::WsClose(code)))
-                };
-            }
-            let deadline = if joined {
-                bounds.leave_us
-            } else {
-                audio_deadline.min(bounds.leave_us)
-            };
-            let deadline_reached = |joined: bool| {
-                if joined {
-                    Ok(())
-                } else {
-                    Err((false, Failure::Timeout("first_audio")))
-                }
-            };
-            let now = now_us();
-            if now >= deadline {
-                return deadline_reached(joined);
-            }
-            if armed_for != deadline {
-                armed_for = deadline;
-                timer
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + Duration::from_micros(deadline - now));
-            }
-            tokio::select! {
-                r = stream.readable() => {
-                    if let Err(e) = r {
-                        return Err((joined, Failure::from_io(&e)));
-                    }
-                    match drain_socket(&stream, &mut reader, shard) {
-                        Ok(false) => {}
-                        Ok(true) => {
-                            let joined = reader.first_audio_us.is_some();
-                            return if joined && now_us() >= bounds.end_ok_after_us {
-                                Ok(())
-                            } else {
-                                Err((joined, reader.close.map_or(Failure::Closed, Failure::WsClose)))
-                            };
-                        }
-                        Err(f) => return Err((reader.first_audio_us.is_some(), f)),
-                    }
-                }
-                _ = &mut timer => return deadline_reached(joined),
-                _ = &mut stopped => return deadline_reached(joined),
-            }
-        }
-    }
-    .await;
-    let end = now_us();
-    if waiting {
-        gauges.waiting.fetch_sub(1, Relaxed);
-    } else {
-        gauges.connected.fetch_sub(1, Relaxed);
-    }
-    // A first frame that arrived in the last read still counts as joined.
-    if join.first_audio_us.is_none() {
-        join.first_audio_us = reader.first_audio_us;
-        if let Some(t) = reader.first_audio_us {
-            let mut sh = shard.lock().unwrap_or_else(|e| e.into_inner());
-            sh.point.joins += 1;
-            sh.point.ttfa.record(t.saturating_sub(bounds.scheduled_us));
-        }
-    }
-    let joined = join.first_audio_us.is_some();
-    let (join_failure, drop) = match outcome {
-        Ok(()) => (None, None),
-        Err((_, f)) if joined => (None, Some(f)),
-        Err((_, f)) => (Some(f), None),
-    };
-    {
-        let mut sh = shard.lock().unwrap_or_else(|e| e.into_inner());
-        sh.point.failures += join_failure.is_some() as u64;
-        sh.point.drops += drop.is_some() as u64;
-    }
-    let pages = reader.pages;
-    let bytes = reader.bytes;
-    let summary = reader
-        .meter
-        .finish(end.min(bounds.leave_us).min(bounds.end_ok_after_us));
-    SessionRecord {
-        format,
-        join,
-        join_failure,
-        drop,
-        summary,
-        bytes,
-        pages,
     }
 }
 
@@ -594,7 +317,7 @@ mod tests {
     }
 
     fn read_all(format: Format, head: &Bytes, chunks: &[Chunk], split: usize) -> Reader {
-        let mut r = Reader::new(format, MeterConfig::default());
+        let mut r = Reader::new(format, MeterConfig::default(), true);
         let mut shard = Shard::default();
         let mut all = head.to_vec();
         for (k, c) in chunks.iter().enumerate() {
@@ -653,7 +376,7 @@ mod tests {
 
     #[test]
     fn a_websocket_close_is_seen_and_not_counted_as_media() {
-        let mut r = Reader::new(Format::Ws, MeterConfig::default());
+        let mut r = Reader::new(Format::Ws, MeterConfig::default(), true);
         let mut shard = Shard::default();
         let close = levee_core::wsframe::close_frame(1001, "this space has ended");
         r.feed(&close, T0, &mut shard).unwrap();

@@ -1,5 +1,6 @@
-//! The runner of one generator process: spawns the listeners of its share of the schedule at
-//! their scheduled times, ticks the timeline every second, and watches its own health.
+//! The runner of one generator process: deals its share of the schedule to listener workers
+//! ([`crate::reactor`], one thread each), ticks the timeline every second, and watches its own
+//! health.
 //!
 //! Contract: [`run_part`] takes a [`Plan`] (the scenario, the space, the run's start in Unix µs,
 //! and which share of the listeners is this process's), sends one [`Progress`] per second of the
@@ -7,23 +8,20 @@
 //! [`PartResult`] once every listener has ended. It stops early when `stop` turns true. The
 //! same code runs in the parent (`--procs 1`) and in each agent process.
 
-use crate::client::{self, now_us, sleep_until_us, Bounds, Endpoint, Gauges, Shard};
+use crate::client::{sleep_until_us, Endpoint, Shard};
 use crate::hist::Hist;
-use crate::scenario::{self, hash3, Kind, Reconnect, Rng, Scenario, Slot};
+use crate::reactor::{Ctx, Gauges, Worker, WorkerResult};
+use crate::scenario::{self, Scenario, Slot};
 use crate::stats::{Aggregate, Point};
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio::sync::{mpsc, watch};
+
+pub use crate::reactor::DRAIN;
 
 /// Most timeline points kept (one per second).
 pub const MAX_POINTS: usize = 4 * 3600;
-/// Shards of frame-level figures (listeners are spread over them by index).
-pub const SHARDS: usize = 16;
-/// How long listeners wait for the server's close after the run's end when the space is
-/// being ended.
-pub const DRAIN: Duration = Duration::from_secs(5);
 
 /// What one process runs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -129,179 +127,11 @@ pub fn rss_now_kb() -> u64 {
         .map_or(0, |pages| pages * page_kb)
 }
 
-struct Ctx {
-    ep: Endpoint,
-    sc: Scenario,
-    start_us: u64,
-    run_end_us: u64,
-    drain: bool,
-    sources: Vec<std::net::Ipv4Addr>,
-    shards: Vec<Mutex<Shard>>,
-    agg: Mutex<Aggregate>,
-    sockets: AtomicU64,
-    connected: AtomicU64,
-    waiting: AtomicU64,
-    stop: watch::Receiver<bool>,
-}
-
-impl Ctx {
-    fn bounds(&self, scheduled_us: u64, leave_us: u64) -> Bounds {
-        let end_ok = self.run_end_us;
-        let leave = if leave_us >= self.run_end_us && self.drain {
-            self.run_end_us + DRAIN.as_micros() as u64
-        } else {
-            leave_us
-        };
-        Bounds {
-            scheduled_us,
-            leave_us: leave,
-            end_ok_after_us: end_ok,
-        }
-    }
-}
-
-/// The join times and leave times of one listener's sessions (churn: one per wave it sits
-/// out), as (join, leave) offsets from the run's start in µs.
-pub fn segments(sc: &Scenario, slot: &Slot) -> Vec<(u64, u64)> {
-    let run_end = sc.run_length().as_micros() as u64;
-    if sc.kind != Kind::Churn {
-        return vec![(slot.join_us, run_end)];
-    }
-    let c = &sc.churn;
-    let first_wave = (scenario::LEAD + sc.ramp).as_micros() as u64;
-    let mut out = Vec::new();
-    let mut join = slot.join_us;
-    for w in 1..=c.waves as u64 {
-        let at = first_wave + w * c.wave_every.as_micros() as u64;
-        if at <= join || hash3(sc.seed, slot.index, w) >= c.wave_fraction {
-            continue;
-        }
-        out.push((join, at));
-        join = match c.reconnect {
-            Reconnect::Naive => at,
-            Reconnect::Backoff => {
-                at + (hash3(sc.seed ^ 0xB0FF, slot.index, w) * c.rejoin_spread.as_micros() as f64)
-                    as u64
-            }
-        };
-    }
-    out.push((join, run_end));
-    out
-}
-
-async fn run_slot(ctx: Arc<Ctx>, slot: Slot) {
-    let sc = &ctx.sc;
-    let shard = &ctx.shards[slot.index as usize % SHARDS];
-    let gauges = Gauges {
-        sockets: &ctx.sockets,
-        connected: &ctx.connected,
-        waiting: &ctx.waiting,
-    };
-    let source =
-        (!ctx.sources.is_empty()).then(|| ctx.sources[slot.index as usize % ctx.sources.len()]);
-    let retries = sc.kind == Kind::Churn;
-    let mut rng = Rng::new(sc.seed ^ slot.index.wrapping_mul(0x2545_F491_4F6C_DD1D));
-    let mut ever_joined = false;
-    let mut nonce = slot.index << 16;
-    // Churn: when the listener last left in a wave (Unix µs), until it has audio again.
-    let mut left_at: Option<u64> = None;
-    'segments: for (join, leave) in segments(sc, &slot) {
-        let leave_us = ctx.start_us + leave;
-        let mut at = ctx.start_us + join;
-        let mut attempt = 0u32;
-        loop {
-            if at >= leave_us || *ctx.stop.borrow() {
-                break;
-            }
-            let mut stop = ctx.stop.clone();
-            tokio::select! {
-                _ = sleep_until_us(at) => {}
-                _ = stop.changed() => break 'segments,
-            }
-            nonce += 1;
-            let (bounds, stop) = (ctx.bounds(at, leave_us), ctx.stop.clone());
-            let rec = if crate::joinapi::mode(sc) == crate::joinapi::JoinMode::Api {
-                let (rec, join) = crate::joinapi::session(
-                    &ctx.ep,
-                    slot.format,
-                    source,
-                    bounds,
-                    nonce,
-                    shard,
-                    &gauges,
-                    stop,
-                )
-                .await;
-                let mut agg = ctx.agg.lock().unwrap_or_else(|e| e.into_inner());
-                agg.join_api.record(&join);
-                rec
-            } else {
-                client::session(
-                    &ctx.ep,
-                    slot.format,
-                    source,
-                    bounds,
-                    nonce,
-                    shard,
-                    &gauges,
-                    stop,
-                )
-                .await
-            };
-            let failed = rec.join_failure.is_some();
-            ever_joined |= !failed;
-            {
-                let mut agg = ctx.agg.lock().unwrap_or_else(|e| e.into_inner());
-                agg.record_session(&rec);
-                if attempt > 0 && rec.drop.is_none() {
-                    agg.retries += 1;
-                }
-                if let (Some(left), Some(audio)) = (left_at, rec.join.first_audio_us) {
-                    agg.rejoin.record(audio.saturating_sub(left));
-                    left_at = None;
-                }
-            }
-            attempt += 1;
-            if !retries || attempt >= sc.churn.max_attempts {
-                break;
-            }
-            let delay = if failed {
-                match sc.churn.reconnect {
-                    Reconnect::Naive => sc.churn.retry_delay.as_micros() as u64,
-                    Reconnect::Backoff => {
-                        let cap = (sc.churn.backoff_base.as_micros() as u64)
-                            .saturating_mul(1 << attempt.min(20))
-                            .min(sc.churn.backoff_max.as_micros() as u64);
-                        rng.below(cap)
-                    }
-                }
-            } else if rec.drop.is_some() {
-                // Dropped by the server mid-session: reconnect as after a failure.
-                attempt = 0;
-                match sc.churn.reconnect {
-                    Reconnect::Naive => sc.churn.retry_delay.as_micros() as u64,
-                    Reconnect::Backoff => rng.below(sc.churn.backoff_base.as_micros() as u64),
-                }
-            } else {
-                break;
-            };
-            at = now_us() + delay.max(1_000);
-        }
-        if leave_us < ctx.run_end_us {
-            left_at = Some(leave_us);
-        }
-    }
-    ctx.agg
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .record_slot(ever_joined);
-}
-
 /// Runs this process's share of the plan. See the module docs.
 pub async fn run_part(
     plan: Plan,
     progress: mpsc::Sender<Progress>,
-    stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
     threads: u32,
 ) -> PartResult {
     let (cpu0, _) = rusage();
@@ -328,31 +158,56 @@ pub async fn run_part(
         start_us: plan.start_us,
         run_end_us,
         drain: plan.drain,
-        shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-        agg: Mutex::new(Aggregate::default()),
-        sockets: AtomicU64::new(0),
-        connected: AtomicU64::new(0),
-        waiting: AtomicU64::new(0),
-        stop: stop.clone(),
+        gauges: Gauges::default(),
+        stop: AtomicBool::new(false),
+        stop_rx: stop.clone(),
+        runtime: tokio::runtime::Handle::current(),
     });
-    let mut slots: Vec<Slot> = scenario::schedule(&sc)
+    // This process's listeners, dealt to the workers in turn, each share sorted by join time.
+    let workers = threads.max(1) as usize;
+    let mut shares: Vec<Vec<Slot>> = vec![Vec::new(); workers];
+    let mut mine: Vec<Slot> = scenario::schedule(&sc)
         .into_iter()
         .filter(|s| s.index % plan.procs.max(1) as u64 == plan.proc_index as u64)
         .collect();
-    slots.sort_by_key(|s| s.join_us);
-
-    // Event-loop lag probe.
-    let lag = Arc::new(Mutex::new(Hist::new()));
-    let probe = {
-        let lag = lag.clone();
+    mine.sort_by_key(|s| s.join_us);
+    for (i, s) in mine.into_iter().enumerate() {
+        shares[i % workers].push(s);
+    }
+    let shards: Vec<Arc<Mutex<Shard>>> = (0..workers)
+        .map(|_| Arc::new(Mutex::new(Shard::default())))
+        .collect();
+    let mut wakers = Vec::new();
+    let mut handles = Vec::new();
+    for (id, share) in shares.into_iter().enumerate() {
+        match Worker::new(ctx.clone(), id, workers, share, shards[id].clone()) {
+            Ok(w) => {
+                wakers.push(w.waker());
+                handles.push(
+                    std::thread::Builder::new()
+                        .name(format!("storm-listen-{id}"))
+                        .spawn(move || w.run()),
+                );
+            }
+            Err(e) => eprintln!("levee storm: cannot start listener worker {id}: {e}"),
+        }
+    }
+    // The stop reaches the workers through their wakers.
+    let stopper = {
+        let ctx = ctx.clone();
+        let wakers = wakers.clone();
         tokio::spawn(async move {
             loop {
-                let t = std::time::Instant::now();
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                let late = t.elapsed().saturating_sub(Duration::from_millis(50));
-                lag.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .record(late.as_micros() as u64);
+                if stop.changed().await.is_err() {
+                    return;
+                }
+                if *stop.borrow() {
+                    ctx.stop.store(true, Relaxed);
+                    for w in &wakers {
+                        let _ = w.wake();
+                    }
+                    return;
+                }
             }
         })
     };
@@ -363,6 +218,7 @@ pub async fn run_part(
     let ticker = {
         let ctx = ctx.clone();
         let peaks = peaks.clone();
+        let shards = shards.clone();
         tokio::spawn(async move {
             let mut timeline: Vec<Point> = Vec::new();
             let mut cpu_prev = rusage().0;
@@ -373,18 +229,18 @@ pub async fn run_part(
                     _ = done_rx.changed() => true,
                 };
                 let mut p = Point::new(t);
-                for sh in &ctx.shards {
+                for sh in &shards {
                     let mut sh = sh.lock().unwrap_or_else(|e| e.into_inner());
                     let cur = std::mem::replace(&mut sh.point, Point::new(t));
                     p.merge(&cur);
                 }
-                p.connected = ctx.connected.load(Relaxed);
-                peaks.0.fetch_max(ctx.sockets.load(Relaxed), Relaxed);
+                p.connected = ctx.gauges.connected.load(Relaxed);
+                peaks.0.fetch_max(ctx.gauges.sockets.load(Relaxed), Relaxed);
                 peaks.1.fetch_max(p.connected, Relaxed);
                 let cpu = rusage().0;
                 let msg = Progress {
                     point: p.clone(),
-                    waiting: ctx.waiting.load(Relaxed),
+                    waiting: ctx.gauges.waiting.load(Relaxed),
                     cpu_pct: (cpu - cpu_prev) * 100.0,
                 };
                 cpu_prev = cpu;
@@ -402,42 +258,25 @@ pub async fn run_part(
         })
     };
 
-    // Spawner: each listener starts shortly before its scheduled time.
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut stop_rx = stop.clone();
-    for slot in slots {
-        let wake = (plan.start_us + slot.join_us).saturating_sub(5_000);
-        if wake > now_us() {
-            tokio::select! {
-                _ = sleep_until_us(wake) => {}
-                _ = stop_rx.changed() => {}
-            }
-        }
-        if *stop_rx.borrow() {
-            break;
-        }
-        tasks.spawn(run_slot(ctx.clone(), slot));
-        // Reap finished listeners as we go, so the set stays the size of the live audience.
-        while tasks.try_join_next().is_some() {}
-    }
-    // Bounded: every listener ends by its planned leave (+ drain) or at stop.
-    let hard_end = run_end_us + DRAIN.as_micros() as u64 + 10_000_000;
-    loop {
-        let left = hard_end.saturating_sub(now_us());
-        match tokio::time::timeout(Duration::from_micros(left.max(1)), tasks.join_next()).await {
-            Ok(Some(_)) => continue,
-            Ok(None) => break,
-            Err(_) => {
-                tasks.abort_all();
-                break;
-            }
-        }
-    }
+    // Bounded: every worker ends by the run's end plus the drain and a margin.
+    let results = tokio::task::spawn_blocking(move || {
+        handles
+            .into_iter()
+            .filter_map(|h| h.ok()?.join().ok())
+            .collect::<Vec<WorkerResult>>()
+    })
+    .await
+    .unwrap_or_default();
+    stopper.abort();
     let _ = done_tx.send(true);
     let timeline = ticker.await.unwrap_or_default();
-    probe.abort();
-    let mut agg = std::mem::take(&mut *ctx.agg.lock().unwrap_or_else(|e| e.into_inner()));
-    for sh in &ctx.shards {
+    let mut agg = Aggregate::default();
+    let mut loop_lag = Hist::new();
+    for r in &results {
+        agg.merge(&r.agg);
+        loop_lag.merge(&r.lag);
+    }
+    for sh in &shards {
         agg.e2e
             .merge(&sh.lock().unwrap_or_else(|e| e.into_inner()).e2e);
     }
@@ -449,7 +288,6 @@ pub async fn run_part(
     } else {
         0.0
     };
-    let loop_lag = lag.lock().unwrap_or_else(|e| e.into_inner()).clone();
     PartResult {
         agg,
         timeline,
@@ -472,36 +310,6 @@ pub async fn run_part(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn churn_segments_leave_at_waves_and_rejoin_by_policy() {
-        let mut sc = Scenario::new(Kind::Churn, 100);
-        sc.ramp = Duration::from_secs(1);
-        sc.hold = Duration::from_secs(2);
-        sc.churn.waves = 2;
-        sc.churn.wave_every = Duration::from_secs(3);
-        sc.churn.wave_fraction = 1.0;
-        sc.churn.reconnect = Reconnect::Naive;
-        let slots = scenario::schedule(&sc);
-        let segs = segments(&sc, &slots[10]);
-        // Everyone leaves at both waves (1.5 s + 3 s, + 6 s) and rejoins at once.
-        assert_eq!(
-            segs,
-            [
-                (slots[10].join_us, 4_500_000),
-                (4_500_000, 7_500_000),
-                (7_500_000, 9_500_000)
-            ]
-        );
-        sc.churn.reconnect = Reconnect::Backoff;
-        for s in &slots {
-            let segs = segments(&sc, s);
-            assert_eq!(segs.len(), 3);
-            assert!((4_500_000..5_500_000).contains(&segs[1].0));
-        }
-        sc.churn.wave_fraction = 0.0;
-        assert_eq!(segments(&sc, &slots[3]).len(), 1);
-    }
 
     #[test]
     fn health_of_processes_adds_up() {

@@ -144,6 +144,47 @@ fn parse_response(buf: &[u8]) -> Result<Response, String> {
     })
 }
 
+/// Most headers an answer head may have.
+pub const MAX_HEADERS: usize = 32;
+
+/// An HTTP/1 answer head and the headers storm reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    /// Status code.
+    pub status: u16,
+    /// Length of the head, its blank line included.
+    pub len: usize,
+    /// `Content-Length`.
+    pub content_length: Option<usize>,
+    /// `Retry-After`, s.
+    pub retry_after_s: Option<u64>,
+}
+
+/// Parses the answer head at the start of `buf` (the one reader of answer heads in storm):
+/// `Ok(None)` while it is incomplete, an error with a stable reason when it is malformed.
+pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, &'static str> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut r = httparse::Response::new(&mut headers);
+    let len = match r.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err("too_many_headers"),
+        Err(_) => return Err("bad_http_answer"),
+    };
+    let number = |name: &str| {
+        r.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
+    };
+    Ok(Some(Head {
+        status: r.code.ok_or("bad_http_answer")?,
+        len,
+        content_length: number("content-length").map(|n: u64| n as usize),
+        retry_after_s: number("retry-after"),
+    }))
+}
+
 /// The status code of an HTTP/1.x status line at the start of `head`.
 pub fn parse_status(head: &[u8]) -> Option<u16> {
     let line = head.split(|&b| b == b'\r').next()?;

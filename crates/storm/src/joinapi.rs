@@ -7,7 +7,7 @@
 //! loop, at most [`MAX_POW_DIFFICULTY`] bits, as many at once as the machine has cores); on
 //! `429`/`503` it waits `retry_after_ms` with jitter; on a network error it backs off
 //! exponentially with full jitter; `403`/`404`/`410` end the join. Once admitted it opens the
-//! ticket's stream URL with [`crate::client::session`], so time to first audio still counts
+//! ticket's stream URL (the listener's worker does, [`crate::reactor`]), so time to first audio still counts
 //! from the scheduled time: the join's latency is part of it. Every wait is bounded by the
 //! listener's first-audio deadline and the run's stop.
 //!
@@ -15,15 +15,14 @@
 //! [`crate::stats::Aggregate`] from agents to the parent) and [`report`] makes the report's
 //! `join` section. The parsing of answers ([`parse_answer`]) is pure.
 
-use crate::client::{self, now_us, sleep_until_us, Bounds, Endpoint, Gauges, Shard};
+use crate::client::{now_us, sleep_until_us, Endpoint};
 use crate::hist::{Hist, Percentiles};
-use crate::measure::{Failure, JoinTiming, ListenerSummary};
+use crate::measure::Failure;
 use crate::scenario::{Kind, Rng, Scenario};
-use crate::stats::{Format, SessionRecord};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
@@ -511,70 +510,6 @@ pub async fn join(
             }
         }
     }
-}
-
-/// Runs one listener attempt that joins through the API first. Same arguments as
-/// [`client::session`]; also returns what the join did. See the module docs.
-#[allow(clippy::too_many_arguments)]
-pub async fn session(
-    ep: &Endpoint,
-    format: Format,
-    source: Option<Ipv4Addr>,
-    bounds: Bounds,
-    nonce: u64,
-    shard: &Mutex<Shard>,
-    gauges: &Gauges<'_>,
-    stop: watch::Receiver<bool>,
-) -> (SessionRecord, JoinRecord) {
-    use std::sync::atomic::Ordering::Relaxed;
-    let started = now_us();
-    let deadline =
-        (bounds.scheduled_us + ep.first_audio_timeout.as_micros() as u64).min(bounds.leave_us);
-    gauges.waiting.fetch_add(1, Relaxed);
-    let seed = nonce.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ bounds.scheduled_us;
-    let jr = join(
-        ep,
-        source,
-        bounds.scheduled_us,
-        deadline,
-        stop.clone(),
-        seed,
-    )
-    .await;
-    gauges.waiting.fetch_sub(1, Relaxed);
-    let Some((ogg, ws)) = jr.paths.clone() else {
-        shard
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .point
-            .failures += 1;
-        let rec = SessionRecord {
-            format,
-            join: JoinTiming {
-                scheduled_us: bounds.scheduled_us,
-                started_us: Some(started),
-                ..JoinTiming::default()
-            },
-            join_failure: Some(jr.failure.clone().unwrap_or(Failure::Timeout("join"))),
-            drop: None,
-            summary: ListenerSummary::default(),
-            bytes: 0,
-            pages: 0,
-        };
-        return (rec, jr);
-    };
-    let mut ticketed = ep.clone();
-    ticketed.ogg_path = ogg;
-    ticketed.ws_path = ws;
-    // The connect bound counts from the scheduled time: give it the join's time back.
-    ticketed.connect_timeout += Duration::from_micros(now_us().saturating_sub(bounds.scheduled_us));
-    let mut rec = client::session(
-        &ticketed, format, source, bounds, nonce, shard, gauges, stop,
-    )
-    .await;
-    // The generator's own lateness is when the join started, not when the stream was opened.
-    rec.join.started_us = Some(started);
-    (rec, jr)
 }
 
 /// Join figures added up over listeners. See the module docs.

@@ -31,6 +31,7 @@ pub mod joinapi;
 pub mod marker;
 pub mod measure;
 pub mod proto;
+pub mod reactor;
 pub mod report;
 pub mod run;
 pub mod scenario;

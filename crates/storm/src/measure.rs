@@ -31,19 +31,56 @@ pub fn samples_to_us(samples: u64) -> u64 {
 
 /// Bounds of the per-listener measurement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct MeterConfig {
     /// No audio for longer than this is a stall, ms.
     pub stall_ms: u64,
     /// Depth of the simulated playout buffer, ms.
     pub playout_ms: u64,
+    /// Listeners with audio read their socket every this many ms (0: as soon as bytes
+    /// arrive). Arrival times come from the kernel's receive timestamps, so a batched read
+    /// knows exactly when its newest bytes arrived, and older bytes of the same read arrived
+    /// no later: stalls are measured to within this period, gaps and counts exactly.
+    pub read_every_ms: u64,
+    /// One listener in this many reads as soon as bytes arrive and measures timing (latency,
+    /// jitter, playout underruns) on every frame; the others leave timing to them. 1: all.
+    pub timed_every: u64,
 }
+
+/// Longest [`MeterConfig::read_every_ms`] accepted.
+pub const MAX_READ_EVERY_MS: u64 = 1_000;
 
 impl Default for MeterConfig {
     fn default() -> Self {
         MeterConfig {
             stall_ms: 1_000,
             playout_ms: 200,
+            read_every_ms: 100,
+            timed_every: 10,
         }
+    }
+}
+
+impl MeterConfig {
+    /// Refuses bounds that would measure nothing useful.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.stall_ms == 0 {
+            return Err("meter.stall_ms must be > 0".into());
+        }
+        if self.read_every_ms > MAX_READ_EVERY_MS || self.read_every_ms * 2 > self.stall_ms {
+            return Err(format!(
+                "meter.read_every_ms must be at most {MAX_READ_EVERY_MS} and at most half of stall_ms"
+            ));
+        }
+        if self.timed_every == 0 {
+            return Err("meter.timed_every must be >= 1".into());
+        }
+        Ok(())
+    }
+
+    /// Whether listener `index` measures timing (see [`MeterConfig::timed_every`]).
+    pub fn timed(&self, index: u64) -> bool {
+        self.read_every_ms == 0 || index % self.timed_every.max(1) == 0
     }
 }
 
@@ -59,6 +96,9 @@ pub struct Frame {
     /// Audio missing right before it (48 kHz samples), from a [`SeqTracker`] or
     /// [`GranuleTracker`].
     pub missing_samples: u64,
+    /// `arrival_us` is when this frame arrived (the listener read it as it came), not only a
+    /// bound on it (a batched read): latency, jitter and underruns count exact frames only.
+    pub exact: bool,
 }
 
 /// What one frame changed, for the caller's pooled figures.
@@ -240,28 +280,30 @@ impl ListenerMeter {
         }
         let first = self.first_arrival_us.unwrap_or(f.arrival_us);
         let media_us = samples_to_us(self.position);
-        // Transit time: arrival against capture time, else against the media clock.
-        let reference = f.capture_us.unwrap_or(first + media_us);
-        let transit = f.arrival_us as i64 - reference as i64;
-        if let Some(prev) = self.last_transit {
-            let d = (transit - prev).unsigned_abs() as f64;
-            self.jitter += (d - self.jitter) / 16.0;
-        }
-        self.last_transit = Some(transit);
-        if let Some(c) = f.capture_us {
-            let lat = f.arrival_us.saturating_sub(c);
-            self.s.latency_max_us = self.s.latency_max_us.max(lat);
-            self.latency_sum_us += lat;
-            self.latency_n += 1;
-            fx.latency_us = Some(lat);
-        }
-        let due = self.playout_origin_us + media_us;
-        if f.arrival_us > due {
-            let late = f.arrival_us - due;
-            self.s.underruns += 1;
-            self.s.underrun_us += late;
-            self.playout_origin_us += late;
-            fx.underrun_us = late;
+        if f.exact {
+            // Transit time: arrival against capture time, else against the media clock.
+            let reference = f.capture_us.unwrap_or(first + media_us);
+            let transit = f.arrival_us as i64 - reference as i64;
+            if let Some(prev) = self.last_transit {
+                let d = (transit - prev).unsigned_abs() as f64;
+                self.jitter += (d - self.jitter) / 16.0;
+            }
+            self.last_transit = Some(transit);
+            if let Some(c) = f.capture_us {
+                let lat = f.arrival_us.saturating_sub(c);
+                self.s.latency_max_us = self.s.latency_max_us.max(lat);
+                self.latency_sum_us += lat;
+                self.latency_n += 1;
+                fx.latency_us = Some(lat);
+            }
+            let due = self.playout_origin_us + media_us;
+            if f.arrival_us > due {
+                let late = f.arrival_us - due;
+                self.s.underruns += 1;
+                self.s.underrun_us += late;
+                self.playout_origin_us += late;
+                fx.underrun_us = late;
+            }
         }
         self.position += f.samples as u64;
         self.s.frames += 1;
@@ -417,6 +459,7 @@ mod tests {
                 samples: 960,
                 capture_us: Some(T0 + s * 20 * MS),
                 missing_samples: missing,
+                exact: true,
             });
         }
     }
@@ -481,6 +524,7 @@ mod tests {
             let mut m = ListenerMeter::new(MeterConfig {
                 stall_ms: 1000,
                 playout_ms,
+                ..MeterConfig::default()
             });
             let seqs: Vec<u64> = (0..150).collect();
             feed(&mut m, &seqs, |s| {
@@ -535,6 +579,49 @@ mod tests {
     }
 
     #[test]
+    fn frames_read_in_a_batch_count_audio_and_gaps_but_not_timing() {
+        // Read every 100 ms, 80 ms late: with exact times every frame would be an underrun
+        // of a 50 ms buffer and carry latency; as bounds they carry none, gaps still count.
+        let cfg = MeterConfig {
+            playout_ms: 50,
+            ..MeterConfig::default()
+        };
+        let mut m = ListenerMeter::new(cfg);
+        let mut tr = SeqTracker::default();
+        for s in (0..100u64).filter(|s| !(40..45).contains(s)) {
+            let missing = match tr.step(s) {
+                SeqStep::Missing(n) => n * 960,
+                _ => 0,
+            };
+            let fx = m.on_frame(&Frame {
+                arrival_us: T0 + (s * 20 / 100 + 1) * 100 * MS + 80 * MS,
+                samples: 960,
+                capture_us: Some(T0 + s * 20 * MS),
+                missing_samples: missing,
+                exact: false,
+            });
+            assert_eq!((fx.latency_us, fx.underrun_us), (None, 0));
+        }
+        let s = m.finish(T0 + 2_100 * MS);
+        assert_eq!((s.frames, s.gaps, s.gap_us), (95, 1, 100 * MS));
+        assert_eq!((s.underruns, s.latency_max_us, s.jitter_us), (0, 0, 0));
+    }
+
+    #[test]
+    fn read_settings_are_bounded_and_pick_the_timed_listeners() {
+        let mut c = MeterConfig::default();
+        assert!(c.validate().is_ok());
+        assert!((0..100).filter(|&i| c.timed(i)).count() == 10);
+        c.read_every_ms = 0;
+        assert!((0..100).all(|i| c.timed(i)));
+        c.read_every_ms = 600;
+        assert!(c.validate().is_err(), "over half the stall bound");
+        c.read_every_ms = 100;
+        c.timed_every = 0;
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
     fn missing_audio_before_the_first_frame_is_not_a_gap() {
         let mut m = ListenerMeter::new(MeterConfig::default());
         let fx = m.on_frame(&Frame {
@@ -542,6 +629,7 @@ mod tests {
             samples: 960,
             capture_us: None,
             missing_samples: 48_000,
+            exact: true,
         });
         assert_eq!(fx.gap_us, 0);
         assert_eq!(m.finish(T0).gaps, 0);

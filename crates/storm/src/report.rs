@@ -378,15 +378,20 @@ pub struct Report {
     pub listeners_with_stall_pct: f64,
     /// Simulated playout buffer, ms.
     pub playout_ms: u64,
+    /// Joined sessions that measured timing on every frame (one in `meter.timed_every`):
+    /// underruns, jitter and end-to-end latency come from them.
+    pub timed_sessions: u64,
+    /// Frames those sessions received.
+    pub timed_frames: u64,
     /// Underruns.
     pub underruns: u64,
     /// Time the simulated players waited, ms.
     pub underrun_ms_total: f64,
     /// Each listener's total underrun time.
     pub underrun_ms: Percentiles,
-    /// % of joined sessions with an underrun.
+    /// % of timed sessions with an underrun.
     pub listeners_with_underrun_pct: f64,
-    /// Each listener's interarrival jitter.
+    /// Each timed listener's interarrival jitter.
     pub jitter_ms: Percentiles,
     /// Duplicate or reordered frames.
     pub late_frames: u64,
@@ -632,10 +637,12 @@ pub fn build(inp: Inputs<'_>, objectives: &[Objective], steps: Vec<StepResult>) 
         worst_stall_ms: zero_floor(&a.worst_stall),
         listeners_with_stall_pct: a.stall_pct(),
         playout_ms: inp.scenario.meter.playout_ms,
+        timed_sessions: a.sessions_timed,
+        timed_frames: a.frames_timed,
         underruns: a.underruns,
         underrun_ms_total: us_ms(a.underrun_us),
         underrun_ms: zero_floor(&a.underrun_time),
-        listeners_with_underrun_pct: pct(a.sessions_with_underrun, a.sessions_joined),
+        listeners_with_underrun_pct: pct(a.sessions_with_underrun, a.sessions_timed),
         jitter_ms: a.jitter.summary_ms(),
         late_frames: a.late_frames,
         bytes_received: a.bytes,

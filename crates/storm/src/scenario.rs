@@ -343,9 +343,7 @@ impl Scenario {
                 return Err("step: at most 1000 steps".into());
             }
         }
-        if self.meter.stall_ms == 0 {
-            return Err("meter.stall_ms must be > 0".into());
-        }
+        self.meter.validate()?;
         if self.host.bitrate < 8_000 || self.host.bitrate > 512_000 {
             return Err("host.bitrate must be within 8000..=512000".into());
         }

@@ -49,6 +49,8 @@ pub struct SessionRecord {
     pub bytes: u64,
     /// Ogg pages received after the two header pages (Ogg only).
     pub pages: u64,
+    /// The listener measured timing on every frame (see `MeterConfig::timed_every`).
+    pub timed: bool,
 }
 
 /// Per-format counts, to hold against the server's own counters.
@@ -109,8 +111,15 @@ pub struct Aggregate {
     pub sessions_with_stall: u64,
     /// Joined sessions with at least one gap.
     pub sessions_with_gap: u64,
-    /// Joined sessions with at least one underrun.
+    /// Joined sessions with at least one underrun (timed sessions only).
     pub sessions_with_underrun: u64,
+    /// Joined sessions that measured timing (latency, jitter, underruns) on every frame.
+    #[serde(default)]
+    pub sessions_timed: u64,
+    /// Audio frames received by timed sessions (each one has an end-to-end latency when its
+    /// capture time is known).
+    #[serde(default)]
+    pub frames_timed: u64,
     /// Bytes received.
     pub bytes: u64,
     /// Counts per format.
@@ -129,9 +138,9 @@ pub struct Aggregate {
     pub worst_gap: Hist,
     /// Each joined session's longest stall (0 when none), µs.
     pub worst_stall: Hist,
-    /// Each joined session's interarrival jitter, µs.
+    /// Each timed joined session's interarrival jitter, µs.
     pub jitter: Hist,
-    /// Each joined session's total underrun time, µs.
+    /// Each timed joined session's total underrun time, µs.
     pub underrun_time: Hist,
     /// Churn: from leaving in a wave to audio again (backoff and retries included), µs.
     pub rejoin: Hist,
@@ -193,11 +202,15 @@ impl Aggregate {
         self.underrun_us += s.underrun_us;
         self.sessions_with_stall += (s.stalls > 0) as u64;
         self.sessions_with_gap += (s.gaps > 0) as u64;
-        self.sessions_with_underrun += (s.underruns > 0) as u64;
         self.worst_gap.record(s.worst_gap_us);
         self.worst_stall.record(s.worst_stall_us);
-        self.jitter.record(s.jitter_us);
-        self.underrun_time.record(s.underrun_us);
+        if r.timed {
+            self.sessions_timed += 1;
+            self.frames_timed += s.frames;
+            self.sessions_with_underrun += (s.underruns > 0) as u64;
+            self.jitter.record(s.jitter_us);
+            self.underrun_time.record(s.underrun_us);
+        }
     }
 
     /// Adds one simulated listener, once all its sessions are over.
@@ -236,6 +249,8 @@ impl Aggregate {
             sessions_with_stall,
             sessions_with_gap,
             sessions_with_underrun,
+            sessions_timed,
+            frames_timed,
             bytes
         );
         for (k, v) in &o.failure_reasons {
@@ -379,6 +394,7 @@ mod tests {
             summary: s,
             bytes: 100,
             pages: 0,
+            timed: true,
         }
     }
 

@@ -1,0 +1,1149 @@
+//! The listeners' IO: a few threads, each holding thousands of listeners in one poll loop.
+//!
+//! Contract: [`Worker::run`] takes its share of the schedule ([`Slot`]s sorted by join time)
+//! and runs every one of them to its end: each connection attempt (connect from the slot's
+//! source address, send the request, read the answer head, read audio until the planned leave,
+//! the server's close, a failure or the stop) and, for churn, every later attempt, as the
+//! listener's [`Lifecycle`] decides. It returns the [`Aggregate`] of what its listeners got;
+//! frame-level figures of the current second go to its shared [`Shard`] as they happen.
+//!
+//! Cost, the reason this exists: a listener is a slot in a table (a socket, a parser of a few
+//! hundred bytes and a meter), not a task; there is no timer per listener (one heap of
+//! deadlines per thread) and no allocation per read. Joining listeners are served at once by
+//! the thread's first poll. A listener with audio moves to a second poll that is drained only
+//! every [`MeterConfig::read_every_ms`], so one read takes several chunks of the server at
+//! once; its bytes carry the kernel's receive timestamp (`SO_TIMESTAMP`), the arrival of the
+//! read's newest bytes, so nothing is timed by when the thread got round to it. One listener in
+//! [`MeterConfig::timed_every`] stays on the first poll and measures latency, jitter and
+//! underruns on every frame ([`crate::measure::Frame::exact`]).
+//!
+//! Joins through the join API run as tasks on the tokio runtime that started the workers
+//! (they are few and wait a lot); their answer comes back on a channel with a poll waker.
+
+use crate::client::{request, Bounds, Endpoint, Reader, Shard, READ_BUF};
+use crate::hist::Hist;
+use crate::http;
+use crate::joinapi::{self, JoinMode, JoinRecord};
+use crate::measure::{Failure, JoinTiming};
+use crate::scenario::{hash3, Kind, Reconnect, Rng, Scenario, Slot};
+use crate::stats::{Aggregate, Format, SessionRecord};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token, Waker};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::{self, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Token of each worker's waker on its first poll.
+const WAKER: Token = Token(usize::MAX);
+/// Readiness events taken per poll call.
+const EVENTS: usize = 1024;
+/// Reads of one socket per readiness event (1 MiB with [`READ_BUF`]), then the next socket.
+const READS_PER_EVENT: usize = 16;
+/// How long listeners wait for the server's close after the run's end when the space is
+/// being ended.
+pub const DRAIN: Duration = Duration::from_secs(5);
+
+/// Counters every worker updates as listeners move on.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    /// Sockets open now.
+    pub sockets: AtomicU64,
+    /// Listeners with audio now.
+    pub connected: AtomicU64,
+    /// Listeners whose join is under way.
+    pub waiting: AtomicU64,
+}
+
+/// What every worker of a process shares.
+pub struct Ctx {
+    /// Where listeners connect.
+    pub ep: Endpoint,
+    /// The scenario.
+    pub sc: Scenario,
+    /// The run's start, Unix µs.
+    pub start_us: u64,
+    /// The run's end, Unix µs.
+    pub run_end_us: u64,
+    /// The space is ended at the run's end: listeners read until the server closes.
+    pub drain: bool,
+    /// Source addresses (listener `i` binds `sources[i % len]`); empty: the kernel's choice.
+    pub sources: Vec<Ipv4Addr>,
+    /// Live counts.
+    pub gauges: Gauges,
+    /// The run was stopped early.
+    pub stop: AtomicBool,
+    /// The same, for join tasks.
+    pub stop_rx: watch::Receiver<bool>,
+    /// Where join-API tasks run.
+    pub runtime: tokio::runtime::Handle,
+}
+
+impl Ctx {
+    fn bounds(&self, scheduled_us: u64, leave_us: u64) -> Bounds {
+        let leave = if leave_us >= self.run_end_us && self.drain {
+            self.run_end_us + DRAIN.as_micros() as u64
+        } else {
+            leave_us
+        };
+        Bounds {
+            scheduled_us,
+            leave_us: leave,
+            end_ok_after_us: self.run_end_us,
+        }
+    }
+}
+
+/// The join times and leave times of one listener's sessions (churn: one per wave it sits
+/// out), as (join, leave) offsets from the run's start in µs.
+pub fn segments(sc: &Scenario, slot: &Slot) -> Vec<(u64, u64)> {
+    let run_end = sc.run_length().as_micros() as u64;
+    if sc.kind != Kind::Churn {
+        return vec![(slot.join_us, run_end)];
+    }
+    let c = &sc.churn;
+    let first_wave = (crate::scenario::LEAD + sc.ramp).as_micros() as u64;
+    let mut out = Vec::new();
+    let mut join = slot.join_us;
+    for w in 1..=c.waves as u64 {
+        let at = first_wave + w * c.wave_every.as_micros() as u64;
+        if at <= join || hash3(sc.seed, slot.index, w) >= c.wave_fraction {
+            continue;
+        }
+        out.push((join, at));
+        join = match c.reconnect {
+            Reconnect::Naive => at,
+            Reconnect::Backoff => {
+                at + (hash3(sc.seed ^ 0xB0FF, slot.index, w) * c.rejoin_spread.as_micros() as f64)
+                    as u64
+            }
+        };
+    }
+    out.push((join, run_end));
+    out
+}
+
+/// One listener's plan over the run, as pure state: which session it is in, how many attempts
+/// it made, and when it tries next. Times are Unix µs.
+#[derive(Debug, Clone)]
+pub struct Lifecycle {
+    segments: Box<[(u64, u64)]>,
+    seg: usize,
+    attempt: u32,
+    rng: Rng,
+    /// Some attempt got audio.
+    pub ever_joined: bool,
+    /// When the listener last left in a churn wave, until it has audio again.
+    pub left_at: Option<u64>,
+}
+
+impl Lifecycle {
+    /// The plan of `slot` in a run starting at `start_us`.
+    pub fn new(sc: &Scenario, slot: &Slot, start_us: u64) -> Self {
+        let segments = segments(sc, slot)
+            .into_iter()
+            .map(|(j, l)| (start_us + j, start_us + l))
+            .collect();
+        Lifecycle {
+            segments,
+            seg: 0,
+            attempt: 0,
+            rng: Rng::new(sc.seed ^ slot.index.wrapping_mul(0x2545_F491_4F6C_DD1D)),
+            ever_joined: false,
+            left_at: None,
+        }
+    }
+
+    /// The first attempt: (when, planned leave).
+    pub fn first(&self) -> Option<(u64, u64)> {
+        self.segments.first().copied()
+    }
+
+    /// An attempt ended at `now` (failed before audio, or dropped after it): the next attempt
+    /// as (when, planned leave), or `None` when the listener is done. `run_end_us` is the
+    /// run's end (a leave before it is a churn wave).
+    pub fn next(
+        &mut self,
+        sc: &Scenario,
+        failed: bool,
+        dropped: bool,
+        now: u64,
+        run_end_us: u64,
+    ) -> Option<(u64, u64)> {
+        let (_, leave) = *self.segments.get(self.seg)?;
+        self.ever_joined |= !failed;
+        self.attempt += 1;
+        let c = &sc.churn;
+        let retry = if sc.kind != Kind::Churn || self.attempt >= c.max_attempts {
+            None
+        } else if failed {
+            Some(match c.reconnect {
+                Reconnect::Naive => c.retry_delay.as_micros() as u64,
+                Reconnect::Backoff => {
+                    let cap = (c.backoff_base.as_micros() as u64)
+                        .saturating_mul(1 << self.attempt.min(20))
+                        .min(c.backoff_max.as_micros() as u64);
+                    self.rng.below(cap)
+                }
+            })
+        } else if dropped {
+            // Dropped by the server mid-session: reconnect as after a failure.
+            self.attempt = 0;
+            Some(match c.reconnect {
+                Reconnect::Naive => c.retry_delay.as_micros() as u64,
+                Reconnect::Backoff => self.rng.below(c.backoff_base.as_micros() as u64),
+            })
+        } else {
+            None
+        };
+        if let Some(delay) = retry {
+            let at = now + delay.max(1_000);
+            if at < leave {
+                return Some((at, leave));
+            }
+        }
+        // This session is over: the next one, if any.
+        if leave < run_end_us {
+            self.left_at = Some(leave);
+        }
+        self.seg += 1;
+        self.attempt = 0;
+        self.segments.get(self.seg).copied()
+    }
+
+    /// Attempts made in the current session so far.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Waiting for the join API's answer.
+    Joining,
+    Connecting,
+    /// Connected, the request is being written (what is left of it).
+    Requesting(Vec<u8>),
+    /// Reading the answer head (what arrived of it).
+    Head(Vec<u8>),
+    Streaming,
+}
+
+struct Attempt {
+    stream: Option<TcpStream>,
+    phase: Phase,
+    reader: Reader,
+    join: JoinTiming,
+    bounds: Bounds,
+    connect_deadline_us: u64,
+    audio_deadline_us: u64,
+    /// The stream's path (the ticket's, when the join API gave one).
+    path: Option<String>,
+    /// First audio counted (the listener moved from waiting to connected).
+    joined: bool,
+    /// On the batched poll.
+    batched: bool,
+}
+
+struct Listener {
+    slot: Slot,
+    life: Lifecycle,
+    nonce: u64,
+    /// Bumped at each change of deadline: older heap entries are stale.
+    gen: u32,
+    /// When idle: the next attempt (when, planned leave).
+    next: Option<(u64, u64)>,
+    attempt: Option<Attempt>,
+}
+
+impl Listener {
+    /// The time this listener must next be looked at, if any.
+    fn due(&self) -> Option<u64> {
+        let Some(a) = &self.attempt else {
+            return self.next.map(|n| n.0);
+        };
+        Some(match a.phase {
+            Phase::Joining => a.audio_deadline_us,
+            Phase::Connecting => a.connect_deadline_us,
+            _ if a.joined => a.bounds.leave_us,
+            _ => a.audio_deadline_us,
+        })
+    }
+}
+
+/// What a join-API task sends back.
+struct JoinDone {
+    key: u32,
+    /// The attempt's nonce (unique per attempt).
+    attempt: u64,
+    record: JoinRecord,
+}
+
+/// One listener thread. See the module docs.
+pub struct Worker {
+    ctx: Arc<Ctx>,
+    immediate: Poll,
+    batched: Poll,
+    waker: Arc<Waker>,
+    joins_tx: mpsc::Sender<JoinDone>,
+    joins_rx: mpsc::Receiver<JoinDone>,
+    slots: std::vec::IntoIter<Slot>,
+    pending: Option<Slot>,
+    table: Vec<Option<Listener>>,
+    free: Vec<u32>,
+    live: usize,
+    timers: BinaryHeap<Reverse<(u64, u32, u32)>>,
+    buf: Vec<u8>,
+    /// Keys read in one batched drain (kept to reuse its memory).
+    ready: Vec<u32>,
+    shared: Arc<Mutex<Shard>>,
+    agg: Aggregate,
+    lag: Hist,
+    read_every_us: u64,
+    next_tick_us: u64,
+}
+
+/// What a finished worker hands back.
+pub struct WorkerResult {
+    /// What its listeners got.
+    pub agg: Aggregate,
+    /// How late its loop woke, µs.
+    pub lag: Hist,
+}
+
+impl Worker {
+    /// A worker `id` of `workers` for `slots` (sorted by join time), sending frame-level
+    /// figures to `shared`.
+    pub fn new(
+        ctx: Arc<Ctx>,
+        id: usize,
+        workers: usize,
+        slots: Vec<Slot>,
+        shared: Arc<Mutex<Shard>>,
+    ) -> io::Result<Self> {
+        let immediate = Poll::new()?;
+        let batched = Poll::new()?;
+        let waker = Arc::new(Waker::new(immediate.registry(), WAKER)?);
+        let (joins_tx, joins_rx) = mpsc::channel();
+        let read_every_us = ctx.sc.meter.read_every_ms * 1000;
+        // Workers take turns: their batched reads are spread over the period.
+        let next_tick_us = ctx.start_us + read_every_us * id as u64 / workers.max(1) as u64;
+        Ok(Worker {
+            ctx,
+            immediate,
+            batched,
+            waker,
+            joins_tx,
+            joins_rx,
+            slots: slots.into_iter(),
+            pending: None,
+            table: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            timers: BinaryHeap::new(),
+            buf: vec![0; READ_BUF],
+            ready: Vec::new(),
+            shared,
+            agg: Aggregate::default(),
+            lag: Hist::new(),
+            read_every_us,
+            next_tick_us,
+        })
+    }
+
+    /// Wakes the worker (to see the stop).
+    pub fn waker(&self) -> Arc<Waker> {
+        self.waker.clone()
+    }
+
+    /// Runs every slot to its end. See the module docs.
+    pub fn run(mut self) -> WorkerResult {
+        let mut events = Events::with_capacity(EVENTS);
+        let hard_end = self.ctx.run_end_us + DRAIN.as_micros() as u64 + 10_000_000;
+        self.pending = self.slots.next();
+        loop {
+            let now = now_us();
+            let stopping = self.ctx.stop.load(Relaxed) || now >= hard_end;
+            if stopping {
+                self.stop_all(now);
+                break;
+            }
+            {
+                let shared = self.shared.clone();
+                let mut sh = shared.lock().unwrap_or_else(|e| e.into_inner());
+                self.admit(now, &mut sh);
+                self.fire_timers(now, &mut sh);
+                if self.read_every_us > 0 && now >= self.next_tick_us {
+                    self.next_tick_us =
+                        now - (now - self.next_tick_us) % self.read_every_us + self.read_every_us;
+                    self.drain_batched(&mut events, &mut sh);
+                }
+            }
+            if self.pending.is_none() && self.live == 0 {
+                break;
+            }
+            let wake = self.next_wake();
+            let now = now_us();
+            let timeout = Duration::from_micros(wake.saturating_sub(now));
+            if self.immediate.poll(&mut events, Some(timeout)).is_err() {
+                continue;
+            }
+            let woke = now_us();
+            if events.is_empty() {
+                self.lag.record(woke.saturating_sub(wake));
+            }
+            let shared = self.shared.clone();
+            let mut sh = shared.lock().unwrap_or_else(|e| e.into_inner());
+            for ev in events.iter() {
+                if ev.token() == WAKER {
+                    self.take_joins(&mut sh);
+                } else {
+                    self.on_event(ev.token().0 as u32, &mut sh);
+                }
+            }
+        }
+        WorkerResult {
+            agg: self.agg,
+            lag: self.lag,
+        }
+    }
+
+    fn next_wake(&self) -> u64 {
+        let mut wake = now_us() + 1_000_000;
+        if let Some(Reverse((at, _, _))) = self.timers.peek() {
+            wake = wake.min(*at);
+        }
+        if let Some(s) = &self.pending {
+            wake = wake.min(self.ctx.start_us + s.join_us);
+        }
+        if self.read_every_us > 0 {
+            wake = wake.min(self.next_tick_us);
+        }
+        wake
+    }
+
+    /// Starts the listeners whose first join is due.
+    fn admit(&mut self, now: u64, sh: &mut Shard) {
+        while let Some(slot) = self.pending.take() {
+            if self.ctx.start_us + slot.join_us > now {
+                self.pending = Some(slot);
+                return;
+            }
+            self.pending = self.slots.next();
+            let life = Lifecycle::new(&self.ctx.sc, &slot, self.ctx.start_us);
+            let next = life.first();
+            let l = Listener {
+                nonce: slot.index << 16,
+                slot,
+                life,
+                gen: 0,
+                next,
+                attempt: None,
+            };
+            let key = match self.free.pop() {
+                Some(k) => {
+                    self.table[k as usize] = Some(l);
+                    k
+                }
+                None => {
+                    self.table.push(Some(l));
+                    (self.table.len() - 1) as u32
+                }
+            };
+            self.live += 1;
+            self.arm(key);
+            self.fire(key, now, sh);
+        }
+    }
+
+    /// Pushes the listener's next deadline.
+    fn arm(&mut self, key: u32) {
+        if let Some(l) = self.table[key as usize].as_mut() {
+            l.gen = l.gen.wrapping_add(1);
+            if let Some(due) = l.due() {
+                self.timers.push(Reverse((due, key, l.gen)));
+            }
+        }
+    }
+
+    fn fire_timers(&mut self, now: u64, sh: &mut Shard) {
+        while let Some(&Reverse((at, key, gen))) = self.timers.peek() {
+            if at > now {
+                return;
+            }
+            self.timers.pop();
+            if self.table[key as usize]
+                .as_ref()
+                .is_some_and(|l| l.gen == gen)
+            {
+                self.fire(key, now, sh);
+            }
+        }
+    }
+
+    /// The listener's deadline came: start the next attempt, or end the current one.
+    fn fire(&mut self, key: u32, now: u64, sh: &mut Shard) {
+        let Some(l) = self.table[key as usize].as_mut() else {
+            return;
+        };
+        let Some(a) = &l.attempt else {
+            if let Some((at, leave)) = l.next {
+                if at <= now {
+                    l.next = None;
+                    self.start(key, at, leave, now, sh);
+                }
+            }
+            return;
+        };
+        if l.due().is_some_and(|d| d > now) {
+            return;
+        }
+        let outcome = match a.phase {
+            _ if a.joined => Ok(()),
+            Phase::Joining => Err(Failure::Timeout("join")),
+            Phase::Connecting => Err(Failure::Timeout("connect")),
+            Phase::Requesting(_) | Phase::Head(_) => Err(Failure::Timeout("response")),
+            Phase::Streaming => Err(Failure::Timeout("first_audio")),
+        };
+        self.end(key, outcome, sh);
+    }
+
+    /// Starts an attempt scheduled at `at` (planned leave `leave`).
+    fn start(&mut self, key: u32, at: u64, leave: u64, now: u64, sh: &mut Shard) {
+        let ctx = self.ctx.clone();
+        let Some(l) = self.table[key as usize].as_mut() else {
+            return;
+        };
+        if at >= leave {
+            self.after(key, true, false, now);
+            return;
+        }
+        l.nonce += 1;
+        let bounds = ctx.bounds(at, leave);
+        let audio_deadline_us =
+            (at + ctx.sc.first_audio_timeout.as_micros() as u64).min(bounds.leave_us);
+        let timed = ctx.sc.meter.timed(l.slot.index);
+        l.attempt = Some(Attempt {
+            stream: None,
+            phase: Phase::Joining,
+            reader: Reader::new(l.slot.format, ctx.sc.meter, timed),
+            join: JoinTiming {
+                scheduled_us: at,
+                started_us: Some(now),
+                ..JoinTiming::default()
+            },
+            bounds,
+            connect_deadline_us: (at + ctx.sc.connect_timeout.as_micros() as u64)
+                .min(audio_deadline_us),
+            audio_deadline_us,
+            path: None,
+            joined: false,
+            batched: false,
+        });
+        ctx.gauges.waiting.fetch_add(1, Relaxed);
+        if joinapi::mode(&ctx.sc) == JoinMode::Api {
+            let (tx, waker, attempt) = (self.joins_tx.clone(), self.waker.clone(), l.nonce);
+            let source = source_of(&ctx.sources, &l.slot);
+            let seed = l.nonce.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ at;
+            let stop = ctx.stop_rx.clone();
+            let c = ctx.clone();
+            ctx.runtime.spawn(async move {
+                let record = joinapi::join(&c.ep, source, at, audio_deadline_us, stop, seed).await;
+                if tx
+                    .send(JoinDone {
+                        key,
+                        attempt,
+                        record,
+                    })
+                    .is_ok()
+                {
+                    let _ = waker.wake();
+                }
+            });
+            self.arm(key);
+            return;
+        }
+        self.connect(key, sh);
+    }
+
+    fn take_joins(&mut self, sh: &mut Shard) {
+        while let Ok(done) = self.joins_rx.try_recv() {
+            let Some(l) = self.table[done.key as usize].as_mut() else {
+                continue;
+            };
+            let Some(a) = l.attempt.as_mut() else {
+                continue;
+            };
+            if !matches!(a.phase, Phase::Joining) || l.nonce != done.attempt {
+                continue;
+            }
+            self.agg.join_api.record(&done.record);
+            match done.record.paths.clone() {
+                Some((ogg, ws)) => {
+                    let now = now_us();
+                    a.path = Some(if l.slot.format == Format::Ws { ws } else { ogg });
+                    // The connect bound counts from when the ticket came.
+                    a.connect_deadline_us = (now + self.ctx.sc.connect_timeout.as_micros() as u64)
+                        .min(a.audio_deadline_us);
+                    self.connect(done.key, sh);
+                }
+                None => {
+                    let why = done.record.failure.unwrap_or(Failure::Timeout("join"));
+                    self.end(done.key, Err(why), sh);
+                }
+            }
+        }
+    }
+
+    /// Opens the attempt's connection.
+    fn connect(&mut self, key: u32, sh: &mut Shard) {
+        let Some(l) = self.table[key as usize].as_ref() else {
+            return;
+        };
+        let source = source_of(&self.ctx.sources, &l.slot);
+        let token = Token(key as usize);
+        let opened = open(self.ctx.ep.addr, source).and_then(|mut s| {
+            self.immediate.registry().register(
+                &mut s,
+                token,
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            Ok(s)
+        });
+        match opened {
+            Ok(s) => {
+                self.ctx.gauges.sockets.fetch_add(1, Relaxed);
+                if let Some(a) = self.table[key as usize]
+                    .as_mut()
+                    .and_then(|l| l.attempt.as_mut())
+                {
+                    a.stream = Some(s);
+                    a.phase = Phase::Connecting;
+                }
+                self.arm(key);
+            }
+            Err(e) => self.end(key, Err(Failure::from_io(&e)), sh),
+        }
+    }
+
+    fn on_event(&mut self, key: u32, sh: &mut Shard) {
+        let now = now_us();
+        let ep = &self.ctx.ep;
+        let Some(l) = self.table[key as usize].as_mut() else {
+            return;
+        };
+        let nonce = l.nonce;
+        let Some(a) = l.attempt.as_mut() else {
+            return;
+        };
+        if matches!(a.phase, Phase::Connecting) {
+            let Some(s) = a.stream.as_ref() else { return };
+            match s.take_error() {
+                Ok(Some(e)) | Err(e) => return self.end(key, Err(Failure::from_io(&e)), sh),
+                Ok(None) => {}
+            }
+            match s.peer_addr() {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(e) => return self.end(key, Err(Failure::from_io(&e)), sh),
+            }
+            a.join.connected_us = Some(now);
+            let format = a.reader.format();
+            let path = a.path.take().unwrap_or_else(|| match format {
+                Format::Ws => ep.ws_path.clone(),
+                Format::Ogg => ep.ogg_path.clone(),
+            });
+            a.phase = Phase::Requesting(request(format, &ep.authority, &path, nonce).into_bytes());
+            self.arm(key);
+        }
+        let Some(a) = attempt_mut(&mut self.table, key) else {
+            return;
+        };
+        if let Phase::Requesting(out) = &mut a.phase {
+            let Some(s) = a.stream.as_mut() else { return };
+            match s.write(out) {
+                Ok(n) => {
+                    out.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return self.end(key, Err(Failure::from_io(&e)), sh),
+            }
+            if !out.is_empty() {
+                return;
+            }
+            a.phase = Phase::Head(Vec::new());
+        }
+        self.read(key, sh);
+    }
+
+    /// Reads what the socket has and feeds it on.
+    fn read(&mut self, key: u32, sh: &mut Shard) {
+        let mut buf = std::mem::take(&mut self.buf);
+        let out = self.read_with(key, &mut buf, sh);
+        self.buf = buf;
+        if let Err(f) = out {
+            self.end(key, Err(f), sh);
+        }
+    }
+
+    fn read_with(&mut self, key: u32, buf: &mut [u8], sh: &mut Shard) -> Result<(), Failure> {
+        for _ in 0..READS_PER_EVENT {
+            let Some(a) = attempt_mut(&mut self.table, key) else {
+                return Ok(());
+            };
+            let Some(s) = a.stream.as_ref() else {
+                return Ok(());
+            };
+            let (n, stamp) = match recv_stamped(s.as_raw_fd(), buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Failure::from_io(&e)),
+            };
+            let now = now_us();
+            let arrival = stamp.filter(|&t| t <= now).unwrap_or(now);
+            if n == 0 {
+                let outcome = if a.joined && now >= a.bounds.end_ok_after_us {
+                    Ok(())
+                } else {
+                    Err(a.reader.close.map_or(Failure::Closed, Failure::WsClose))
+                };
+                self.end(key, outcome, sh);
+                return Ok(());
+            }
+            let data = &buf[..n];
+            match &mut a.phase {
+                Phase::Head(head) => {
+                    let parsed = if head.is_empty() {
+                        http::parse_head(data).map(|h| h.map(|h| (h.status, h.len, data)))
+                    } else {
+                        if head.len() + n > crate::client::MAX_HEAD {
+                            return Err(Failure::Protocol("http_head_too_large"));
+                        }
+                        head.extend_from_slice(data);
+                        http::parse_head(head).map(|h| h.map(|h| (h.status, h.len, &head[..])))
+                    };
+                    match parsed {
+                        Err(_) => return Err(Failure::Protocol("bad_http_answer")),
+                        Ok(None) => {
+                            if head.is_empty() {
+                                if n > crate::client::MAX_HEAD {
+                                    return Err(Failure::Protocol("http_head_too_large"));
+                                }
+                                head.extend_from_slice(data);
+                            }
+                        }
+                        Ok(Some((status, len, all))) => {
+                            let want = if a.reader.format() == Format::Ws {
+                                101
+                            } else {
+                                200
+                            };
+                            a.join.response_us = Some(now);
+                            if status != want {
+                                return Err(Failure::Http(status));
+                            }
+                            let rest = all[len..].to_vec();
+                            a.phase = Phase::Streaming;
+                            a.reader
+                                .feed(&rest, arrival, sh)
+                                .map_err(Failure::Protocol)?;
+                        }
+                    }
+                }
+                Phase::Streaming => {
+                    a.reader
+                        .feed(data, arrival, sh)
+                        .map_err(Failure::Protocol)?;
+                }
+                _ => return Ok(()),
+            }
+            if let Some(done) = self.after_feed(key, sh) {
+                return done;
+            }
+            if n < buf.len() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// After new audio: count the join, see the close, move to the batched poll.
+    fn after_feed(&mut self, key: u32, sh: &mut Shard) -> Option<Result<(), Failure>> {
+        let ctx = self.ctx.clone();
+        let a = attempt_mut(&mut self.table, key)?;
+        if !a.joined {
+            if let Some(t) = a.reader.first_audio_us {
+                a.joined = true;
+                ctx.gauges.waiting.fetch_sub(1, Relaxed);
+                ctx.gauges.connected.fetch_add(1, Relaxed);
+                a.join.first_audio_us = Some(t);
+                sh.point.joins += 1;
+                sh.point.ttfa.record(t.saturating_sub(a.join.scheduled_us));
+                if self.read_every_us > 0 && !a.reader.timed() {
+                    if let Some(s) = a.stream.as_mut() {
+                        let moved = self.immediate.registry().deregister(s).and_then(|_| {
+                            self.batched.registry().register(
+                                s,
+                                Token(key as usize),
+                                Interest::READABLE,
+                            )
+                        });
+                        if let Err(e) = moved {
+                            return Some(Err(Failure::from_io(&e)));
+                        }
+                        a.batched = true;
+                    }
+                }
+                self.arm(key);
+            }
+        }
+        let a = attempt_mut(&mut self.table, key)?;
+        if let Some(code) = a.reader.close {
+            let outcome = if a.joined && now_us() >= a.bounds.end_ok_after_us {
+                Ok(())
+            } else {
+                Err(Failure::WsClose(code))
+            };
+            self.end(key, outcome, sh);
+            return Some(Ok(()));
+        }
+        None
+    }
+
+    /// Reads every listener of the batched poll that has bytes.
+    fn drain_batched(&mut self, events: &mut Events, sh: &mut Shard) {
+        loop {
+            if self.batched.poll(events, Some(Duration::ZERO)).is_err() {
+                return;
+            }
+            if events.is_empty() {
+                return;
+            }
+            let mut ready = std::mem::take(&mut self.ready);
+            ready.clear();
+            ready.extend(events.iter().map(|e| e.token().0 as u32));
+            for &key in &ready {
+                self.read(key, sh);
+            }
+            self.ready = ready;
+            if events.iter().count() < EVENTS {
+                return;
+            }
+        }
+    }
+
+    /// Ends the listener's current attempt with `outcome` and records it.
+    fn end(&mut self, key: u32, outcome: Result<(), Failure>, sh: &mut Shard) {
+        let ctx = self.ctx.clone();
+        let Some(l) = self.table[key as usize].as_mut() else {
+            return;
+        };
+        let Some(mut a) = l.attempt.take() else {
+            return;
+        };
+        let now = now_us();
+        if let Some(mut s) = a.stream.take() {
+            let poll = if a.batched {
+                &self.batched
+            } else {
+                &self.immediate
+            };
+            let _ = poll.registry().deregister(&mut s);
+            ctx.gauges.sockets.fetch_sub(1, Relaxed);
+        }
+        if a.joined {
+            ctx.gauges.connected.fetch_sub(1, Relaxed);
+        } else {
+            ctx.gauges.waiting.fetch_sub(1, Relaxed);
+        }
+        let (join_failure, drop) = match outcome {
+            Ok(()) => (None, None),
+            Err(f) if a.joined => (None, Some(f)),
+            Err(f) => (Some(f), None),
+        };
+        sh.point.failures += join_failure.is_some() as u64;
+        sh.point.drops += drop.is_some() as u64;
+        let timed = a.reader.timed();
+        let rec = SessionRecord {
+            format: l.slot.format,
+            join: a.join,
+            join_failure,
+            drop,
+            bytes: a.reader.bytes,
+            pages: a.reader.pages,
+            timed,
+            summary: a
+                .reader
+                .meter
+                .finish(now.min(a.bounds.leave_us).min(a.bounds.end_ok_after_us)),
+        };
+        let (failed, dropped) = (rec.join_failure.is_some(), rec.drop.is_some());
+        self.agg.record_session(&rec);
+        if l.life.attempt() > 0 && !dropped {
+            self.agg.retries += 1;
+        }
+        if let (Some(left), Some(audio)) = (l.life.left_at, rec.join.first_audio_us) {
+            self.agg.rejoin.record(audio.saturating_sub(left));
+            l.life.left_at = None;
+        }
+        self.after(key, failed, dropped, now);
+    }
+
+    /// Plans the listener's next attempt, or retires it.
+    fn after(&mut self, key: u32, failed: bool, dropped: bool, now: u64) {
+        let ctx = self.ctx.clone();
+        let Some(l) = self.table[key as usize].as_mut() else {
+            return;
+        };
+        let next = if ctx.stop.load(Relaxed) {
+            l.life.ever_joined |= !failed;
+            None
+        } else {
+            l.life.next(&ctx.sc, failed, dropped, now, ctx.run_end_us)
+        };
+        match next {
+            Some(n) => {
+                l.next = Some(n);
+                self.arm(key);
+            }
+            None => {
+                let joined = l.life.ever_joined;
+                self.agg.record_slot(joined);
+                self.table[key as usize] = None;
+                self.free.push(key);
+                self.live -= 1;
+            }
+        }
+    }
+
+    /// The run stops: every attempt ends as at its deadline, idle listeners retire.
+    fn stop_all(&mut self, now: u64) {
+        let shared = self.shared.clone();
+        let mut sh = shared.lock().unwrap_or_else(|e| e.into_inner());
+        for key in 0..self.table.len() as u32 {
+            let Some(l) = self.table[key as usize].as_ref() else {
+                continue;
+            };
+            match &l.attempt {
+                Some(a) => {
+                    let outcome = if a.joined {
+                        Ok(())
+                    } else {
+                        Err(Failure::Timeout("first_audio"))
+                    };
+                    self.end(key, outcome, &mut sh);
+                }
+                None => self.after(key, true, false, now),
+            }
+        }
+    }
+}
+
+fn source_of(sources: &[Ipv4Addr], slot: &Slot) -> Option<Ipv4Addr> {
+    (!sources.is_empty()).then(|| sources[slot.index as usize % sources.len()])
+}
+
+fn attempt_mut(table: &mut [Option<Listener>], key: u32) -> Option<&mut Attempt> {
+    table.get_mut(key as usize)?.as_mut()?.attempt.as_mut()
+}
+
+/// µs since the Unix epoch, now.
+pub fn now_us() -> u64 {
+    crate::client::now_us()
+}
+
+/// A non-blocking TCP connection to `addr` under way, from `source` when given, with kernel
+/// receive timestamps on.
+fn open(addr: SocketAddr, source: Option<Ipv4Addr>) -> io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let s = Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
+    s.set_tcp_nodelay(true)?;
+    set_flag(&s, libc::SOL_SOCKET, libc::SO_TIMESTAMP)?;
+    if let (Some(src), true) = (source, addr.is_ipv4()) {
+        // The port is chosen at connect, per destination: sources never run out of ports
+        // because of binding.
+        set_flag(&s, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT)?;
+        s.bind(&SockAddr::from(SocketAddr::new(src.into(), 0)))?;
+    }
+    match s.connect(&SockAddr::from(addr)) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(s.into()))
+}
+
+fn set_flag(s: &socket2::Socket, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live local.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            level,
+            name,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// One `recvmsg` into `buf`: the bytes read and, when the socket has `SO_TIMESTAMP` on, when
+/// the newest of them arrived (Unix µs, from the kernel).
+pub fn recv_stamped(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<u64>)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // Room for one timeval control message, aligned.
+    let mut control = [0u64; 8];
+    // SAFETY: a zeroed msghdr is valid; the pointers set below outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: `msg` describes `buf` and `control`, both live and writable for the call.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut stamp = None;
+    // SAFETY: the CMSG_* walk stays inside `control` as the kernel filled it (msg_controllen);
+    // the timeval is read unaligned from inside the message it belongs to.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMP {
+                let tv: libc::timeval = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                stamp = Some(tv.tv_sec as u64 * 1_000_000 + tv.tv_usec as u64);
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok((n as usize, stamp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario;
+
+    #[test]
+    fn churn_segments_leave_at_waves_and_rejoin_by_policy() {
+        let mut sc = Scenario::new(Kind::Churn, 100);
+        sc.ramp = Duration::from_secs(1);
+        sc.hold = Duration::from_secs(2);
+        sc.churn.waves = 2;
+        sc.churn.wave_every = Duration::from_secs(3);
+        sc.churn.wave_fraction = 1.0;
+        sc.churn.reconnect = Reconnect::Naive;
+        let slots = scenario::schedule(&sc);
+        let segs = segments(&sc, &slots[10]);
+        // Everyone leaves at both waves (1.5 s + 3 s, + 6 s) and rejoins at once.
+        assert_eq!(
+            segs,
+            [
+                (slots[10].join_us, 4_500_000),
+                (4_500_000, 7_500_000),
+                (7_500_000, 9_500_000)
+            ]
+        );
+        sc.churn.reconnect = Reconnect::Backoff;
+        for s in &slots {
+            let segs = segments(&sc, s);
+            assert_eq!(segs.len(), 3);
+            assert!((4_500_000..5_500_000).contains(&segs[1].0));
+        }
+        sc.churn.wave_fraction = 0.0;
+        assert_eq!(segments(&sc, &slots[3]).len(), 1);
+    }
+
+    #[test]
+    fn a_listener_retries_a_failed_join_within_its_session_then_moves_on() {
+        let mut sc = Scenario::new(Kind::Churn, 10);
+        sc.ramp = Duration::from_secs(1);
+        sc.hold = Duration::from_secs(2);
+        sc.churn.waves = 1;
+        sc.churn.wave_every = Duration::from_secs(3);
+        sc.churn.wave_fraction = 1.0;
+        sc.churn.reconnect = Reconnect::Naive;
+        sc.churn.retry_delay = Duration::from_millis(200);
+        sc.churn.max_attempts = 3;
+        let slot = scenario::schedule(&sc)[0].clone();
+        let run_end = sc.run_length().as_micros() as u64;
+        let mut life = Lifecycle::new(&sc, &slot, 0);
+        let (at, leave) = life.first().unwrap();
+        assert_eq!((at, leave), (slot.join_us, 4_500_000));
+        // Two failures: retried 200 ms later each time; the third ends this session.
+        assert_eq!(
+            life.next(&sc, true, false, at, run_end),
+            Some((at + 200_000, leave))
+        );
+        assert_eq!(
+            life.next(&sc, true, false, at + 200_000, run_end),
+            Some((at + 400_000, leave))
+        );
+        assert_eq!(
+            life.next(&sc, true, false, at + 400_000, run_end),
+            Some((4_500_000, run_end))
+        );
+        assert_eq!(life.left_at, Some(4_500_000));
+        assert!(!life.ever_joined);
+        // Audio, then the planned end: done.
+        assert_eq!(life.next(&sc, false, false, run_end, run_end), None);
+        assert!(life.ever_joined);
+        // Not churn: one attempt, whatever happened.
+        let sc = Scenario::new(Kind::Capacity, 10);
+        let mut life = Lifecycle::new(&sc, &slot, 0);
+        assert_eq!(life.next(&sc, true, false, 1, run_end), None);
+    }
+
+    #[test]
+    fn kernel_receive_timestamps_tell_when_bytes_arrived_not_when_they_were_read() {
+        let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap();
+        let client = open(addr, Some(Ipv4Addr::new(127, 0, 0, 1))).unwrap();
+        let (mut peer, _) = server.accept().unwrap();
+        let fd = client.as_raw_fd();
+        // Wait for the connection (non-blocking connect).
+        let t0 = std::time::Instant::now();
+        while client.peer_addr().is_err() {
+            assert!(t0.elapsed() < Duration::from_secs(5));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let sent = now_us();
+        peer.write_all(b"first").unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+        let mut buf = [0u8; 64];
+        let (n, stamp) = recv_stamped(fd, &mut buf).unwrap();
+        let read = now_us();
+        assert_eq!(&buf[..n], b"first");
+        let stamp = stamp.expect("a receive timestamp");
+        assert!(
+            stamp >= sent.saturating_sub(1_000) && stamp + 100_000 < read,
+            "{sent} {stamp} {read}"
+        );
+        // Nothing more: would block, no timestamp invented.
+        assert_eq!(
+            recv_stamped(fd, &mut buf).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+    }
+}
