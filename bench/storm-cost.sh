@@ -6,6 +6,8 @@
 #   bench/storm-cost.sh [LISTENERS] [CHUNK_MS ...]        (default 3000 listeners, 20 and 500 ms)
 #   STORM=path/to/other/levee bench/storm-cost.sh ...     (measure another build's generator
 #                                                          against the same server build)
+#   FORMATS="ws" bench/storm-cost.sh ...                  (one format only)
+#   READ_EVERY=0 bench/storm-cost.sh ...                  (storm's --read-every-ms; default 100)
 #
 # Each case gets a fresh release server with a fixed cadence (--chunk-min-ms = --chunk-max-ms)
 # and one storm process (--procs 1) holding the audience; CPU is read from /proc/PID/stat of
@@ -31,7 +33,7 @@ rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 printf '| format | chunk ms | listeners | server CPU µs/listener-s | storm CPU µs/listener-s | storm/server | storm KiB/listener | joined | failed | dropped |\n'
 printf '|---|---|---|---|---|---|---|---|---|---|\n'
-for FMT in ws ogg; do
+for FMT in ${FORMATS:-ws ogg}; do
   SHARE=$([ "$FMT" = ogg ] && echo 1.0 || echo 0.0)
   for C in "${CHUNKS[@]}"; do
     "$BIN" serve --listen "127.0.0.1:$PORT" --max-listeners-per-space 20000 \
@@ -42,6 +44,7 @@ for FMT in ws ogg; do
     HOLD=30
     "$STORM_BIN" storm capacity --server "http://127.0.0.1:$PORT" --listeners "$N" --ramp "${RAMP}s" \
       --hold "${HOLD}s" --procs 1 --ogg-share "$SHARE" --sources 127.3.0.0/16 --quiet \
+      ${READ_EVERY:+--read-every-ms "$READ_EVERY"} \
       --json "$OUT/storm.json" >"$OUT/storm.txt" 2>&1 &
     STORMPID=$!
     sleep $((RAMP + 6))
@@ -61,6 +64,8 @@ l = d["listeners"]
 g = d["generator"]
 kib = g["mem_per_listener_kb"]
 print(f"| {fmt} | {c} | {n} | {server:.1f} | {storm:.1f} | {storm / server:.2f} | {kib:.2f} | {l['joined']} | {l['failed']} | {l['dropped']} |")
+if l['failed'] or l['dropped'] or not d['valid']:
+    print(f"<!-- failures {d['failures']} drops {d['drops']} invalid {d['invalid_reasons']} -->")
 EOF
   done
 done

@@ -63,6 +63,13 @@ pub struct Health {
     pub sockets_peak: u64,
     /// Most listeners with audio at once (summed over processes).
     pub listeners_peak: u64,
+    /// Resident memory added while the audience grew from a quarter of its peak to its peak,
+    /// KiB (summed over processes): what listeners cost, without the fixed start-up memory.
+    #[serde(default)]
+    pub rss_growth_kb: u64,
+    /// Listeners added over the same seconds (summed over processes).
+    #[serde(default)]
+    pub listeners_growth: u64,
     /// Event-loop lag: how late a 50 ms timer fires, µs.
     pub loop_lag: Hist,
 }
@@ -80,6 +87,8 @@ impl Health {
         self.rss_peak_kb += o.rss_peak_kb;
         self.sockets_peak += o.sockets_peak;
         self.listeners_peak += o.listeners_peak;
+        self.rss_growth_kb += o.rss_growth_kb;
+        self.listeners_growth += o.listeners_growth;
         self.loop_lag.merge(&o.loop_lag);
     }
 }
@@ -104,6 +113,34 @@ pub struct PartResult {
     pub timeline: Vec<Point>,
     /// The process's health.
     pub health: Health,
+}
+
+/// Resident memory against listeners with audio, sampled once a second: from the first
+/// sample with a quarter of the planned audience to the sample with the most.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MemGrowth {
+    from: Option<(u64, u64)>,
+    to: Option<(u64, u64)>,
+}
+
+impl MemGrowth {
+    /// One sample: `connected` listeners of `planned`, `rss_kb` resident.
+    pub fn sample(&mut self, connected: u64, planned: u64, rss_kb: u64) {
+        if self.from.is_none() && connected > 0 && connected * 4 >= planned {
+            self.from = Some((connected, rss_kb));
+        }
+        if self.from.is_some() && self.to.is_none_or(|(c, _)| connected > c) {
+            self.to = Some((connected, rss_kb));
+        }
+    }
+
+    /// (KiB added, listeners added) between the two samples.
+    pub fn growth(&self) -> (u64, u64) {
+        match (self.from, self.to) {
+            (Some((c0, r0)), Some((c1, r1))) => (r1.saturating_sub(r0), c1 - c0),
+            _ => (0, 0),
+        }
+    }
 }
 
 /// (user + system CPU seconds, peak RSS KiB) of this process.
@@ -171,6 +208,7 @@ pub async fn run_part(
         .filter(|s| s.index % plan.procs.max(1) as u64 == plan.proc_index as u64)
         .collect();
     mine.sort_by_key(|s| s.join_us);
+    let planned_here = mine.len() as u64;
     for (i, s) in mine.into_iter().enumerate() {
         shares[i % workers].push(s);
     }
@@ -214,11 +252,14 @@ pub async fn run_part(
 
     // Ticker: one point per second of the run; on `done`, a last point for the partial second.
     let peaks = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+    // Memory against listeners, from a quarter of this process's audience to its peak.
+    let growth = Arc::new(Mutex::new(MemGrowth::default()));
     let (done_tx, mut done_rx) = watch::channel(false);
     let ticker = {
         let ctx = ctx.clone();
         let peaks = peaks.clone();
         let shards = shards.clone();
+        let growth = growth.clone();
         tokio::spawn(async move {
             let mut timeline: Vec<Point> = Vec::new();
             let mut cpu_prev = rusage().0;
@@ -237,6 +278,11 @@ pub async fn run_part(
                 p.connected = ctx.gauges.connected.load(Relaxed);
                 peaks.0.fetch_max(ctx.gauges.sockets.load(Relaxed), Relaxed);
                 peaks.1.fetch_max(p.connected, Relaxed);
+                growth.lock().unwrap_or_else(|e| e.into_inner()).sample(
+                    p.connected,
+                    planned_here,
+                    rss_now_kb(),
+                );
                 let cpu = rusage().0;
                 let msg = Progress {
                     point: p.clone(),
@@ -281,6 +327,8 @@ pub async fn run_part(
             .merge(&sh.lock().unwrap_or_else(|e| e.into_inner()).e2e);
     }
     let (cpu1, rss_peak_kb) = rusage();
+    let (rss_growth_kb, listeners_growth) =
+        growth.lock().unwrap_or_else(|e| e.into_inner()).growth();
     let wall_s = wall0.elapsed().as_secs_f64();
     let cpu_s = cpu1 - cpu0;
     let core_pct = if wall_s > 0.0 {
@@ -302,6 +350,8 @@ pub async fn run_part(
             rss_peak_kb,
             sockets_peak: peaks.0.load(Relaxed),
             listeners_peak: peaks.1.load(Relaxed),
+            rss_growth_kb,
+            listeners_growth,
             loop_lag,
         },
     }
@@ -310,6 +360,19 @@ pub async fn run_part(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_per_listener_is_the_growth_from_a_quarter_of_the_audience_to_its_peak() {
+        let mut g = MemGrowth::default();
+        // Start-up memory (10 MiB) before anyone listens is not the listeners'.
+        g.sample(0, 1000, 10_240);
+        g.sample(100, 1000, 30_000);
+        g.sample(250, 1000, 30_250);
+        g.sample(1000, 1000, 31_000);
+        g.sample(900, 1000, 40_000);
+        assert_eq!(g.growth(), (750, 750));
+        assert_eq!(MemGrowth::default().growth(), (0, 0));
+    }
 
     #[test]
     fn health_of_processes_adds_up() {

@@ -239,7 +239,8 @@ pub struct Generator {
     pub listener_seconds: f64,
     /// Peak resident memory of the listener processes, MiB.
     pub rss_peak_mb: f64,
-    /// (Peak − start resident memory) / peak listeners, KiB.
+    /// Resident memory each listener adds, KiB: the growth from a quarter of the audience to
+    /// its peak over the listeners added (start-up memory, histograms included, left out).
     pub mem_per_listener_kb: f64,
     /// Event-loop lag (a 50 ms timer's lateness), ms.
     pub loop_lag_ms: Percentiles,
@@ -559,8 +560,8 @@ pub fn build(inp: Inputs<'_>, objectives: &[Objective], steps: Vec<StepResult>) 
         },
         listener_seconds,
         rss_peak_mb: h.rss_peak_kb as f64 / 1024.0,
-        mem_per_listener_kb: if h.listeners_peak > 0 {
-            h.rss_peak_kb.saturating_sub(h.rss_start_kb) as f64 / h.listeners_peak as f64
+        mem_per_listener_kb: if h.listeners_growth > 0 {
+            h.rss_growth_kb as f64 / h.listeners_growth as f64
         } else {
             0.0
         },
