@@ -1,4 +1,4 @@
-//! `levee_storm::scenario::Scenario::from_toml`: storm's TOML scenario files (as in
+//! `levee_storm::plan::scenario::Scenario::from_toml`: storm's TOML scenario files (as in
 //! `scenarios/`), then `validate` and what a run computes from a valid one.
 //!
 //! Properties: no panic on any text; errors are `Err` with a reason; a scenario that
@@ -7,7 +7,7 @@
 //! planned listener.
 #![no_main]
 
-use levee_storm::scenario::{schedule, Scenario, MAX_LISTENERS, MAX_RUN};
+use levee_storm::plan::scenario::{schedule, Scenario, MAX_LISTENERS, MAX_RUN};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

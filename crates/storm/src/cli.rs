@@ -6,9 +6,22 @@
 //! own limits, or a listener process failed); 3 the run could not be made (bad scenario, server
 //! unreachable).
 
-use crate::report::Report;
-use crate::run::{self, Output};
-use crate::scenario::{Kind, Reconnect, Scenario, Step};
+use crate::error::{Error, Result};
+use crate::net::socket::raise_fd_limit;
+use crate::plan::attack::AttackTarget;
+use crate::plan::attack::Module;
+use crate::plan::attack::ModuleConfig;
+use crate::plan::mount::Mount;
+use crate::plan::mount::SourceMethod;
+use crate::plan::scenario::Kind;
+use crate::plan::scenario::Reconnect;
+use crate::plan::scenario::Scenario;
+use crate::plan::scenario::Step;
+use crate::plan::target::Target;
+use crate::report::exit_code;
+use crate::run;
+use crate::run::engine::threads_per_proc;
+use crate::run::Output;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,8 +56,8 @@ enum StormCommand {
     AttackAgent,
 }
 
-fn dur(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| e.to_string())
+fn dur(s: &str) -> Result<Duration> {
+    humantime::parse_duration(s).map_err(|e| Error::invalid(e.to_string()))
 }
 
 /// Where results go and how to judge them.
@@ -140,9 +153,9 @@ struct Common {
     /// How listeners join: direct (open the stream URL) or api (join API first, then the
     /// ticket's URL). Default: api for ddos, direct otherwise.
     #[arg(long, value_enum)]
-    join: Option<crate::joinapi::JoinMode>,
+    join: Option<crate::plan::scenario::JoinMode>,
     #[command(flatten)]
-    mount: crate::icecast::MountArgs,
+    mount: MountArgs,
     #[command(flatten)]
     out: OutArgs,
 }
@@ -204,7 +217,7 @@ struct StartStormArgs {
 #[derive(Debug, Args)]
 struct DdosArgs {
     #[command(flatten)]
-    ddos: crate::ddos::DdosFlags,
+    ddos: DdosFlags,
     #[command(flatten)]
     common: Common,
 }
@@ -230,42 +243,13 @@ struct ChurnArgs {
     common: Common,
 }
 
-/// Raises the soft open-files limit to the hard one (listeners are sockets).
-pub fn raise_fd_limit() {
-    // SAFETY: getrlimit/setrlimit read and write the struct we pass, nothing else.
-    unsafe {
-        let mut l: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
-            l.rlim_cur = l.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
-        }
-    }
-}
-
-/// Worker threads for each of `procs` processes sharing the machine.
-pub fn threads_per_proc(procs: u32) -> u32 {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    (cores / procs.max(1)).max(1)
-}
-
-/// The exit code of a finished run (see the module docs).
-pub fn exit_code(r: &Report) -> u8 {
-    if !r.valid {
-        2
-    } else if !r.passed {
-        1
-    } else {
-        0
-    }
-}
-
-fn scenario_of(cmd: StormCommand) -> Result<(Scenario, OutArgs), String> {
+fn scenario_of(cmd: StormCommand) -> Result<(Scenario, OutArgs)> {
     Ok(match cmd {
         StormCommand::Run(a) => {
             let text = std::fs::read_to_string(&a.file)
-                .map_err(|e| format!("{}: {e}", a.file.display()))?;
-            let mut sc =
-                Scenario::from_toml(&text).map_err(|e| format!("{}: {e}", a.file.display()))?;
+                .map_err(|e| Error::invalid(format!("{}: {e}", a.file.display())))?;
+            let mut sc = Scenario::from_toml(&text)
+                .map_err(|e| Error::invalid(format!("{}: {e}", a.file.display())))?;
             if let Some(s) = a.server {
                 sc.server = s;
             }
@@ -325,10 +309,10 @@ fn scenario_of(cmd: StormCommand) -> Result<(Scenario, OutArgs), String> {
 /// Entry point of `levee storm`.
 pub fn main(args: StormArgs) -> ExitCode {
     if let StormCommand::Agent = args.command {
-        return crate::agent::agent_main();
+        return crate::run::agent::listener_main();
     }
     if let StormCommand::AttackAgent = args.command {
-        return crate::attackers::agent_main();
+        return crate::run::agent::attacker_main();
     }
     raise_fd_limit();
     let (sc, out) = match scenario_of(args.command) {
@@ -356,11 +340,11 @@ pub fn main(args: StormArgs) -> ExitCode {
         exe: None,
     };
     if sc.kind == Kind::DdosDuringBroadcast {
-        return crate::ddos::main(&rt, sc, output);
+        return crate::run::ddos::main(&rt, sc, output);
     }
     match rt.block_on(run::run(sc, output)) {
         Ok(report) => {
-            print!("{}", run::summary_text(&report));
+            print!("{}", crate::report::summary_text(&report));
             if let Some(p) = &out.json {
                 println!("json: {}", p.display());
             }
@@ -373,5 +357,286 @@ pub fn main(args: StormArgs) -> ExitCode {
             eprintln!("levee storm: {e}");
             ExitCode::from(3)
         }
+    }
+}
+
+/// Command-line options of a raw Ogg mount (flattened into the quick forms).
+#[derive(Debug, Clone, Default, Args)]
+pub struct MountArgs {
+    /// Listen to this progressive Ogg URL directly (an Icecast mount, or levee's
+    /// /live/ID.ogg), without levee's API; every listener reads Ogg.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// With --url: also publish the synthetic marker stream there as an Icecast source, with
+    /// this Basic auth (USER:PASSWORD; levee: source:HOST_KEY).
+    #[arg(long, requires = "url")]
+    pub source_auth: Option<String>,
+    /// With --source-auth: PUT with Expect: 100-continue, or legacy SOURCE.
+    #[arg(long, default_value = "put", value_parser = ["put", "source"], requires = "url")]
+    pub source_method: String,
+    /// With --source-auth: audio per Ogg page, ms (a multiple of 20, up to 1000).
+    #[arg(long, default_value_t = 20, requires = "url")]
+    pub page_ms: u32,
+}
+
+impl MountArgs {
+    /// With `--url`, makes `sc` a raw-mount scenario: its mount, its server (the URL's
+    /// origin) and an all-Ogg audience.
+    pub fn apply(&self, sc: &mut Scenario) {
+        let Some(url) = &self.url else { return };
+        if let Ok(t) = Target::parse(url) {
+            sc.server = t.base();
+        }
+        sc.mix.ws = 0.0;
+        sc.mix.ogg = 1.0;
+        sc.mount = Some(Mount {
+            url: url.clone(),
+            source_auth: self.source_auth.clone(),
+            source_method: if self.source_method == "source" {
+                SourceMethod::Source
+            } else {
+                SourceMethod::Put
+            },
+            page_ms: self.page_ms,
+        });
+    }
+}
+
+fn parse_dur(s: &str) -> Result<Duration> {
+    humantime::parse_duration(s).map_err(|e| Error::invalid(e.to_string()))
+}
+
+/// Command-line options of `levee storm ddos` (besides those every quick form has).
+#[derive(Debug, Clone, clap::Args)]
+pub struct DdosFlags {
+    /// Legitimate listeners' joins spread over this much.
+    #[arg(long, value_parser = parse_dur, default_value = "10s")]
+    pub ramp: Duration,
+    /// Access mode of the spaces the run creates.
+    #[arg(long, default_value = "ticketed", value_parser = ["open", "ticketed", "challenge"])]
+    pub access: String,
+    /// Attack the listeners' space (same) or another one (other: the bulkhead case).
+    #[arg(long, default_value = "same", value_parser = ["same", "other"])]
+    pub attack_target: String,
+    /// With --attack-target other: the space to attack (default: one the run creates).
+    #[arg(long)]
+    pub attack_space: Option<String>,
+    /// Source addresses of the attackers (a CIDR inside 127.0.0.0/8).
+    #[arg(long, default_value = "127.66.0.0/16")]
+    pub attack_sources: String,
+    /// When the attack starts, after the run's start.
+    #[arg(long, value_parser = parse_dur, default_value = "0s")]
+    pub attack_at: Duration,
+    /// How long the attack lasts (default: until the run ends).
+    #[arg(long, value_parser = parse_dur)]
+    pub attack_for: Option<Duration>,
+    /// Join-request flood, requests per second (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    pub join_flood: f64,
+    /// Connection flood, connections per second (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    pub conn_flood: f64,
+    /// Connection flood: hold each connection silently this long (0s: close at once).
+    #[arg(long, value_parser = parse_dur, default_value = "0s")]
+    pub conn_hold: Duration,
+    /// Slowloris connections held at once (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub slowloris: u32,
+    /// Slow readers held at once (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub slow_readers: u32,
+    /// Stream requests with forged tickets per second (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    pub forged_tickets: f64,
+    /// WebSocket connections sending garbage, per second (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    pub garbage_ws: f64,
+    /// Workers of each rate-driven module (join flood, connection flood, forged tickets,
+    /// garbage WebSocket): connections in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub attack_workers: u32,
+}
+
+impl DdosFlags {
+    /// Applies the options to a scenario of kind `ddos-during-broadcast`.
+    pub fn apply(&self, sc: &mut Scenario) {
+        sc.ramp = self.ramp;
+        let a = &mut sc.attack;
+        a.access = match self.access.as_str() {
+            "open" => crate::plan::attack::Access::Open,
+            "challenge" => crate::plan::attack::Access::Challenge,
+            _ => crate::plan::attack::Access::Ticketed,
+        };
+        a.target = if self.attack_target == "other" {
+            AttackTarget::Other
+        } else {
+            AttackTarget::Same
+        };
+        a.space = self.attack_space.clone();
+        a.sources = self.attack_sources.clone();
+        a.at = self.attack_at;
+        a.duration = self.attack_for;
+        let w = self.attack_workers;
+        for (m, rate) in [
+            (Module::JoinFlood, self.join_flood),
+            (Module::ConnFlood, self.conn_flood),
+            (Module::ForgedTicket, self.forged_tickets),
+            (Module::GarbageWs, self.garbage_ws),
+        ] {
+            if rate > 0.0 {
+                *a.module_mut(m) = ModuleConfig::new(w, rate);
+            }
+        }
+        if self.conn_flood > 0.0 && !self.conn_hold.is_zero() {
+            a.conn_flood.hold = Some(self.conn_hold);
+        }
+        for (m, n) in [
+            (Module::Slowloris, self.slowloris),
+            (Module::SlowReader, self.slow_readers),
+        ] {
+            if n > 0 {
+                // Open up to n connections a second until n are held.
+                *a.module_mut(m) = ModuleConfig::new(n, n as f64);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::source::source_request;
+    use crate::plan::mount::ogg_path;
+    use crate::plan::scenario::JoinMode;
+
+    #[test]
+    fn command_line_modules_become_attack_tables() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            f: DdosFlags,
+        }
+        let t = T::parse_from([
+            "t",
+            "--join-flood",
+            "2000",
+            "--slowloris",
+            "100",
+            "--forged-tickets",
+            "300",
+            "--attack-target",
+            "other",
+            "--attack-workers",
+            "32",
+            "--conn-flood",
+            "100",
+            "--conn-hold",
+            "4s",
+        ]);
+        let mut sc = Scenario::new(Kind::DdosDuringBroadcast, 100);
+        t.f.apply(&mut sc);
+        sc.validate().unwrap();
+        assert_eq!(sc.attack.target, AttackTarget::Other);
+        assert_eq!(sc.attack.join_flood, ModuleConfig::new(32, 2000.0));
+        assert_eq!(sc.attack.slowloris.workers, 100);
+        assert_eq!(sc.attack.conn_flood.hold, Some(Duration::from_secs(4)));
+        assert_eq!(sc.attack.slow_reader.workers, 0);
+        assert_eq!(
+            sc.attack.active(),
+            [
+                Module::JoinFlood,
+                Module::ConnFlood,
+                Module::Slowloris,
+                Module::ForgedTicket
+            ]
+        );
+        assert_eq!(crate::plan::scenario::mode(&sc), JoinMode::Api);
+        // Attackers belong to this scenario only.
+        let mut other = Scenario::new(Kind::Capacity, 100);
+        other.attack = sc.attack.clone();
+        assert!(other.validate().is_err());
+    }
+
+    fn mount(url: &str) -> Mount {
+        Mount {
+            url: url.into(),
+            source_auth: Some("source:hackme".into()),
+            source_method: SourceMethod::Put,
+            page_ms: 20,
+        }
+    }
+
+    #[test]
+    fn mount_urls_paths_labels_and_requests() {
+        let m = mount("http://127.0.0.1:8000/live.ogg");
+        assert_eq!(
+            (m.path(), m.label()),
+            ("/live.ogg".into(), "/live.ogg".into())
+        );
+        let l = mount("http://127.0.0.1:8080/live/k3x9.ogg");
+        assert_eq!(l.label(), "k3x9");
+        assert_eq!(mount("http://127.0.0.1:8000").path(), "/");
+        let req = source_request(&m, "127.0.0.1:8000");
+        assert!(req.starts_with("PUT /live.ogg HTTP/1.1\r\n"));
+        assert!(req.contains("Authorization: Basic c291cmNlOmhhY2ttZQ==\r\n"));
+        assert!(req.contains("Expect: 100-continue\r\n") && req.ends_with("\r\n\r\n"));
+        let legacy = Mount {
+            source_method: SourceMethod::Source,
+            ..m
+        };
+        let req = source_request(&legacy, "127.0.0.1:8000");
+        assert!(req.starts_with("SOURCE /live.ogg HTTP/1.0\r\n") && !req.contains("Expect"));
+    }
+
+    #[test]
+    fn scenarios_with_a_mount_are_checked() {
+        let mut sc = Scenario::new(Kind::Capacity, 10);
+        let args = MountArgs {
+            url: Some("http://127.0.0.1:8000/live.ogg".into()),
+            source_auth: None,
+            source_method: "put".into(),
+            page_ms: 20,
+        };
+        args.apply(&mut sc);
+        assert_eq!(sc.server, "http://127.0.0.1:8000");
+        assert_eq!((sc.mix.ws, sc.mix.ogg), (0.0, 1.0));
+        sc.validate().unwrap();
+        assert_eq!(ogg_path(&sc, "ignored"), "/live.ogg");
+        let mut bad = sc.clone();
+        bad.server = "http://127.0.0.1:8080".into();
+        assert!(bad.validate().is_err());
+        let mut bad = sc.clone();
+        bad.mix.ws = 0.5;
+        assert!(bad.validate().is_err());
+        let mut bad = sc.clone();
+        bad.mount.as_mut().unwrap().page_ms = 30;
+        assert!(bad.validate().is_err());
+        let mut bad = sc.clone();
+        bad.mount.as_mut().unwrap().url = "http://10.0.0.1:8000/live.ogg".into();
+        bad.server = "http://10.0.0.1:8000".into();
+        assert!(bad.validate().is_err());
+        let mut bad = sc.clone();
+        bad.mount.as_mut().unwrap().source_auth = Some("nocolon".into());
+        assert!(bad.validate().is_err());
+        let toml = r#"
+            kind = "capacity"
+            server = "http://127.0.0.1:8000"
+            listeners = 5
+            [mix]
+            ws = 0
+            ogg = 1
+            [mount]
+            url = "http://127.0.0.1:8000/live.ogg"
+            source_auth = "source:hackme"
+            page_ms = 1000
+        "#;
+        let t = Scenario::from_toml(toml).unwrap();
+        t.validate().unwrap();
+        assert_eq!(t.mount.unwrap().page_ms, 1000);
+        assert_eq!(
+            ogg_path(&Scenario::new(Kind::Capacity, 1), "ab"),
+            "/live/ab.ogg"
+        );
     }
 }

@@ -8,16 +8,19 @@
 //! The schedule is a function of the scenario and its seed only, so every process of a run
 //! computes the same one and takes its share ([`Slot::index`] modulo the process count).
 
-use crate::measure::MeterConfig;
-use crate::stats::Format;
+use crate::error::{Error, Result};
+use crate::plan::dur;
+use crate::plan::opt_dur;
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
 /// Most listeners one run may plan.
 pub const MAX_LISTENERS: u64 = 1_000_000;
+
 /// Longest run.
 pub const MAX_RUN: Duration = Duration::from_secs(3_600);
+
 /// Most generator processes.
 pub const MAX_PROCS: u32 = 64;
 
@@ -32,7 +35,7 @@ pub enum Kind {
     /// Waves of listeners leave and rejoin.
     Churn,
     /// Listeners join through the join API and listen while attackers hit the space
-    /// ([`crate::ddos`]).
+    /// ([`crate::run::ddos`]).
     DdosDuringBroadcast,
 }
 
@@ -239,13 +242,16 @@ pub struct Scenario {
     pub host: HostConfig,
     /// A raw progressive Ogg URL to listen to (and publish to) instead of levee's API.
     #[serde(default)]
-    pub mount: Option<crate::icecast::Mount>,
+    pub mount: Option<crate::plan::mount::Mount>,
     /// How listeners join (default: `api` for ddos-during-broadcast, else `direct`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub join: Option<crate::joinapi::JoinMode>,
+    pub join: Option<crate::plan::scenario::JoinMode>,
     /// Attackers (ddos-during-broadcast only).
-    #[serde(default, skip_serializing_if = "crate::attack::AttackConfig::is_off")]
-    pub attack: crate::attack::AttackConfig,
+    #[serde(
+        default,
+        skip_serializing_if = "crate::plan::attack::AttackConfig::is_off"
+    )]
+    pub attack: crate::plan::attack::AttackConfig,
     /// Pass/fail objectives, e.g. `ttfa_p99 < 500ms` (see `docs/storm.md`).
     #[serde(default)]
     pub objectives: Vec<String>,
@@ -257,24 +263,31 @@ pub struct Scenario {
 fn default_server() -> String {
     "http://127.0.0.1:8080".into()
 }
+
 fn default_ramp() -> Duration {
     Duration::from_secs(10)
 }
+
 fn default_hold() -> Duration {
     Duration::from_secs(30)
 }
+
 fn default_sources() -> String {
     "127.1.0.0/16".into()
 }
+
 fn default_procs() -> u32 {
     1
 }
+
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
 }
+
 fn default_first_audio_timeout() -> Duration {
     Duration::from_secs(10)
 }
+
 fn default_seed() -> u64 {
     1
 }
@@ -309,8 +322,8 @@ impl Scenario {
     }
 
     /// Parses a scenario file.
-    pub fn from_toml(text: &str) -> Result<Self, String> {
-        let mut s: Scenario = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let mut s: Scenario = toml::from_str(text).map_err(|e| Error::invalid(e.to_string()))?;
         if s.name.is_empty() {
             s.name = s.kind.label().into();
         }
@@ -318,47 +331,53 @@ impl Scenario {
     }
 
     /// Checks every bound; returns what is wrong.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<()> {
         if self.listeners == 0 || self.listeners > MAX_LISTENERS {
-            return Err(format!("listeners must be 1..={MAX_LISTENERS}"));
+            return Err(Error::invalid(format!(
+                "listeners must be 1..={MAX_LISTENERS}"
+            )));
         }
         if self.procs == 0 || self.procs > MAX_PROCS {
-            return Err(format!("procs must be 1..={MAX_PROCS}"));
+            return Err(Error::invalid(format!("procs must be 1..={MAX_PROCS}")));
         }
         if self.mix.ws < 0.0 || self.mix.ogg < 0.0 || self.mix.ws + self.mix.ogg <= 0.0 {
-            return Err("mix: weights must be >= 0 and not both 0".into());
+            return Err(Error::invalid("mix: weights must be >= 0 and not both 0"));
         }
         if !(0.0..=1.0).contains(&self.churn.wave_fraction) {
-            return Err("churn.wave_fraction must be within 0..=1".into());
+            return Err(Error::invalid("churn.wave_fraction must be within 0..=1"));
         }
         if self.churn.waves > 1000 || self.churn.max_attempts == 0 || self.churn.max_attempts > 100
         {
-            return Err("churn: waves <= 1000, max_attempts 1..=100".into());
+            return Err(Error::invalid("churn: waves <= 1000, max_attempts 1..=100"));
         }
         if let Some(st) = &self.step {
             if st.listeners == 0 || st.max_listeners > MAX_LISTENERS {
-                return Err("step: listeners >= 1, max_listeners bounded".into());
+                return Err(Error::invalid(
+                    "step: listeners >= 1, max_listeners bounded",
+                ));
             }
             if self.steps() > 1000 {
-                return Err("step: at most 1000 steps".into());
+                return Err(Error::invalid("step: at most 1000 steps"));
             }
         }
         self.meter.validate()?;
         if self.host.bitrate < 8_000 || self.host.bitrate > 512_000 {
-            return Err("host.bitrate must be within 8000..=512000".into());
+            return Err(Error::invalid("host.bitrate must be within 8000..=512000"));
         }
         parse_cidr(&self.sources)?;
-        crate::ddos::validate(self)?;
-        crate::icecast::validate(self)?;
-        crate::http::Target::parse(&self.server)?;
+        crate::plan::scenario::validate(self)?;
+        crate::plan::mount::validate(self)?;
+        crate::plan::target::Target::parse(&self.server)?;
         if self.run_length() > MAX_RUN {
-            return Err(format!(
+            return Err(Error::invalid(format!(
                 "the run would last {:?}, over {MAX_RUN:?}",
                 self.run_length()
-            ));
+            )));
         }
         if self.planned_listeners() > MAX_LISTENERS {
-            return Err(format!("more than {MAX_LISTENERS} listeners planned"));
+            return Err(Error::invalid(format!(
+                "more than {MAX_LISTENERS} listeners planned"
+            )));
         }
         Ok(())
     }
@@ -527,22 +546,22 @@ pub fn schedule(sc: &Scenario) -> Vec<Slot> {
 
 /// The usable addresses of a CIDR inside 127.0.0.0/8 (network and broadcast addresses are
 /// skipped for prefixes shorter than /31).
-pub fn parse_cidr(cidr: &str) -> Result<Vec<Ipv4Addr>, String> {
+pub fn parse_cidr(cidr: &str) -> Result<Vec<Ipv4Addr>> {
     let (addr, len) = cidr.split_once('/').unwrap_or((cidr, "32"));
     let addr: Ipv4Addr = addr
         .trim()
         .parse()
-        .map_err(|_| format!("sources: '{cidr}' is not an IPv4 CIDR"))?;
+        .map_err(|_| Error::invalid(format!("sources: '{cidr}' is not an IPv4 CIDR")))?;
     let len: u32 = len
         .trim()
         .parse()
         .ok()
         .filter(|l| (8..=32).contains(l))
-        .ok_or_else(|| format!("sources: prefix of '{cidr}' must be /8 to /32"))?;
+        .ok_or_else(|| Error::invalid(format!("sources: prefix of '{cidr}' must be /8 to /32")))?;
     if addr.octets()[0] != 127 {
-        return Err(format!(
+        return Err(Error::invalid(format!(
             "sources: '{cidr}' is outside 127.0.0.0/8 (loopback only)"
-        ));
+        )));
     }
     let base = u32::from(addr) & (u32::MAX << (32 - len).min(31));
     if len >= 24 {
@@ -565,45 +584,148 @@ pub fn parse_cidr(cidr: &str) -> Result<Vec<Ipv4Addr>, String> {
     Ok(out)
 }
 
-/// Serde for `Duration` as humantime text ("10s", "250ms").
-mod dur {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
+#[cfg(test)]
+mod shipped {
+    use super::*;
 
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    #[test]
+    fn shipped_scenarios_parse_and_validate() {
+        for (name, text) in [
+            (
+                "capacity",
+                include_str!("../../../../scenarios/capacity.toml"),
+            ),
+            (
+                "start-storm",
+                include_str!("../../../../scenarios/start-storm.toml"),
+            ),
+            ("churn", include_str!("../../../../scenarios/churn.toml")),
+        ] {
+            let sc = Scenario::from_toml(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            sc.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(sc.kind.label(), name);
+            for o in &sc.objectives {
+                crate::plan::objective::Objective::parse(o).unwrap();
+            }
+        }
     }
 }
 
-/// Serde for `Option<Duration>` as humantime text.
-mod opt_dur {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
+/// Delivery format of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// levee's WebSocket (`/live/{id}/ws`).
+    Ws,
+    /// Progressive Ogg/Opus over HTTP (`/live/{id}.ogg`).
+    Ogg,
+}
 
-    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_some(&humantime::format_duration(*d).to_string()),
-            None => s.serialize_none(),
+impl Format {
+    /// Lowercase name.
+    pub fn label(self) -> &'static str {
+        match self {
+            Format::Ws => "ws",
+            Format::Ogg => "ogg",
         }
     }
+}
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        let text = Option::<String>::deserialize(d)?;
-        text.map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom))
-            .transpose()
+/// Bounds of the per-listener measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MeterConfig {
+    /// No audio for longer than this is a stall, ms.
+    pub stall_ms: u64,
+    /// Depth of the simulated playout buffer, ms.
+    pub playout_ms: u64,
+    /// Listeners with audio read their socket every this many ms (0: as soon as bytes
+    /// arrive). Arrival times come from the kernel's receive timestamps, so a batched read
+    /// knows exactly when its newest bytes arrived, and older bytes of the same read arrived
+    /// no later: stalls are measured to within this period, gaps and counts exactly.
+    pub read_every_ms: u64,
+    /// One listener in this many reads as soon as bytes arrive and measures timing (latency,
+    /// jitter, playout underruns) on every frame; the others leave timing to them. 1: all.
+    pub timed_every: u64,
+}
+
+/// Longest [`MeterConfig::read_every_ms`] accepted.
+pub const MAX_READ_EVERY_MS: u64 = 1_000;
+
+impl Default for MeterConfig {
+    fn default() -> Self {
+        MeterConfig {
+            stall_ms: 1_000,
+            playout_ms: 200,
+            read_every_ms: 100,
+            timed_every: 10,
+        }
     }
+}
+
+impl MeterConfig {
+    /// Refuses bounds that would measure nothing useful.
+    pub fn validate(&self) -> Result<()> {
+        if self.stall_ms == 0 {
+            return Err(Error::invalid("meter.stall_ms must be > 0"));
+        }
+        if self.read_every_ms > MAX_READ_EVERY_MS || self.read_every_ms * 2 > self.stall_ms {
+            return Err(Error::invalid(format!(
+                "meter.read_every_ms must be at most {MAX_READ_EVERY_MS} and at most half of stall_ms"
+            )));
+        }
+        if self.timed_every == 0 {
+            return Err(Error::invalid("meter.timed_every must be >= 1"));
+        }
+        Ok(())
+    }
+
+    /// Whether listener `index` measures timing (see [`MeterConfig::timed_every`]).
+    pub fn timed(&self, index: u64) -> bool {
+        self.read_every_ms == 0 || index.is_multiple_of(self.timed_every.max(1))
+    }
+}
+
+/// How listeners join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum JoinMode {
+    /// Open the stream URL directly (an `open` space).
+    Direct,
+    /// Join through `POST /api/spaces/{id}/join`, then open the ticket's URL.
+    Api,
+}
+
+/// The join mode of a scenario: as set, else `api` for `ddos-during-broadcast` and `direct`
+/// for the others.
+pub fn mode(sc: &Scenario) -> JoinMode {
+    sc.join.unwrap_or(if sc.kind == Kind::DdosDuringBroadcast {
+        JoinMode::Api
+    } else {
+        JoinMode::Direct
+    })
+}
+
+/// Checks what only this scenario may use: attackers need `kind = "ddos-during-broadcast"`.
+pub fn validate(sc: &Scenario) -> Result<()> {
+    sc.attack.validate()?;
+    if sc.kind != Kind::DdosDuringBroadcast && !sc.attack.active().is_empty() {
+        return Err(Error::invalid(
+            "attack: attackers run only in the ddos-during-broadcast scenario",
+        ));
+    }
+    if sc.kind == Kind::DdosDuringBroadcast && sc.mount.is_some() {
+        return Err(Error::invalid(
+            "ddos-during-broadcast runs against levee's API, not a raw mount",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::objective::Objective;
 
     #[test]
     fn capacity_ramp_is_uniform_and_open() {
@@ -729,28 +851,33 @@ mod tests {
         bad.server = "http://10.1.2.3:80".into();
         assert!(bad.validate().is_err());
     }
-}
-
-#[cfg(test)]
-mod shipped {
-    use super::*;
 
     #[test]
-    fn shipped_scenarios_parse_and_validate() {
-        for (name, text) in [
-            ("capacity", include_str!("../../../scenarios/capacity.toml")),
-            (
-                "start-storm",
-                include_str!("../../../scenarios/start-storm.toml"),
-            ),
-            ("churn", include_str!("../../../scenarios/churn.toml")),
-        ] {
-            let sc = Scenario::from_toml(text).unwrap_or_else(|e| panic!("{name}: {e}"));
-            sc.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert_eq!(sc.kind.label(), name);
-            for o in &sc.objectives {
-                crate::report::Objective::parse(o).unwrap();
-            }
+    fn read_settings_are_bounded_and_pick_the_timed_listeners() {
+        let mut c = MeterConfig::default();
+        assert!(c.validate().is_ok());
+        assert!((0..100).filter(|&i| c.timed(i)).count() == 10);
+        c.read_every_ms = 0;
+        assert!((0..100).all(|i| c.timed(i)));
+        c.read_every_ms = 600;
+        assert!(c.validate().is_err(), "over half the stall bound");
+        c.read_every_ms = 100;
+        c.timed_every = 0;
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn the_shipped_scenario_parses_and_validates() {
+        let sc = Scenario::from_toml(include_str!(
+            "../../../../scenarios/ddos-during-broadcast.toml"
+        ))
+        .unwrap();
+        sc.validate().unwrap();
+        assert_eq!(sc.kind, Kind::DdosDuringBroadcast);
+        assert_eq!(mode(&sc), JoinMode::Api);
+        assert_eq!(sc.attack.active().len(), 6);
+        for o in &sc.objectives {
+            Objective::parse(o).unwrap();
         }
     }
 }

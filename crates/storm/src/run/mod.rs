@@ -5,14 +5,31 @@
 //! [`Report`] (also written as JSON and HTML when asked). Every wait is bounded by the
 //! scenario's length plus fixed margins; the server is never anything but a loopback address.
 
-use crate::agent;
-use crate::client::{now_us, sleep_until_us};
-use crate::engine::{self, Health, PartResult, Plan, Progress};
-use crate::host::{self, HostStats};
-use crate::http::{self, Target};
-use crate::report::{self, Inputs, Objective, Report, StepResult};
-use crate::scenario::{Kind, Scenario};
-use crate::stats::{merge_points, Aggregate, Point};
+use crate::error::{Error, Result};
+pub mod agent;
+pub mod ddos;
+pub mod engine;
+
+use crate::actors::host;
+use crate::net::clock::now_us;
+use crate::net::clock::sleep_until_us;
+use crate::net::http;
+use crate::observe::health::Health;
+use crate::observe::stats::merge_points;
+use crate::observe::stats::Aggregate;
+use crate::observe::stats::HostStats;
+use crate::observe::stats::Point;
+use crate::plan::objective::Objective;
+use crate::plan::scenario::Kind;
+use crate::plan::scenario::Scenario;
+use crate::plan::target::Target;
+use crate::report;
+use crate::report::Inputs;
+use crate::report::Report;
+use crate::report::StepResult;
+use crate::run::engine::PartResult;
+use crate::run::engine::Plan;
+use crate::run::engine::Progress;
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -70,7 +87,7 @@ fn progress_line(
 }
 
 /// Runs `sc`. See the module docs.
-pub async fn run(sc: Scenario, out: Output) -> Result<Report, String> {
+pub async fn run(sc: Scenario, out: Output) -> Result<Report> {
     sc.validate()?;
     let target = Target::parse(&sc.server)?;
     let objectives = if sc.objectives.is_empty() {
@@ -92,7 +109,9 @@ pub async fn run(sc: Scenario, out: Output) -> Result<Report, String> {
         }
         None => {
             let info = http::create_space(&target, &format!("storm {}", sc.name), None).await?;
-            let key = info.host_key.ok_or("the API gave no host key")?;
+            let key = info
+                .host_key
+                .ok_or(Error::server("the API gave no host key"))?;
             (info.id, Some(key))
         }
     };
@@ -101,7 +120,7 @@ pub async fn run(sc: Scenario, out: Output) -> Result<Report, String> {
     let start_us = now_us() + if procs > 1 { 2_000_000 } else { 1_000_000 };
     let run_end_us = start_us + sc.run_length().as_micros() as u64;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let parent_cpu0 = engine::rusage().0;
+    let parent_cpu0 = crate::net::clock::rusage().0;
 
     let host_task = key.clone().map(|k| {
         tokio::spawn(host::run_host(
@@ -114,8 +133,9 @@ pub async fn run(sc: Scenario, out: Output) -> Result<Report, String> {
             stop_rx.clone(),
         ))
     });
-    let host_task = host_task
-        .or_else(|| crate::icecast::spawn_source(&sc, start_us, run_end_us, stop_rx.clone()));
+    let host_task = host_task.or_else(|| {
+        crate::actors::source::spawn_source(&sc, start_us, run_end_us, stop_rx.clone())
+    });
     let drain = key.is_some() && sc.host.end_space;
     let plan = Plan {
         scenario: sc.clone(),
@@ -134,23 +154,29 @@ pub async fn run(sc: Scenario, out: Output) -> Result<Report, String> {
                 let _ = fwd.try_send((0, p));
             }
         });
-        let threads = crate::cli::threads_per_proc(1);
+        let threads = crate::run::engine::threads_per_proc(1);
         let stop = stop_rx.clone();
         vec![tokio::spawn(async move {
-            Ok::<PartResult, String>(engine::run_part(plan, tx1, stop, threads).await)
+            Ok::<PartResult, Error>(engine::run_part(plan, tx1, stop, threads).await)
         })]
     } else {
         let exe = match &out.exe {
             Some(e) => e.clone(),
-            None => std::env::current_exe().map_err(|e| format!("current exe: {e}"))?,
+            None => {
+                std::env::current_exe().map_err(|e| Error::server(format!("current exe: {e}")))?
+            }
         };
-        agent::spawn_agents(&exe, &plan, ptx.clone(), stop_rx.clone())?
+        agent::spawn_listener_agents(&exe, &plan, ptx.clone(), stop_rx.clone())?
     };
     drop(ptx);
     let mut all_done = tokio::spawn(async move {
         let mut results = Vec::new();
         for p in parts {
-            results.push(p.await.map_err(|e| e.to_string()).and_then(|r| r));
+            results.push(
+                p.await
+                    .map_err(|e| Error::server(e.to_string()))
+                    .and_then(|r| r),
+            );
         }
         results
     });
@@ -173,7 +199,7 @@ pub async fn run(sc: Scenario, out: Output) -> Result<Report, String> {
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let results = loop {
         tokio::select! {
-            r = &mut all_done => break r.map_err(|e| e.to_string())?,
+            r = &mut all_done => break r.map_err(|e| Error::server(e.to_string()))?,
             Some((_, p)) = prx.recv() => {
                 let t = p.point.t;
                 live.joins += p.point.joins;
@@ -229,7 +255,7 @@ pub async fn run(sc: Scenario, out: Output) -> Result<Report, String> {
                 if now > hard_end {
                     let _ = stop_tx.send(true);
                     all_done.abort();
-                    return Err("listener processes did not finish in time".into());
+                    return Err(Error::server("listener processes did not finish in time"));
                 }
             }
         }
@@ -285,7 +311,7 @@ pub async fn run(sc: Scenario, out: Output) -> Result<Report, String> {
         }
     }
     let parent_cpu_s = if procs > 1 {
-        engine::rusage().0 - parent_cpu0
+        crate::net::clock::rusage().0 - parent_cpu0
     } else {
         0.0
     };
@@ -310,7 +336,8 @@ pub async fn run(sc: Scenario, out: Output) -> Result<Report, String> {
     );
     if !errors.is_empty() {
         rep.valid = false;
-        rep.invalid_reasons.extend(errors);
+        rep.invalid_reasons
+            .extend(errors.iter().map(|e| e.to_string()));
     }
     if let Some(e) = host_stats.as_ref().and_then(|h| h.error.clone()) {
         rep.valid = false;
@@ -318,74 +345,16 @@ pub async fn run(sc: Scenario, out: Output) -> Result<Report, String> {
             .push(format!("synthetic host failed: {e}"));
     }
     if let Some(p) = &out.json {
-        let text = serde_json::to_string_pretty(&rep).map_err(|e| e.to_string())?;
-        std::fs::write(p, text).map_err(|e| format!("write {}: {e}", p.display()))?;
+        let text = serde_json::to_string_pretty(&rep).map_err(|e| Error::server(e.to_string()))?;
+        std::fs::write(p, text)
+            .map_err(|e| Error::server(format!("write {}: {e}", p.display())))?;
     }
     if let Some(p) = &out.html {
-        std::fs::write(p, crate::html::render(&rep))
-            .map_err(|e| format!("write {}: {e}", p.display()))?;
+        std::fs::write(p, crate::report::html::render(&rep))
+            .map_err(|e| Error::server(format!("write {}: {e}", p.display())))?;
     }
     Ok(rep)
 }
 
-/// A short human summary of a report.
-pub fn summary_text(r: &Report) -> String {
-    let mut s = String::new();
-    let _ = std::fmt::Write::write_fmt(
-        &mut s,
-        format_args!(
-            "storm {} on space {}: {} ({})\n\
-             listeners: planned {} joined {} failed {} dropped {} (peak {})\n\
-             ttfa ms: p50 {:.1} p99 {:.1} max {:.1} | e2e latency ms: p50 {:.1} p99 {:.1} max {:.1}\n\
-             delivered {:.5} | gaps {} ({:.0} ms) | worst gap p99 {:.1} ms | stalls {} | listeners with stall {:.2}% | underruns {}\n\
-             generator: cpu {:.1}% of the machine ({:.1} µs per listener-second), {:.1} KiB per listener, loop lag p99 {:.1} ms\n",
-            r.scenario["kind"].as_str().unwrap_or("?"),
-            r.space,
-            if r.passed { "PASSED" } else { "FAILED" },
-            if r.valid { "valid".to_owned() } else { format!("INVALID: {}", r.invalid_reasons.join("; ")) },
-            r.listeners.planned,
-            r.listeners.joined,
-            r.listeners.failed,
-            r.listeners.dropped,
-            r.listeners.peak_connected,
-            r.ttfa_ms.p50,
-            r.ttfa_ms.p99,
-            r.ttfa_ms.max,
-            r.e2e_latency_ms.p50,
-            r.e2e_latency_ms.p99,
-            r.e2e_latency_ms.max,
-            r.delivered_ratio,
-            r.gaps,
-            r.gap_ms_total,
-            r.worst_gap_ms.p99,
-            r.stalls,
-            r.listeners_with_stall_pct,
-            r.underruns,
-            r.generator.cpu_pct,
-            r.generator.cpu_us_per_listener_s,
-            r.generator.mem_per_listener_kb,
-            r.generator.loop_lag_ms.p99,
-        ),
-    );
-    for o in &r.objectives {
-        s.push_str(&format!(
-            "objective {:<36} {} (measured {})\n",
-            o.expr,
-            if o.passed { "ok" } else { "FAILED" },
-            o.actual.map_or("n/a".into(), |v| format!("{v:.4}"))
-        ));
-    }
-    if r.rejoin_ms.count > 0 {
-        s.push_str(&format!(
-            "churn: {} rejoins, leave → audio again ms: p50 {:.1} p99 {:.1} max {:.1}; {} retried joins\n",
-            r.rejoin_ms.count, r.rejoin_ms.p50, r.rejoin_ms.p99, r.rejoin_ms.max, r.sessions.retries
-        ));
-    }
-    if let Some(k) = r.knee_listeners {
-        s.push_str(&format!("knee: objectives held up to {k} listeners\n"));
-    }
-    if !r.failures.is_empty() {
-        s.push_str(&format!("join failures: {:?}\n", r.failures));
-    }
-    s
-}
+#[cfg(test)]
+mod tests {}

@@ -1,39 +1,24 @@
 //! What a listener does with the bytes it receives, WebSocket or progressive Ogg: parse them
 //! with constant memory and measure every frame.
 //!
-//! Contract: a [`Reader`] takes received bytes in any split with their arrival time and sends
+//! Contract: a `Reader` takes received bytes in any split with their arrival time and sends
 //! each audio frame to its meter; frame-level figures (latency, gaps, stalls, joins) go to the
 //! caller's [`Shard`] as they happen. It holds a parser of a few hundred bytes and a meter, and
-//! allocates nothing per frame. [`request`] is what a listener sends to open a stream; the
-//! sockets themselves are [`crate::reactor`]'s.
+//! allocates nothing per frame. The sockets are [`crate::actors::listeners`]'s.
 
-use crate::hist::Hist;
-use crate::marker;
-use crate::measure::{Frame, GranuleTracker, ListenerMeter, MeterConfig, SeqStep, SeqTracker};
-use crate::proto::{OggEvent, OggParser, WsParser};
-use crate::stats::{Format, Point};
-use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// Bytes of the per-thread read buffer.
-pub const READ_BUF: usize = 64 * 1024;
-/// Largest HTTP answer head accepted.
-pub const MAX_HEAD: usize = 4096;
-
-/// µs since the Unix epoch, now.
-pub fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
-/// Sleeps until the Unix time `us` (returns at once if it has passed).
-pub async fn sleep_until_us(us: u64) {
-    let now = now_us();
-    if us > now {
-        tokio::time::sleep(Duration::from_micros(us - now)).await;
-    }
-}
+use crate::observe::hist::Hist;
+use crate::observe::measure::Frame;
+use crate::observe::measure::GranuleTracker;
+use crate::observe::measure::ListenerMeter;
+use crate::observe::measure::SeqStep;
+use crate::observe::measure::SeqTracker;
+use crate::observe::proto::OggEvent;
+use crate::observe::proto::OggParser;
+use crate::observe::proto::WsParser;
+use crate::observe::stats::Point;
+use crate::plan::marker;
+use crate::plan::scenario::Format;
+use crate::plan::scenario::MeterConfig;
 
 /// Frame-level figures of one second, shared by some listeners (one lock per read).
 #[derive(Debug)]
@@ -51,37 +36,6 @@ impl Default for Shard {
             point: Point::new(0),
         }
     }
-}
-
-/// Where and how a listener connects.
-#[derive(Debug, Clone)]
-pub struct Endpoint {
-    /// Server address.
-    pub addr: SocketAddr,
-    /// `Host` header.
-    pub authority: String,
-    /// Path of the WebSocket stream.
-    pub ws_path: String,
-    /// Path of the Ogg stream.
-    pub ogg_path: String,
-    /// Bound on TCP connect.
-    pub connect_timeout: Duration,
-    /// Bound on scheduled → first audio.
-    pub first_audio_timeout: Duration,
-    /// Measurement bounds.
-    pub meter: MeterConfig,
-}
-
-/// The times that bound one session, µs since the Unix epoch.
-#[derive(Debug, Clone, Copy)]
-pub struct Bounds {
-    /// Scheduled join.
-    pub scheduled_us: u64,
-    /// Planned leave (the session is dropped then).
-    pub leave_us: u64,
-    /// From this time on, the server closing the stream is the planned end (the run is over
-    /// and the space is being ended), not a drop.
-    pub end_ok_after_us: u64,
 }
 
 // One per listener, never moved: boxing the larger variant would only add an allocation.
@@ -137,7 +91,7 @@ impl Reader {
         }
     }
 
-    /// Whether arrival times are exact (see [`crate::measure::Frame::exact`]).
+    /// Whether arrival times are exact (see [`crate::observe::measure::Frame::exact`]).
     pub(crate) fn timed(&self) -> bool {
         self.timed
     }
@@ -177,7 +131,7 @@ impl Reader {
         });
         let p = &mut shard.point;
         p.frames += 1;
-        p.audio_us += crate::measure::samples_to_us(samples as u64);
+        p.audio_us += crate::observe::measure::samples_to_us(samples as u64);
         if fx.gap_us > 0 {
             p.gaps += 1;
             p.gap_us += fx.gap_us;
@@ -243,23 +197,6 @@ impl Reader {
         };
         self.parser = parser;
         out
-    }
-}
-
-/// The request line and headers that open a stream at `path`.
-pub fn request(format: Format, authority: &str, path: &str, nonce: u64) -> String {
-    match format {
-        Format::Ws => {
-            use base64::Engine;
-            let key =
-                base64::engine::general_purpose::STANDARD.encode(nonce.to_be_bytes().repeat(2));
-            format!(
-                "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: levee-storm\r\n\r\n"
-            )
-        }
-        Format::Ogg => format!(
-            "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: levee-storm\r\nAccept: audio/ogg\r\n\r\n"
-        ),
     }
 }
 

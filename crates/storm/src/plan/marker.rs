@@ -10,10 +10,13 @@
 
 /// TOC byte of the synthetic packets: CELT fullband, 20 ms, mono, one frame.
 pub const TOC: u8 = 0xF8;
+
 /// Magic bytes after the TOC.
 pub const MAGIC: &[u8; 4] = b"LVST";
+
 /// Bytes of a packet needed to read its marker.
 pub const MARKER_LEN: usize = 1 + 4 + 8 + 8;
+
 /// Samples (48 kHz) in one synthetic packet.
 pub const PACKET_SAMPLES: u32 = 960;
 

@@ -8,49 +8,57 @@
 //! start `rate` attempts per second (never more, less when the server holds them), from the
 //! source addresses of the attack's CIDR in turn (bound before connect). Every attempt is
 //! bounded by its module's `hold` and by the window's end; every read by size. What each
-//! attempt got is an [`Attempt`] (see [`crate::attack`]).
+//! attempt got is an [`Attempt`] (see [`crate::plan::attack`]).
 //!
 //! A run normally keeps its attackers in their own process (`levee storm attack-agent`, a
-//! hidden subcommand: [`agent_main`], driven by [`spawn_agent`]), so that neither their CPU nor
+//! hidden subcommand: [`crate::run::agent::attacker_main`], driven by
+//! [`crate::run::agent::spawn_attack_agent`]), so that neither their CPU nor
 //! their sockets count against the legitimate listeners' generator. The protocol is that of
-//! [`crate::agent`]: the plan as one JSON line on stdin, `stop` (or the end of stdin) to stop
-//! early; one [`AgentLine`] on stdout.
+//! [`crate::run::agent`]: the plan as one JSON line on stdin, `stop` (or the end of stdin) to stop
+//! early; its result on stdout.
 
-use crate::attack::{AttackConfig, AttackResult, Attempt, Module, ModuleStats, Outcome};
-use crate::client::{now_us, sleep_until_us};
-use crate::http::Target;
-use crate::joinapi::{self, connect_with, read_answer};
-use crate::measure::Failure;
-use crate::proto::WsParser;
-use crate::scenario::Rng;
+use crate::net::clock::now_us;
+use crate::net::clock::sleep_until_us;
+use crate::net::http::connect_with;
+use crate::net::http::read_answer;
+use crate::observe::attack::AttackResult;
+use crate::observe::attack::Attempt;
+use crate::observe::attack::ModuleStats;
+use crate::observe::attack::Outcome;
+use crate::observe::measure::Failure;
+use crate::observe::proto::WsParser;
+use crate::plan::attack::AttackConfig;
+use crate::plan::attack::Module;
+use crate::plan::scenario::Rng;
+use crate::plan::target::Target;
 use bytes::BytesMut;
 use levee_core::source::Cidr;
 use levee_core::ticket::{Signer, Ticket};
 use serde::{Deserialize, Serialize};
-use std::io::BufRead;
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 /// Receive buffer a slow reader asks for, bytes (the kernel rounds it up to its minimum).
 pub const SLOW_READER_RCVBUF: u32 = 1024;
+
 /// Bytes a slow reader reads at a time, by default.
 pub const SLOW_READER_READ: u32 = 64;
+
 /// Longest a slow reader drains at the end of its hold to see whether it was cut.
 pub const DRAIN_FOR: Duration = Duration::from_secs(2);
+
 /// Most bytes a slow reader drains.
 pub const DRAIN_MAX: u64 = 8 << 20;
+
 /// Longest answer head read.
 pub const MAX_HEAD: usize = 4096;
+
 /// How long a ticket obtained by an attacker is reused (tickets open streams for 60 s).
 pub const TICKET_REUSE: Duration = Duration::from_secs(40);
-/// Longest line on the agent's stdin or stdout.
-pub const MAX_LINE: usize = 16 << 20;
 
 /// What the attack process runs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -86,19 +94,7 @@ struct Ctx {
     stop: watch::Receiver<bool>,
     /// Connect → end of the connection of the module's attempts, µs: one histogram per
     /// module, not per worker (its thread is the only one to touch it).
-    held: std::sync::Mutex<crate::hist::Hist>,
-}
-
-/// CPU time of the calling thread, s.
-fn thread_cpu_s() -> f64 {
-    // SAFETY: getrusage writes into the zeroed struct we pass; RUSAGE_THREAD is valid on Linux.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) } != 0 {
-        return 0.0;
-    }
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
+    held: std::sync::Mutex<crate::observe::hist::Hist>,
 }
 
 /// The outcome an IO failure stands for.
@@ -117,8 +113,8 @@ fn outcome_of(f: &Failure) -> Outcome {
 /// Runs a plan on this process's threads. See the module docs.
 pub fn run_attack(plan: &AttackPlan, stop: watch::Receiver<bool>) -> AttackResult {
     let wall0 = std::time::Instant::now();
-    let (cpu0, _) = crate::engine::rusage();
-    let sources = crate::scenario::parse_cidr(&plan.config.sources).unwrap_or_default();
+    let (cpu0, _) = crate::net::clock::rusage();
+    let sources = crate::plan::scenario::parse_cidr(&plan.config.sources).unwrap_or_default();
     let addresses = sources.len() as u64;
     let target = match Target::parse(&plan.server) {
         Ok(t) => t,
@@ -148,13 +144,13 @@ pub fn run_attack(plan: &AttackPlan, stop: watch::Receiver<bool>) -> AttackResul
             read_bytes: cfg.read_bytes.unwrap_or(SLOW_READER_READ),
             seed: plan.seed ^ (k as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
             stop: stop.clone(),
-            held: std::sync::Mutex::new(crate::hist::Hist::new()),
+            held: std::sync::Mutex::new(crate::observe::hist::Hist::new()),
         };
         let name = m.label();
         let spawned = std::thread::Builder::new()
             .name(format!("attack-{name}"))
             .spawn(move || {
-                let cpu0 = thread_cpu_s();
+                let cpu0 = crate::net::clock::thread_cpu_s();
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -165,7 +161,7 @@ pub fn run_attack(plan: &AttackPlan, stop: watch::Receiver<bool>) -> AttackResul
                 let start_us = ctx.start_us;
                 let mut st = rt.block_on(run_module(Arc::new(ctx)));
                 drop(rt);
-                st.cpu_s = thread_cpu_s() - cpu0;
+                st.cpu_s = crate::net::clock::thread_cpu_s() - cpu0;
                 st.wall_s = now_us().saturating_sub(start_us) as f64 / 1e6;
                 st
             });
@@ -182,7 +178,7 @@ pub fn run_attack(plan: &AttackPlan, stop: watch::Receiver<bool>) -> AttackResul
             out.modules.insert(name.to_owned(), st);
         }
     }
-    let (cpu1, rss) = crate::engine::rusage();
+    let (cpu1, rss) = crate::net::clock::rusage();
     out.cpu_s = cpu1 - cpu0;
     out.wall_s = wall0.elapsed().as_secs_f64();
     out.rss_peak_kb = rss;
@@ -361,7 +357,7 @@ async fn read_head(s: &mut TcpStream, deadline_us: u64) -> Result<(u16, u64), (O
         }
         buf.extend_from_slice(&chunk[..n]);
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            return match crate::http::parse_status(&buf[..end + 4]) {
+            return match crate::net::http::parse_status(&buf[..end + 4]) {
                 Some(st) => Ok((st, buf.len() as u64)),
                 None => Err((Outcome::Other, buf.len() as u64)),
             };
@@ -394,7 +390,7 @@ async fn join_flood(ctx: &Ctx, src: Option<Ipv4Addr>, k: u64) -> Attempt {
         Ok(s) => s,
         Err(a) => return a,
     };
-    let req = joinapi::join_request(&ctx.target.authority, &ctx.space, &flood_body(k));
+    let req = crate::net::join_api::join_request(&ctx.target.authority, &ctx.space, &flood_body(k));
     if let Err(o) = send(&mut s, req.as_bytes(), deadline).await {
         return connected(o, 0, 0);
     }
@@ -495,9 +491,9 @@ async fn slowloris(ctx: &Ctx, src: Option<Ipv4Addr>, k: u64) -> Attempt {
 
 /// Asks the join API for a ticket once, from `src` (no proof of work, no waiting in line).
 async fn fetch_ticket(ctx: &Ctx, src: Option<Ipv4Addr>) -> Option<String> {
-    let req = joinapi::join_request(&ctx.target.authority, &ctx.space, "{}");
+    let req = crate::net::join_api::join_request(&ctx.target.authority, &ctx.space, "{}");
     let deadline = now_us() + 2_000_000;
-    let a = joinapi::exchange(ctx.target.addr, src, req.as_bytes(), deadline)
+    let a = crate::net::http::exchange(ctx.target.addr, src, req.as_bytes(), deadline)
         .await
         .ok()?;
     if a.status != 200 {
@@ -810,7 +806,7 @@ async fn garbage_ws(
             return fail(Outcome::Other, sent, buf.len() as u64);
         }
     };
-    let Some(status) = crate::http::parse_status(&buf[..head_end]) else {
+    let Some(status) = crate::net::http::parse_status(&buf[..head_end]) else {
         return fail(Outcome::Other, sent, buf.len() as u64);
     };
     let mut received = buf.len() as u64;
@@ -863,142 +859,11 @@ async fn garbage_ws(
     }
 }
 
-/// One line of the attack agent's stdout.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AgentLine {
-    /// What the attackers got.
-    Result(Box<AttackResult>),
-    /// Why the agent could not run.
-    Error(String),
-}
-
-/// Starts `exe storm attack-agent` with `plan`; the handle yields its result. `stop` turning
-/// true says `stop` on its stdin; the process is killed if the handle is dropped. Waits are
-/// bounded by the plan's end plus its modules' holds and a margin.
-pub fn spawn_agent(
-    exe: &Path,
-    plan: &AttackPlan,
-    mut stop: watch::Receiver<bool>,
-) -> Result<tokio::task::JoinHandle<Result<AttackResult, String>>, String> {
-    let line = serde_json::to_string(plan).map_err(|e| e.to_string())? + "\n";
-    let mut child = tokio::process::Command::new(exe)
-        .args(["storm", "attack-agent"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot start the attack process ({}): {e}", exe.display()))?;
-    let mut stdin = child.stdin.take().ok_or("attack process stdin")?;
-    let stdout = child.stdout.take().ok_or("attack process stdout")?;
-    let longest_hold = crate::attack::MODULES
-        .iter()
-        .map(|m| plan.config.module(*m).hold_for(*m))
-        .max()
-        .unwrap_or_default();
-    let hard_end = plan.end_us + longest_hold.as_micros() as u64 + 30_000_000;
-    Ok(tokio::spawn(async move {
-        stdin
-            .write_all(line.as_bytes())
-            .await
-            .map_err(|e| format!("attack process: {e}"))?;
-        let stopper = tokio::spawn(async move {
-            loop {
-                if stop.changed().await.is_err() {
-                    break;
-                }
-                if *stop.borrow() {
-                    let _ = stdin.write_all(b"stop\n").await;
-                }
-            }
-            stdin
-        });
-        let read = async {
-            let mut lines = tokio::io::BufReader::new(stdout);
-            let mut buf = String::new();
-            let mut result = Err("the attack process ended without a result".to_owned());
-            loop {
-                buf.clear();
-                let n = AsyncReadExt::take(&mut lines, MAX_LINE as u64)
-                    .read_line(&mut buf)
-                    .await
-                    .map_err(|e| format!("attack process: {e}"))?;
-                if n == 0 {
-                    break;
-                }
-                match serde_json::from_str::<AgentLine>(&buf) {
-                    Ok(AgentLine::Result(r)) => result = Ok(*r),
-                    Ok(AgentLine::Error(e)) => result = Err(format!("attack process: {e}")),
-                    Err(e) => {
-                        result = Err(format!("attack process: bad line: {e}"));
-                        break;
-                    }
-                }
-            }
-            result
-        };
-        let left = hard_end.saturating_sub(now_us()).max(1);
-        let result = match tokio::time::timeout(Duration::from_micros(left), read).await {
-            Ok(r) => r,
-            Err(_) => Err("the attack process did not finish in time".into()),
-        };
-        stopper.abort();
-        if tokio::time::timeout(Duration::from_secs(5), child.wait())
-            .await
-            .is_err()
-        {
-            let _ = child.kill().await;
-        }
-        result
-    }))
-}
-
-fn emit(line: &AgentLine) {
-    use std::io::Write;
-    if let Ok(text) = serde_json::to_string(line) {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{text}");
-        let _ = out.flush();
-    }
-}
-
-/// `levee storm attack-agent`: see the module docs.
-pub fn agent_main() -> std::process::ExitCode {
-    crate::cli::raise_fd_limit();
-    let mut first = String::new();
-    if std::io::Read::take(std::io::stdin().lock(), MAX_LINE as u64)
-        .read_line(&mut first)
-        .is_err()
-    {
-        emit(&AgentLine::Error("cannot read the plan".into()));
-        return std::process::ExitCode::FAILURE;
-    }
-    let plan: AttackPlan = match serde_json::from_str(&first) {
-        Ok(p) => p,
-        Err(e) => {
-            emit(&AgentLine::Error(format!("bad plan: {e}")));
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    if let Err(e) = plan
-        .config
-        .validate()
-        .and(Target::parse(&plan.server).map(|_| ()))
-    {
-        emit(&AgentLine::Error(e));
-        return std::process::ExitCode::FAILURE;
-    }
-    let stop_rx = crate::agent::stop_on_stdin();
-    let result = run_attack(&plan, stop_rx);
-    emit(&AgentLine::Result(Box::new(result)));
-    std::process::ExitCode::SUCCESS
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attack::{summarize, ModuleConfig};
+    use crate::plan::attack::ModuleConfig;
+    use crate::report::attack::summarize;
     use levee_core::wsframe::FrameDecoder;
     use tokio::net::TcpListener;
 

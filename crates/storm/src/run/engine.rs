@@ -1,5 +1,5 @@
 //! The runner of one generator process: deals its share of the schedule to listener workers
-//! ([`crate::reactor`], one thread each), ticks the timeline every second, and watches its own
+//! ([`crate::actors::listeners`], one thread each), ticks the timeline every second, and watches its own
 //! health.
 //!
 //! Contract: [`run_part`] takes a [`Plan`] (the scenario, the space, the run's start in Unix µs,
@@ -8,17 +8,29 @@
 //! [`PartResult`] once every listener has ended. It stops early when `stop` turns true. The
 //! same code runs in the parent (`--procs 1`) and in each agent process.
 
-use crate::client::{sleep_until_us, Endpoint, Shard};
-use crate::hist::Hist;
-use crate::reactor::{Ctx, Gauges, Worker, WorkerResult};
-use crate::scenario::{self, Scenario, Slot};
-use crate::stats::{Aggregate, Point};
+use crate::actors::listeners::Ctx;
+use crate::actors::listeners::Endpoint;
+use crate::actors::listeners::Gauges;
+use crate::actors::listeners::Worker;
+use crate::actors::listeners::WorkerResult;
+use crate::net::clock::rss_now_kb;
+use crate::net::clock::rusage;
+use crate::net::clock::sleep_until_us;
+use crate::observe::health::Health;
+use crate::observe::health::MemGrowth;
+use crate::observe::hist::Hist;
+use crate::observe::reader::Shard;
+use crate::observe::stats::Aggregate;
+use crate::observe::stats::Point;
+use crate::plan::scenario;
+use crate::plan::scenario::Scenario;
+use crate::plan::scenario::Slot;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
 
-pub use crate::reactor::DRAIN;
+pub use crate::actors::listeners::DRAIN;
 
 /// Most timeline points kept (one per second).
 pub const MAX_POINTS: usize = 4 * 3600;
@@ -38,59 +50,6 @@ pub struct Plan {
     pub procs: u32,
     /// The space will be ended at the run's end: listeners read until the server closes.
     pub drain: bool,
-}
-
-/// The generator's view of its own health.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Health {
-    /// Processes measured.
-    pub procs: u32,
-    /// Worker threads in all.
-    pub threads: u32,
-    /// CPU time used (user + system), s.
-    pub cpu_s: f64,
-    /// Wall time measured, s.
-    pub wall_s: f64,
-    /// Busiest process's CPU, % of one core.
-    pub cpu_core_pct_max: f64,
-    /// Busiest process's CPU, % of its worker threads' capacity.
-    pub cpu_busy_pct_max: f64,
-    /// Resident memory at the start, KiB (summed over processes).
-    pub rss_start_kb: u64,
-    /// Peak resident memory, KiB (summed over processes).
-    pub rss_peak_kb: u64,
-    /// Most sockets held at once (summed over processes).
-    pub sockets_peak: u64,
-    /// Most listeners with audio at once (summed over processes).
-    pub listeners_peak: u64,
-    /// Resident memory added while the audience grew from a quarter of its peak to its peak,
-    /// KiB (summed over processes): what listeners cost, without the fixed start-up memory.
-    #[serde(default)]
-    pub rss_growth_kb: u64,
-    /// Listeners added over the same seconds (summed over processes).
-    #[serde(default)]
-    pub listeners_growth: u64,
-    /// Event-loop lag: how late a 50 ms timer fires, µs.
-    pub loop_lag: Hist,
-}
-
-impl Health {
-    /// Adds another process's health.
-    pub fn merge(&mut self, o: &Health) {
-        self.procs += o.procs;
-        self.threads += o.threads;
-        self.cpu_s += o.cpu_s;
-        self.wall_s = self.wall_s.max(o.wall_s);
-        self.cpu_core_pct_max = self.cpu_core_pct_max.max(o.cpu_core_pct_max);
-        self.cpu_busy_pct_max = self.cpu_busy_pct_max.max(o.cpu_busy_pct_max);
-        self.rss_start_kb += o.rss_start_kb;
-        self.rss_peak_kb += o.rss_peak_kb;
-        self.sockets_peak += o.sockets_peak;
-        self.listeners_peak += o.listeners_peak;
-        self.rss_growth_kb += o.rss_growth_kb;
-        self.listeners_growth += o.listeners_growth;
-        self.loop_lag.merge(&o.loop_lag);
-    }
 }
 
 /// One second of one process, sent as it happens.
@@ -115,55 +74,6 @@ pub struct PartResult {
     pub health: Health,
 }
 
-/// Resident memory against listeners with audio, sampled once a second: from the first
-/// sample with a quarter of the planned audience to the sample with the most.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct MemGrowth {
-    from: Option<(u64, u64)>,
-    to: Option<(u64, u64)>,
-}
-
-impl MemGrowth {
-    /// One sample: `connected` listeners of `planned`, `rss_kb` resident.
-    pub fn sample(&mut self, connected: u64, planned: u64, rss_kb: u64) {
-        if self.from.is_none() && connected > 0 && connected * 4 >= planned {
-            self.from = Some((connected, rss_kb));
-        }
-        if self.from.is_some() && self.to.is_none_or(|(c, _)| connected > c) {
-            self.to = Some((connected, rss_kb));
-        }
-    }
-
-    /// (KiB added, listeners added) between the two samples.
-    pub fn growth(&self) -> (u64, u64) {
-        match (self.from, self.to) {
-            (Some((c0, r0)), Some((c1, r1))) => (r1.saturating_sub(r0), c1 - c0),
-            _ => (0, 0),
-        }
-    }
-}
-
-/// (user + system CPU seconds, peak RSS KiB) of this process.
-pub fn rusage() -> (f64, u64) {
-    // SAFETY: getrusage writes into the zeroed struct we pass; no other memory is touched.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; RUSAGE_SELF is always valid.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
-        return (0.0, 0);
-    }
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    (tv(ru.ru_utime) + tv(ru.ru_stime), ru.ru_maxrss as u64)
-}
-
-/// Resident memory now, KiB (from `/proc/self/statm`; 0 where unavailable).
-pub fn rss_now_kb() -> u64 {
-    let page_kb = 4;
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * page_kb)
-}
-
 /// Runs this process's share of the plan. See the module docs.
 pub async fn run_part(
     plan: Plan,
@@ -175,17 +85,18 @@ pub async fn run_part(
     let rss_start_kb = rss_now_kb();
     let wall0 = std::time::Instant::now();
     let sc = plan.scenario.clone();
-    let target = crate::http::Target::parse(&sc.server).unwrap_or(crate::http::Target {
-        addr: ([127, 0, 0, 1], 8080).into(),
-        authority: "127.0.0.1:8080".into(),
-    });
+    let target =
+        crate::plan::target::Target::parse(&sc.server).unwrap_or(crate::plan::target::Target {
+            addr: ([127, 0, 0, 1], 8080).into(),
+            authority: "127.0.0.1:8080".into(),
+        });
     let run_end_us = plan.start_us + sc.run_length().as_micros() as u64;
     let ctx = Arc::new(Ctx {
         ep: Endpoint {
             addr: target.addr,
             authority: target.authority.clone(),
             ws_path: format!("/live/{}/ws", plan.space),
-            ogg_path: crate::icecast::ogg_path(&sc, &plan.space),
+            ogg_path: crate::plan::mount::ogg_path(&sc, &plan.space),
             connect_timeout: sc.connect_timeout,
             first_audio_timeout: sc.first_audio_timeout,
             meter: sc.meter,
@@ -357,43 +268,8 @@ pub async fn run_part(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn memory_per_listener_is_the_growth_from_a_quarter_of_the_audience_to_its_peak() {
-        let mut g = MemGrowth::default();
-        // Start-up memory (10 MiB) before anyone listens is not the listeners'.
-        g.sample(0, 1000, 10_240);
-        g.sample(100, 1000, 30_000);
-        g.sample(250, 1000, 30_250);
-        g.sample(1000, 1000, 31_000);
-        g.sample(900, 1000, 40_000);
-        assert_eq!(g.growth(), (750, 750));
-        assert_eq!(MemGrowth::default().growth(), (0, 0));
-    }
-
-    #[test]
-    fn health_of_processes_adds_up() {
-        let mut a = Health {
-            procs: 1,
-            cpu_s: 2.0,
-            cpu_core_pct_max: 40.0,
-            rss_peak_kb: 1000,
-            ..Default::default()
-        };
-        let b = Health {
-            procs: 1,
-            cpu_s: 3.0,
-            cpu_core_pct_max: 60.0,
-            rss_peak_kb: 500,
-            ..Default::default()
-        };
-        a.merge(&b);
-        assert_eq!(
-            (a.procs, a.cpu_s, a.cpu_core_pct_max, a.rss_peak_kb),
-            (2, 5.0, 60.0, 1500)
-        );
-    }
+/// Worker threads for each of `procs` processes sharing the machine.
+pub fn threads_per_proc(procs: u32) -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    (cores / procs.max(1)).max(1)
 }

@@ -7,180 +7,29 @@
 //! against any JSON object by the dotted path of a numeric field, with the aliases described
 //! in [`resolve`]. A missing metric fails its objective (a typo must not pass silently).
 
-use crate::engine::Health;
-use crate::hist::{Hist, Percentiles};
-use crate::host::HostStats;
-use crate::scenario::Scenario;
-use crate::stats::{pct, Aggregate, Format, FormatCounts, Point};
+pub mod attack;
+pub mod ddos;
+pub mod html;
+pub mod join;
+
+use crate::observe::health::Health;
+use crate::observe::hist::Hist;
+use crate::observe::hist::Percentiles;
+use crate::observe::stats::pct;
+use crate::observe::stats::Aggregate;
+use crate::observe::stats::FormatCounts;
+use crate::observe::stats::HostStats;
+use crate::observe::stats::Point;
+use crate::plan::objective::evaluate;
+use crate::plan::objective::flatten;
+use crate::plan::objective::resolve;
+use crate::plan::objective::Objective;
+use crate::plan::objective::ObjectiveResult;
+use crate::plan::scenario::Format;
+use crate::plan::scenario::Scenario;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
-
-/// Comparison of an objective.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Op {
-    /// `<`
-    Lt,
-    /// `<=`
-    Le,
-    /// `>`
-    Gt,
-    /// `>=`
-    Ge,
-    /// `==`
-    Eq,
-}
-
-/// One pass/fail objective.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Objective {
-    /// As written.
-    pub expr: String,
-    /// Metric name (resolved against the report by [`resolve`]).
-    pub metric: String,
-    /// Comparison.
-    pub op: Op,
-    /// Threshold, in the metric's unit (ms for durations, % for `_pct`).
-    pub value: f64,
-}
-
-impl Objective {
-    /// Parses `METRIC OP VALUE[UNIT]`; units: `us`, `ms`, `s` (converted to ms), `%`.
-    pub fn parse(expr: &str) -> Result<Objective, String> {
-        let ops = [
-            ("<=", Op::Le),
-            (">=", Op::Ge),
-            ("==", Op::Eq),
-            ("<", Op::Lt),
-            (">", Op::Gt),
-        ];
-        let (at, tok, op) = ops
-            .iter()
-            .filter_map(|(t, o)| expr.find(t).map(|i| (i, *t, *o)))
-            .min_by_key(|(i, t, _)| (*i, usize::MAX - t.len()))
-            .ok_or_else(|| format!("objective '{expr}': no comparison (<, <=, >, >=, ==)"))?;
-        let metric = expr[..at].trim();
-        let raw = expr[at + tok.len()..].trim();
-        if metric.is_empty() || raw.is_empty() {
-            return Err(format!("objective '{expr}': expected METRIC OP VALUE"));
-        }
-        let (num, scale) = if let Some(n) = raw.strip_suffix("ms") {
-            (n, 1.0)
-        } else if let Some(n) = raw.strip_suffix("us").or_else(|| raw.strip_suffix("µs")) {
-            (n, 0.001)
-        } else if let Some(n) = raw.strip_suffix('s') {
-            (n, 1000.0)
-        } else if let Some(n) = raw.strip_suffix('%') {
-            (n, 1.0)
-        } else {
-            (raw, 1.0)
-        };
-        let value: f64 = num
-            .trim()
-            .parse()
-            .map_err(|_| format!("objective '{expr}': '{raw}' is not a number"))?;
-        Ok(Objective {
-            expr: expr.trim().to_owned(),
-            metric: metric.to_owned(),
-            op,
-            value: value * scale,
-        })
-    }
-
-    /// Whether `actual` meets the objective.
-    pub fn holds(&self, actual: f64) -> bool {
-        match self.op {
-            Op::Lt => actual < self.value,
-            Op::Le => actual <= self.value,
-            Op::Gt => actual > self.value,
-            Op::Ge => actual >= self.value,
-            Op::Eq => (actual - self.value).abs() < 1e-9,
-        }
-    }
-}
-
-/// How one objective fared.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ObjectiveResult {
-    /// As written.
-    pub expr: String,
-    /// The report field it was judged on (`null` if none matched).
-    pub field: Option<String>,
-    /// The measured value.
-    pub actual: Option<f64>,
-    /// Whether it held.
-    pub passed: bool,
-}
-
-/// Every numeric field of a JSON object by dotted path (`ttfa_ms.p99`); booleans are 0/1.
-pub fn flatten(v: &Value) -> BTreeMap<String, f64> {
-    fn walk(prefix: &str, v: &Value, out: &mut BTreeMap<String, f64>) {
-        match v {
-            Value::Object(m) => {
-                for (k, x) in m {
-                    let p = if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
-                    walk(&p, x, out);
-                }
-            }
-            Value::Number(n) => {
-                if let Some(f) = n.as_f64() {
-                    out.insert(prefix.to_owned(), f);
-                }
-            }
-            Value::Bool(b) => {
-                out.insert(prefix.to_owned(), *b as u8 as f64);
-            }
-            _ => {}
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk("", v, &mut out);
-    out
-}
-
-/// Finds `metric` among `fields`: the exact path; else `X_pNN`, `X_max`, `X_mean` as
-/// `X_ms.pNN` (so `ttfa_p99` is `ttfa_ms.p99`, `e2e_latency_p99` is `e2e_latency_ms.p99`);
-/// else `e2e_pNN`/`latency_pNN` as `e2e_latency_ms.pNN`, `worst_gap_pNN` as
-/// `worst_gap_ms.pNN`; else a top-level name under `listeners.` (`failed`, `joined_pct`).
-pub fn resolve(metric: &str, fields: &BTreeMap<String, f64>) -> Option<(String, f64)> {
-    let mut tries = vec![metric.to_owned()];
-    if let Some((base, stat)) = metric.rsplit_once('_') {
-        if stat.starts_with('p') || stat == "max" || stat == "mean" {
-            tries.push(format!("{base}_ms.{stat}"));
-            if base == "e2e" || base == "latency" {
-                tries.push(format!("e2e_latency_ms.{stat}"));
-            }
-        }
-    }
-    tries.push(format!("listeners.{metric}"));
-    tries
-        .into_iter()
-        .find_map(|k| fields.get(&k).map(|v| (k, *v)))
-}
-
-/// Judges every objective against `fields`.
-pub fn evaluate(objs: &[Objective], fields: &BTreeMap<String, f64>) -> Vec<ObjectiveResult> {
-    objs.iter()
-        .map(|o| match resolve(&o.metric, fields) {
-            Some((field, actual)) => ObjectiveResult {
-                expr: o.expr.clone(),
-                field: Some(field),
-                actual: Some(actual),
-                passed: o.holds(actual),
-            },
-            None => ObjectiveResult {
-                expr: o.expr.clone(),
-                field: None,
-                actual: None,
-                passed: false,
-            },
-        })
-        .collect()
-}
 
 /// Listener counts of a run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -352,7 +201,7 @@ pub struct Report {
     pub rejoin_ms: Percentiles,
     /// Joins through the join API, when listeners joined through it.
     #[serde(default)]
-    pub join: Option<crate::joinapi::JoinReport>,
+    pub join: Option<crate::report::join::JoinReport>,
     /// Audio received / (received + missing).
     pub delivered_ratio: f64,
     /// Frames received.
@@ -446,8 +295,10 @@ pub struct Inputs<'a> {
 
 /// Event-loop lag (p99) above which the generator counts as saturated, µs.
 pub const LAG_LIMIT_US: u64 = 100_000;
+
 /// Join start lateness (p99) above which the generator did not keep the schedule, µs.
 pub const START_LAG_LIMIT_US: u64 = 100_000;
+
 /// CPU use of one process, % of its worker threads, at which it counts as saturated.
 pub const CPU_LIMIT_PCT: f64 = 90.0;
 
@@ -624,7 +475,7 @@ pub fn build(inp: Inputs<'_>, objectives: &[Objective], steps: Vec<StepResult>) 
         ttfa_ms: a.ttfa.summary_ms(),
         e2e_latency_ms: a.e2e.summary_ms(),
         rejoin_ms: a.rejoin.summary_ms(),
-        join: crate::joinapi::report(&a.join_api),
+        join: crate::report::join::report(&a.join_api),
         delivered_ratio: a.delivered_ratio(),
         frames_received: a.frames,
         audio_received_s: a.audio_us as f64 / 1e6,
@@ -690,59 +541,83 @@ fn zero_floor(h: &Hist) -> Percentiles {
     p
 }
 
+/// The exit code of a finished run (see the module docs).
+pub fn exit_code(r: &Report) -> u8 {
+    if !r.valid {
+        2
+    } else if !r.passed {
+        1
+    } else {
+        0
+    }
+}
+
+/// A short human summary of a report.
+pub fn summary_text(r: &Report) -> String {
+    let mut s = String::new();
+    let _ = std::fmt::Write::write_fmt(
+        &mut s,
+        format_args!(
+            "storm {} on space {}: {} ({})\n\
+             listeners: planned {} joined {} failed {} dropped {} (peak {})\n\
+             ttfa ms: p50 {:.1} p99 {:.1} max {:.1} | e2e latency ms: p50 {:.1} p99 {:.1} max {:.1}\n\
+             delivered {:.5} | gaps {} ({:.0} ms) | worst gap p99 {:.1} ms | stalls {} | listeners with stall {:.2}% | underruns {}\n\
+             generator: cpu {:.1}% of the machine ({:.1} µs per listener-second), {:.1} KiB per listener, loop lag p99 {:.1} ms\n",
+            r.scenario["kind"].as_str().unwrap_or("?"),
+            r.space,
+            if r.passed { "PASSED" } else { "FAILED" },
+            if r.valid { "valid".to_owned() } else { format!("INVALID: {}", r.invalid_reasons.join("; ")) },
+            r.listeners.planned,
+            r.listeners.joined,
+            r.listeners.failed,
+            r.listeners.dropped,
+            r.listeners.peak_connected,
+            r.ttfa_ms.p50,
+            r.ttfa_ms.p99,
+            r.ttfa_ms.max,
+            r.e2e_latency_ms.p50,
+            r.e2e_latency_ms.p99,
+            r.e2e_latency_ms.max,
+            r.delivered_ratio,
+            r.gaps,
+            r.gap_ms_total,
+            r.worst_gap_ms.p99,
+            r.stalls,
+            r.listeners_with_stall_pct,
+            r.underruns,
+            r.generator.cpu_pct,
+            r.generator.cpu_us_per_listener_s,
+            r.generator.mem_per_listener_kb,
+            r.generator.loop_lag_ms.p99,
+        ),
+    );
+    for o in &r.objectives {
+        s.push_str(&format!(
+            "objective {:<36} {} (measured {})\n",
+            o.expr,
+            if o.passed { "ok" } else { "FAILED" },
+            o.actual.map_or("n/a".into(), |v| format!("{v:.4}"))
+        ));
+    }
+    if r.rejoin_ms.count > 0 {
+        s.push_str(&format!(
+            "churn: {} rejoins, leave → audio again ms: p50 {:.1} p99 {:.1} max {:.1}; {} retried joins\n",
+            r.rejoin_ms.count, r.rejoin_ms.p50, r.rejoin_ms.p99, r.rejoin_ms.max, r.sessions.retries
+        ));
+    }
+    if let Some(k) = r.knee_listeners {
+        s.push_str(&format!("knee: objectives held up to {k} listeners\n"));
+    }
+    if !r.failures.is_empty() {
+        s.push_str(&format!("join failures: {:?}\n", r.failures));
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenario::Kind;
-
-    #[test]
-    fn objectives_parse_units_and_operators() {
-        let o = Objective::parse("ttfa_p99 < 500ms").unwrap();
-        assert_eq!(
-            (o.metric.as_str(), o.op, o.value),
-            ("ttfa_p99", Op::Lt, 500.0)
-        );
-        let o = Objective::parse("e2e_latency_p99<=1.5s").unwrap();
-        assert_eq!((o.op, o.value), (Op::Le, 1500.0));
-        let o = Objective::parse("delivered_ratio>0.999").unwrap();
-        assert_eq!((o.op, o.value), (Op::Gt, 0.999));
-        let o = Objective::parse("listeners_with_stall_pct < 0.1%").unwrap();
-        assert_eq!(o.value, 0.1);
-        assert_eq!(Objective::parse("failed == 0").unwrap().op, Op::Eq);
-        assert!(Objective::parse("ttfa_p99 500").is_err());
-        assert!(Objective::parse("ttfa_p99 < fast").is_err());
-        assert!(Objective::parse("< 3").is_err());
-    }
-
-    #[test]
-    fn objectives_resolve_aliases_and_fail_on_unknown_metrics() {
-        let v = serde_json::json!({
-            "ttfa_ms": {"p99": 420.0},
-            "e2e_latency_ms": {"p99": 80.0},
-            "delivered_ratio": 0.9995,
-            "listeners": {"failed": 0},
-            "valid": true
-        });
-        let f = flatten(&v);
-        let objs: Vec<Objective> = [
-            "ttfa_p99 < 500ms",
-            "e2e_p99 < 100ms",
-            "delivered_ratio > 0.999",
-            "failed == 0",
-            "valid == 1",
-            "ttfa_p99 < 0.4s",
-            "no_such_metric < 1",
-        ]
-        .iter()
-        .map(|e| Objective::parse(e).unwrap())
-        .collect();
-        let r = evaluate(&objs, &f);
-        let passed: Vec<bool> = r.iter().map(|x| x.passed).collect();
-        assert_eq!(passed, [true, true, true, true, true, false, false]);
-        assert_eq!(r[0].field.as_deref(), Some("ttfa_ms.p99"));
-        assert_eq!(r[1].field.as_deref(), Some("e2e_latency_ms.p99"));
-        assert_eq!(r[6].field, None);
-    }
+    use crate::plan::scenario::Kind;
 
     fn inputs<'a>(
         sc: &'a Scenario,

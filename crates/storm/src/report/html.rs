@@ -4,7 +4,8 @@
 //! Contract: [`render`] is a pure function of a [`Report`]; every text taken from the report is
 //! HTML-escaped.
 
-use crate::report::{ObjectiveResult, Report};
+use crate::plan::objective::ObjectiveResult;
+use crate::report::Report;
 use std::fmt::Write;
 
 fn esc(s: &str) -> String {

@@ -1,33 +1,22 @@
-//! Raw Ogg mounts: listeners on any progressive Ogg URL (an Icecast mount, or levee's
-//! `/live/{id}.ogg`) without levee's API, and an Icecast-style source that publishes the
-//! synthetic marker stream to that mount, so that one storm run can measure levee and
-//! Icecast 2 alike.
-//!
-//! Contract:
-//! - A scenario with a [`Mount`] listens to `mount.url` on progressive Ogg only; it neither
-//!   creates nor ends a space. `server` must name the same `host:port` as the URL (the command
-//!   line sets it). When the URL is levee's `/live/{id}.ogg`, the space id is taken from it, so
-//!   the report still carries levee's counters.
-//! - With `source_auth` (`user:password`), the run also publishes: [`run_source`] connects to
-//!   the URL with `PUT` and `Expect: 100-continue` (or legacy `SOURCE`), Basic auth, waits for
-//!   `100 Continue` or `200`, sends the `OpusHead` and `OpusTags` pages, then one Ogg page of
-//!   `page_ms` of marked 20 ms packets ([`crate::marker`]) each time its last packet is due, in
-//!   real time, until a little after the run's end (so that listeners leave before the source
-//!   does) or until told to stop. A packet's capture time is its due time; a page is sent when
-//!   its last packet is captured. The host's pause drops packets as the WebSocket host does.
-//!   Every wait is bounded.
-//! - [`Pager`] is the pure part (pages from packet numbers), tested on its own.
+//! The Icecast-style source: publishes the synthetic marker stream to a raw Ogg mount
+//! ([`crate::plan::mount`]) with `PUT` (or `SOURCE`), one page of `page_ms` of marked 20 ms
+//! packets ([`crate::plan::marker`]) each time its last packet is due, in real time, so that one
+//! storm run can measure levee and Icecast alike.
 
-use crate::client::{now_us, sleep_until_us};
-use crate::host::{HostStats, PACKET_US};
-use crate::http::Target;
-use crate::marker;
-use crate::scenario::{HostConfig, Scenario};
+use crate::actors::host::PACKET_US;
+use crate::error::{Error, Result};
+use crate::net::clock::now_us;
+use crate::net::clock::sleep_until_us;
+use crate::observe::stats::HostStats;
+use crate::plan::marker;
+use crate::plan::mount::Mount;
+use crate::plan::mount::SourceMethod;
+use crate::plan::scenario::HostConfig;
+use crate::plan::scenario::Scenario;
+use crate::plan::target::Target;
 use bytes::BytesMut;
-use clap::Args;
 use levee_media::ogg::{self, PageSpec};
 use levee_media::opus::{self, OpusHead};
-use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -36,154 +25,9 @@ use tokio::task::JoinHandle;
 
 /// How long the source goes on after the run's end, so that listeners leave first.
 pub const SOURCE_TAIL: Duration = Duration::from_secs(1);
+
 /// Bound on the source's connect and handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How the source asks to publish.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SourceMethod {
-    /// `PUT` with `Expect: 100-continue` (Icecast 2.4+, ffmpeg, levee).
-    #[default]
-    Put,
-    /// Legacy `SOURCE` (Icecast 1 and 2, libshout before 2.4), answered `200 OK` at once.
-    Source,
-}
-
-/// A raw progressive Ogg URL to listen to, and optionally to publish to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Mount {
-    /// `http://HOST:PORT/PATH` on loopback.
-    pub url: String,
-    /// `user:password` of an Icecast-style source; without it nothing is published (the mount
-    /// is fed by something else).
-    #[serde(default)]
-    pub source_auth: Option<String>,
-    /// How the source asks to publish.
-    #[serde(default)]
-    pub source_method: SourceMethod,
-    /// Audio per Ogg page sent by the source, ms (a multiple of 20, up to 1000; ffmpeg's
-    /// default page lasts 1 s).
-    #[serde(default = "default_page_ms")]
-    pub page_ms: u32,
-}
-
-fn default_page_ms() -> u32 {
-    20
-}
-
-impl Mount {
-    /// The path (and query) of the URL.
-    pub fn path(&self) -> String {
-        let rest = self.url.strip_prefix("http://").unwrap_or(&self.url);
-        match rest.find('/') {
-            Some(i) => rest[i..].to_owned(),
-            None => "/".to_owned(),
-        }
-    }
-
-    /// levee's space id when the path is `/live/{id}.ogg`, else the path: the report's `space`.
-    pub fn label(&self) -> String {
-        let path = self.path();
-        path.strip_prefix("/live/")
-            .and_then(|r| r.strip_suffix(".ogg"))
-            .filter(|id| !id.is_empty() && !id.contains('/'))
-            .map_or(path.clone(), str::to_owned)
-    }
-
-    fn packets_per_page(&self) -> u32 {
-        (self.page_ms / 20).max(1)
-    }
-}
-
-/// Command-line options of a raw Ogg mount (flattened into the quick forms).
-#[derive(Debug, Clone, Default, Args)]
-pub struct MountArgs {
-    /// Listen to this progressive Ogg URL directly (an Icecast mount, or levee's
-    /// /live/ID.ogg), without levee's API; every listener reads Ogg.
-    #[arg(long)]
-    pub url: Option<String>,
-    /// With --url: also publish the synthetic marker stream there as an Icecast source, with
-    /// this Basic auth (USER:PASSWORD; levee: source:HOST_KEY).
-    #[arg(long, requires = "url")]
-    pub source_auth: Option<String>,
-    /// With --source-auth: PUT with Expect: 100-continue, or legacy SOURCE.
-    #[arg(long, default_value = "put", value_parser = ["put", "source"], requires = "url")]
-    pub source_method: String,
-    /// With --source-auth: audio per Ogg page, ms (a multiple of 20, up to 1000).
-    #[arg(long, default_value_t = 20, requires = "url")]
-    pub page_ms: u32,
-}
-
-impl MountArgs {
-    /// With `--url`, makes `sc` a raw-mount scenario: its mount, its server (the URL's
-    /// origin) and an all-Ogg audience.
-    pub fn apply(&self, sc: &mut Scenario) {
-        let Some(url) = &self.url else { return };
-        if let Ok(t) = Target::parse(url) {
-            sc.server = t.base();
-        }
-        sc.mix.ws = 0.0;
-        sc.mix.ogg = 1.0;
-        sc.mount = Some(Mount {
-            url: url.clone(),
-            source_auth: self.source_auth.clone(),
-            source_method: if self.source_method == "source" {
-                SourceMethod::Source
-            } else {
-                SourceMethod::Put
-            },
-            page_ms: self.page_ms,
-        });
-    }
-}
-
-/// Checks a scenario's mount, if it has one.
-pub fn validate(sc: &Scenario) -> Result<(), String> {
-    let Some(m) = &sc.mount else { return Ok(()) };
-    let t = Target::parse(&m.url)?;
-    if Target::parse(&sc.server)?.addr != t.addr {
-        return Err(format!(
-            "mount.url {} and server {} must name the same host:port",
-            m.url, sc.server
-        ));
-    }
-    if sc.space.is_some() {
-        return Err("a mount URL and a space exclude each other".into());
-    }
-    if sc.mix.ws > 0.0 {
-        return Err("a mount URL is listened to on Ogg only (mix.ws must be 0)".into());
-    }
-    if !m.path().starts_with('/') || m.path().len() > 1024 || m.path().contains(char::is_whitespace)
-    {
-        return Err(format!("mount.url {}: bad path", m.url));
-    }
-    if m.page_ms < 20 || m.page_ms > 1000 || m.page_ms % 20 != 0 {
-        return Err("mount.page_ms must be a multiple of 20 within 20..=1000".into());
-    }
-    let size = marker::packet_size(sc.host.bitrate);
-    if m.packets_per_page() as usize * ogg::lacing_len(size) > 255 {
-        return Err(format!(
-            "mount.page_ms {} at {} bit/s needs more than 255 lacing values per page",
-            m.page_ms, sc.host.bitrate
-        ));
-    }
-    if let Some(a) = &m.source_auth {
-        if !a.contains(':') || a.contains(['\r', '\n']) {
-            return Err("mount.source_auth must be USER:PASSWORD".into());
-        }
-    }
-    Ok(())
-}
-
-/// The path listeners of `sc` request: the mount's, else levee's `/live/{space}.ogg`.
-pub fn ogg_path(sc: &Scenario, space: &str) -> String {
-    match &sc.mount {
-        Some(m) => m.path(),
-        None => format!("/live/{space}.ogg"),
-    }
-}
 
 /// Starts the scenario's Icecast-style source, if it has one (see the module docs).
 pub fn spawn_source(
@@ -282,42 +126,42 @@ pub fn source_request(m: &Mount, authority: &str) -> String {
     )
 }
 
-async fn handshake(m: &Mount, target: &Target) -> Result<TcpStream, String> {
+async fn handshake(m: &Mount, target: &Target) -> Result<TcpStream> {
     let mut s = TcpStream::connect(target.addr)
         .await
-        .map_err(|e| format!("source connect: {e}"))?;
+        .map_err(|e| Error::server(format!("source connect: {e}")))?;
     let _ = s.set_nodelay(true);
     s.write_all(source_request(m, &target.authority).as_bytes())
         .await
-        .map_err(|e| format!("source send: {e}"))?;
+        .map_err(|e| Error::server(format!("source send: {e}")))?;
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     let end = loop {
         let n = s
             .read(&mut buf)
             .await
-            .map_err(|e| format!("source read: {e}"))?;
+            .map_err(|e| Error::server(format!("source read: {e}")))?;
         if n == 0 {
-            return Err("source: server closed during the handshake".into());
+            return Err(Error::server("source: server closed during the handshake"));
         }
         head.extend_from_slice(&buf[..n]);
         if let Some(p) = head.windows(4).position(|w| w == b"\r\n\r\n") {
             break p + 4;
         }
         if head.len() > 8192 {
-            return Err("source: answer head too large".into());
+            return Err(Error::server("source: answer head too large"));
         }
     };
-    match crate::http::parse_status(&head) {
+    match crate::net::http::parse_status(&head) {
         Some(100 | 200) => Ok(s),
-        _ => Err(format!(
+        _ => Err(Error::server(format!(
             "source: {} answered {}",
             m.url,
             String::from_utf8_lossy(&head[..end])
                 .lines()
                 .next()
                 .unwrap_or("")
-        )),
+        ))),
     }
 }
 
@@ -340,14 +184,14 @@ pub async fn run_source(
     let target = match Target::parse(&m.url) {
         Ok(t) => t,
         Err(e) => {
-            st.error = Some(e);
+            st.error = Some(e.to_string());
             return st;
         }
     };
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&m, &target)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            st.error = Some(e);
+            st.error = Some(e.to_string());
             return st;
         }
         Err(_) => {
@@ -441,7 +285,7 @@ pub async fn run_source(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenario::Kind;
+    use crate::plan::scenario::Kind;
     use levee_media::ogg::{PacketAssembler, PageReader};
 
     fn mount(url: &str) -> Mount {
@@ -495,13 +339,15 @@ mod tests {
     #[test]
     fn one_second_pages_fit_one_page() {
         let mut sc = Scenario::new(Kind::Capacity, 10);
-        MountArgs {
-            url: Some("http://127.0.0.1:8000/live.ogg".into()),
+        sc.server = "http://127.0.0.1:8000".into();
+        sc.mix.ws = 0.0;
+        sc.mix.ogg = 1.0;
+        sc.mount = Some(Mount {
+            url: "http://127.0.0.1:8000/live.ogg".into(),
             source_auth: Some("source:hackme".into()),
-            source_method: "put".into(),
+            source_method: SourceMethod::Put,
             page_ms: 1000,
-        }
-        .apply(&mut sc);
+        });
         sc.validate().unwrap();
         let mut p = Pager::new(1, marker::packet_size(sc.host.bitrate));
         let mut out = BytesMut::new();
@@ -509,80 +355,7 @@ mod tests {
         p.audio(&pk, &mut out);
         assert_eq!(out.len(), 27 + 50 + 50 * 80);
         sc.host.bitrate = 512_000;
-        assert!(sc.validate().unwrap_err().contains("lacing"));
-    }
-
-    #[test]
-    fn mount_urls_paths_labels_and_requests() {
-        let m = mount("http://127.0.0.1:8000/live.ogg");
-        assert_eq!(
-            (m.path(), m.label()),
-            ("/live.ogg".into(), "/live.ogg".into())
-        );
-        let l = mount("http://127.0.0.1:8080/live/k3x9.ogg");
-        assert_eq!(l.label(), "k3x9");
-        assert_eq!(mount("http://127.0.0.1:8000").path(), "/");
-        let req = source_request(&m, "127.0.0.1:8000");
-        assert!(req.starts_with("PUT /live.ogg HTTP/1.1\r\n"));
-        assert!(req.contains("Authorization: Basic c291cmNlOmhhY2ttZQ==\r\n"));
-        assert!(req.contains("Expect: 100-continue\r\n") && req.ends_with("\r\n\r\n"));
-        let legacy = Mount {
-            source_method: SourceMethod::Source,
-            ..m
-        };
-        let req = source_request(&legacy, "127.0.0.1:8000");
-        assert!(req.starts_with("SOURCE /live.ogg HTTP/1.0\r\n") && !req.contains("Expect"));
-    }
-
-    #[test]
-    fn scenarios_with_a_mount_are_checked() {
-        let mut sc = Scenario::new(Kind::Capacity, 10);
-        let args = MountArgs {
-            url: Some("http://127.0.0.1:8000/live.ogg".into()),
-            source_auth: None,
-            source_method: "put".into(),
-            page_ms: 20,
-        };
-        args.apply(&mut sc);
-        assert_eq!(sc.server, "http://127.0.0.1:8000");
-        assert_eq!((sc.mix.ws, sc.mix.ogg), (0.0, 1.0));
-        sc.validate().unwrap();
-        assert_eq!(ogg_path(&sc, "ignored"), "/live.ogg");
-        let mut bad = sc.clone();
-        bad.server = "http://127.0.0.1:8080".into();
-        assert!(bad.validate().is_err());
-        let mut bad = sc.clone();
-        bad.mix.ws = 0.5;
-        assert!(bad.validate().is_err());
-        let mut bad = sc.clone();
-        bad.mount.as_mut().unwrap().page_ms = 30;
-        assert!(bad.validate().is_err());
-        let mut bad = sc.clone();
-        bad.mount.as_mut().unwrap().url = "http://10.0.0.1:8000/live.ogg".into();
-        bad.server = "http://10.0.0.1:8000".into();
-        assert!(bad.validate().is_err());
-        let mut bad = sc.clone();
-        bad.mount.as_mut().unwrap().source_auth = Some("nocolon".into());
-        assert!(bad.validate().is_err());
-        let toml = r#"
-            kind = "capacity"
-            server = "http://127.0.0.1:8000"
-            listeners = 5
-            [mix]
-            ws = 0
-            ogg = 1
-            [mount]
-            url = "http://127.0.0.1:8000/live.ogg"
-            source_auth = "source:hackme"
-            page_ms = 1000
-        "#;
-        let t = Scenario::from_toml(toml).unwrap();
-        t.validate().unwrap();
-        assert_eq!(t.mount.unwrap().page_ms, 1000);
-        assert_eq!(
-            ogg_path(&Scenario::new(Kind::Capacity, 1), "ab"),
-            "/live/ab.ogg"
-        );
+        assert!(sc.validate().unwrap_err().to_string().contains("lacing"));
     }
 
     /// A tiny Icecast-like server: answers the source's PUT with 100 Continue, then reads the

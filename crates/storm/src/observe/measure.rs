@@ -19,6 +19,7 @@
 //! [`ListenerMeter::finish`] closes the meter and returns a [`ListenerSummary`]. Nothing here
 //! allocates per frame; a meter is a few hundred bytes.
 
+use crate::plan::scenario::MeterConfig;
 use serde::{Deserialize, Serialize};
 
 /// Opus always runs at 48 kHz in Ogg and on levee's wire.
@@ -27,61 +28,6 @@ pub const SAMPLE_RATE: u64 = 48_000;
 /// Converts 48 kHz samples to µs.
 pub fn samples_to_us(samples: u64) -> u64 {
     samples * 1_000_000 / SAMPLE_RATE
-}
-
-/// Bounds of the per-listener measurement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MeterConfig {
-    /// No audio for longer than this is a stall, ms.
-    pub stall_ms: u64,
-    /// Depth of the simulated playout buffer, ms.
-    pub playout_ms: u64,
-    /// Listeners with audio read their socket every this many ms (0: as soon as bytes
-    /// arrive). Arrival times come from the kernel's receive timestamps, so a batched read
-    /// knows exactly when its newest bytes arrived, and older bytes of the same read arrived
-    /// no later: stalls are measured to within this period, gaps and counts exactly.
-    pub read_every_ms: u64,
-    /// One listener in this many reads as soon as bytes arrive and measures timing (latency,
-    /// jitter, playout underruns) on every frame; the others leave timing to them. 1: all.
-    pub timed_every: u64,
-}
-
-/// Longest [`MeterConfig::read_every_ms`] accepted.
-pub const MAX_READ_EVERY_MS: u64 = 1_000;
-
-impl Default for MeterConfig {
-    fn default() -> Self {
-        MeterConfig {
-            stall_ms: 1_000,
-            playout_ms: 200,
-            read_every_ms: 100,
-            timed_every: 10,
-        }
-    }
-}
-
-impl MeterConfig {
-    /// Refuses bounds that would measure nothing useful.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.stall_ms == 0 {
-            return Err("meter.stall_ms must be > 0".into());
-        }
-        if self.read_every_ms > MAX_READ_EVERY_MS || self.read_every_ms * 2 > self.stall_ms {
-            return Err(format!(
-                "meter.read_every_ms must be at most {MAX_READ_EVERY_MS} and at most half of stall_ms"
-            ));
-        }
-        if self.timed_every == 0 {
-            return Err("meter.timed_every must be >= 1".into());
-        }
-        Ok(())
-    }
-
-    /// Whether listener `index` measures timing (see [`MeterConfig::timed_every`]).
-    pub fn timed(&self, index: u64) -> bool {
-        self.read_every_ms == 0 || index % self.timed_every.max(1) == 0
-    }
 }
 
 /// One Opus packet as a listener received it.
@@ -440,6 +386,7 @@ mod tests {
     use super::*;
 
     const MS: u64 = 1000;
+
     const T0: u64 = 1_700_000_000_000_000;
 
     /// Frames of 20 ms captured every 20 ms, arriving `delay` later, with optional holes.
@@ -605,20 +552,6 @@ mod tests {
         let s = m.finish(T0 + 2_100 * MS);
         assert_eq!((s.frames, s.gaps, s.gap_us), (95, 1, 100 * MS));
         assert_eq!((s.underruns, s.latency_max_us, s.jitter_us), (0, 0, 0));
-    }
-
-    #[test]
-    fn read_settings_are_bounded_and_pick_the_timed_listeners() {
-        let mut c = MeterConfig::default();
-        assert!(c.validate().is_ok());
-        assert!((0..100).filter(|&i| c.timed(i)).count() == 10);
-        c.read_every_ms = 0;
-        assert!((0..100).all(|i| c.timed(i)));
-        c.read_every_ms = 600;
-        assert!(c.validate().is_err(), "over half the stall bound");
-        c.read_every_ms = 100;
-        c.timed_every = 0;
-        assert!(c.validate().is_err());
     }
 
     #[test]

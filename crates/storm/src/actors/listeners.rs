@@ -11,28 +11,42 @@
 //! hundred bytes and a meter), not a task; there is no timer per listener (one heap of
 //! deadlines per thread) and no allocation per read. Joining listeners are served at once by
 //! the thread's first poll. A listener with audio moves to a second poll that is drained only
-//! every [`MeterConfig::read_every_ms`], so one read takes several chunks of the server at
+//! every [`crate::plan::scenario::MeterConfig::read_every_ms`], so one read takes several chunks of the server at
 //! once; its bytes carry the kernel's receive timestamp (`SO_TIMESTAMP`), the arrival of the
 //! read's newest bytes, so nothing is timed by when the thread got round to it. One listener in
-//! [`MeterConfig::timed_every`] stays on the first poll and measures latency, jitter and
-//! underruns on every frame ([`crate::measure::Frame::exact`]).
+//! [`crate::plan::scenario::MeterConfig::timed_every`] stays on the first poll and measures latency, jitter and
+//! underruns on every frame ([`crate::observe::measure::Frame::exact`]).
 //!
 //! Joins through the join API run as tasks on the tokio runtime that started the workers
 //! (they are few and wait a lot); their answer comes back on a channel with a poll waker.
 
-use crate::client::{request, Bounds, Endpoint, Reader, Shard, READ_BUF};
-use crate::hist::Hist;
-use crate::http;
-use crate::joinapi::{self, JoinMode, JoinRecord};
-use crate::measure::{Failure, JoinTiming};
-use crate::scenario::{hash3, Kind, Reconnect, Rng, Scenario, Slot};
-use crate::stats::{Aggregate, Format, SessionRecord};
+use crate::net::clock::now_us;
+use crate::net::http;
+use crate::net::socket::recv_stamped;
+use crate::observe::hist::Hist;
+use crate::observe::join::JoinRecord;
+use crate::observe::measure::Failure;
+use crate::observe::measure::JoinTiming;
+use crate::observe::reader::Reader;
+use crate::observe::reader::Shard;
+use crate::observe::stats::Aggregate;
+use crate::observe::stats::SessionRecord;
+use crate::plan::scenario::hash3;
+use crate::plan::scenario::Format;
+use crate::plan::scenario::JoinMode;
+use crate::plan::scenario::Kind;
+use crate::plan::scenario::MeterConfig;
+use crate::plan::scenario::Reconnect;
+use crate::plan::scenario::Rng;
+use crate::plan::scenario::Scenario;
+use crate::plan::scenario::Slot;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io::{self, Write};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc;
@@ -40,12 +54,66 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// Bytes of the per-thread read buffer.
+pub const READ_BUF: usize = 64 * 1024;
+
+/// Where and how a listener connects.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Server address.
+    pub addr: SocketAddr,
+    /// `Host` header.
+    pub authority: String,
+    /// Path of the WebSocket stream.
+    pub ws_path: String,
+    /// Path of the Ogg stream.
+    pub ogg_path: String,
+    /// Bound on TCP connect.
+    pub connect_timeout: Duration,
+    /// Bound on scheduled → first audio.
+    pub first_audio_timeout: Duration,
+    /// Measurement bounds.
+    pub meter: MeterConfig,
+}
+
+/// The times that bound one session, µs since the Unix epoch.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Scheduled join.
+    pub scheduled_us: u64,
+    /// Planned leave (the session is dropped then).
+    pub leave_us: u64,
+    /// From this time on, the server closing the stream is the planned end (the run is over
+    /// and the space is being ended), not a drop.
+    pub end_ok_after_us: u64,
+}
+
+/// The request line and headers that open a stream at `path`.
+pub fn request(format: Format, authority: &str, path: &str, nonce: u64) -> String {
+    match format {
+        Format::Ws => {
+            use base64::Engine;
+            let key =
+                base64::engine::general_purpose::STANDARD.encode(nonce.to_be_bytes().repeat(2));
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: levee-storm\r\n\r\n"
+            )
+        }
+        Format::Ogg => format!(
+            "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: levee-storm\r\nAccept: audio/ogg\r\n\r\n"
+        ),
+    }
+}
+
 /// Token of each worker's waker on its first poll.
 const WAKER: Token = Token(usize::MAX);
+
 /// Readiness events taken per poll call.
 const EVENTS: usize = 1024;
+
 /// Reads of one socket per readiness event (1 MiB with [`READ_BUF`]), then the next socket.
 const READS_PER_EVENT: usize = 16;
+
 /// How long listeners wait for the server's close after the run's end when the space is
 /// being ended.
 pub const DRAIN: Duration = Duration::from_secs(5);
@@ -108,7 +176,7 @@ pub fn segments(sc: &Scenario, slot: &Slot) -> Vec<(u64, u64)> {
         return vec![(slot.join_us, run_end)];
     }
     let c = &sc.churn;
-    let first_wave = (crate::scenario::LEAD + sc.ramp).as_micros() as u64;
+    let first_wave = (crate::plan::scenario::LEAD + sc.ramp).as_micros() as u64;
     let mut out = Vec::new();
     let mut join = slot.join_us;
     for w in 1..=c.waves as u64 {
@@ -547,14 +615,16 @@ impl Worker {
             batched: false,
         });
         ctx.gauges.waiting.fetch_add(1, Relaxed);
-        if joinapi::mode(&ctx.sc) == JoinMode::Api {
+        if crate::plan::scenario::mode(&ctx.sc) == JoinMode::Api {
             let (tx, waker, attempt) = (self.joins_tx.clone(), self.waker.clone(), l.nonce);
             let source = source_of(&ctx.sources, &l.slot);
             let seed = l.nonce.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ at;
             let stop = ctx.stop_rx.clone();
             let c = ctx.clone();
             ctx.runtime.spawn(async move {
-                let record = joinapi::join(&c.ep, source, at, audio_deadline_us, stop, seed).await;
+                let record =
+                    crate::actors::join::join(&c.ep, source, at, audio_deadline_us, stop, seed)
+                        .await;
                 if tx
                     .send(JoinDone {
                         key,
@@ -608,7 +678,7 @@ impl Worker {
         };
         let source = source_of(&self.ctx.sources, &l.slot);
         let token = Token(key as usize);
-        let opened = open(self.ctx.ep.addr, source).and_then(|mut s| {
+        let opened = crate::net::socket::open(self.ctx.ep.addr, source).and_then(|mut s| {
             self.immediate.registry().register(
                 &mut s,
                 token,
@@ -723,7 +793,7 @@ impl Worker {
                     let parsed = if head.is_empty() {
                         http::parse_head(data).map(|h| h.map(|h| (h.status, h.len, data)))
                     } else {
-                        if head.len() + n > crate::client::MAX_HEAD {
+                        if head.len() + n > crate::net::http::MAX_HEAD {
                             return Err(Failure::Protocol("http_head_too_large"));
                         }
                         head.extend_from_slice(data);
@@ -733,7 +803,7 @@ impl Worker {
                         Err(_) => return Err(Failure::Protocol("bad_http_answer")),
                         Ok(None) => {
                             if head.is_empty() {
-                                if n > crate::client::MAX_HEAD {
+                                if n > crate::net::http::MAX_HEAD {
                                     return Err(Failure::Protocol("http_head_too_large"));
                                 }
                                 head.extend_from_slice(data);
@@ -954,96 +1024,10 @@ fn attempt_mut(table: &mut [Option<Listener>], key: u32) -> Option<&mut Attempt>
     table.get_mut(key as usize)?.as_mut()?.attempt.as_mut()
 }
 
-/// µs since the Unix epoch, now.
-pub fn now_us() -> u64 {
-    crate::client::now_us()
-}
-
-/// A non-blocking TCP connection to `addr` under way, from `source` when given, with kernel
-/// receive timestamps on.
-fn open(addr: SocketAddr, source: Option<Ipv4Addr>) -> io::Result<TcpStream> {
-    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-    let domain = if addr.is_ipv4() {
-        Domain::IPV4
-    } else {
-        Domain::IPV6
-    };
-    let s = Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
-    s.set_tcp_nodelay(true)?;
-    set_flag(&s, libc::SOL_SOCKET, libc::SO_TIMESTAMP)?;
-    if let (Some(src), true) = (source, addr.is_ipv4()) {
-        // The port is chosen at connect, per destination: sources never run out of ports
-        // because of binding.
-        set_flag(&s, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT)?;
-        s.bind(&SockAddr::from(SocketAddr::new(src.into(), 0)))?;
-    }
-    match s.connect(&SockAddr::from(addr)) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(e),
-    }
-    Ok(TcpStream::from_std(s.into()))
-}
-
-fn set_flag(s: &socket2::Socket, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live local.
-    let r = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            level,
-            name,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// One `recvmsg` into `buf`: the bytes read and, when the socket has `SO_TIMESTAMP` on, when
-/// the newest of them arrived (Unix µs, from the kernel).
-pub fn recv_stamped(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<u64>)> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // Room for one timeval control message, aligned.
-    let mut control = [0u64; 8];
-    // SAFETY: a zeroed msghdr is valid; the pointers set below outlive the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control) as _;
-    // SAFETY: `msg` describes `buf` and `control`, both live and writable for the call.
-    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut stamp = None;
-    // SAFETY: the CMSG_* walk stays inside `control` as the kernel filled it (msg_controllen);
-    // the timeval is read unaligned from inside the message it belongs to.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMP {
-                let tv: libc::timeval = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                stamp = Some(tv.tv_sec as u64 * 1_000_000 + tv.tv_usec as u64);
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-    }
-    Ok((n as usize, stamp))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenario;
+    use crate::plan::scenario;
 
     #[test]
     fn churn_segments_leave_at_waves_and_rejoin_by_policy() {
@@ -1086,7 +1070,7 @@ mod tests {
         sc.churn.reconnect = Reconnect::Naive;
         sc.churn.retry_delay = Duration::from_millis(200);
         sc.churn.max_attempts = 3;
-        let slot = scenario::schedule(&sc)[0].clone();
+        let slot = scenario::schedule(&sc)[0];
         let run_end = sc.run_length().as_micros() as u64;
         let mut life = Lifecycle::new(&sc, &slot, 0);
         let (at, leave) = life.first().unwrap();
@@ -1113,45 +1097,5 @@ mod tests {
         let sc = Scenario::new(Kind::Capacity, 10);
         let mut life = Lifecycle::new(&sc, &slot, 0);
         assert_eq!(life.next(&sc, true, false, 1, run_end), None);
-    }
-
-    #[test]
-    fn kernel_receive_timestamps_tell_when_bytes_arrived_not_when_they_were_read() {
-        let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = server.local_addr().unwrap();
-        let client = open(addr, Some(Ipv4Addr::new(127, 0, 0, 1))).unwrap();
-        let (mut peer, _) = server.accept().unwrap();
-        let fd = client.as_raw_fd();
-        // Wait for the connection (non-blocking connect).
-        let t0 = std::time::Instant::now();
-        while client.peer_addr().is_err() {
-            assert!(t0.elapsed() < Duration::from_secs(5));
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        // The kernel turns stamping on a moment after the first socket asks (deferred work):
-        // the first bytes may come without a stamp, and are then timed when read.
-        let mut buf = [0u8; 64];
-        let mut stamped = None;
-        for _ in 0..20 {
-            let sent = now_us();
-            peer.write_all(b"bytes").unwrap();
-            std::thread::sleep(Duration::from_millis(150));
-            let (n, stamp) = recv_stamped(fd, &mut buf).unwrap();
-            assert_eq!(&buf[..n], b"bytes");
-            if let Some(stamp) = stamp {
-                stamped = Some((sent, stamp, now_us()));
-                break;
-            }
-        }
-        let (sent, stamp, read) = stamped.expect("receive timestamps on TCP");
-        assert!(
-            stamp + 1_000 >= sent && stamp + 100_000 < read,
-            "sent {sent}, stamped {stamp}, read {read}"
-        );
-        // Nothing more: would block, no timestamp invented.
-        assert_eq!(
-            recv_stamped(fd, &mut buf).unwrap_err().kind(),
-            io::ErrorKind::WouldBlock
-        );
     }
 }

@@ -4,17 +4,19 @@
 //! Contract: [`run_host`] connects to `/live/{id}/publish`, sends `{"key": ...}`, waits for
 //! `{"type":"ready"}`, then sends packet `i` at `start + i × 20 ms` with the host's own sequence
 //! number `i` and capture time in both the AUDIO header and the packet marker
-//! ([`crate::marker`]), until `end`. During the configured pause it sends nothing and its
+//! ([`crate::plan::marker`]), until `end`. During the configured pause it sends nothing and its
 //! sequence numbers run on (the packets are lost, as in a network outage), so listeners must
 //! see a gap of exactly the pause. Every wait is bounded; it stops at `end` or when told.
 
-use crate::client::{now_us, sleep_until_us};
-use crate::http::Target;
-use crate::marker;
-use crate::scenario::HostConfig;
+use crate::error::{Error, Result};
+use crate::net::clock::now_us;
+use crate::net::clock::sleep_until_us;
+use crate::observe::stats::HostStats;
+use crate::plan::marker;
+use crate::plan::scenario::HostConfig;
+use crate::plan::target::Target;
 use bytes::BytesMut;
 use levee_core::wsframe::{self, FrameDecoder, Message};
-use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -23,31 +25,10 @@ use tokio::sync::watch;
 /// Packet duration of the synthetic host, µs.
 pub const PACKET_US: u64 = 20_000;
 
-/// What the host did.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct HostStats {
-    /// Packets sent.
-    pub packets_sent: u64,
-    /// Packets dropped on purpose (the injected pause).
-    pub packets_dropped: u64,
-    /// Bitrate imitated, bit/s.
-    pub bitrate: u32,
-    /// Largest delay between a packet's scheduled and actual send, ms.
-    pub max_send_lag_ms: f64,
-    /// The injected pause: (start, length) in ms after the run's start.
-    pub pause_ms: Option<(u64, u64)>,
-    /// Why the host stopped early, if it did.
-    pub error: Option<String>,
-}
-
-async fn handshake(
-    target: &Target,
-    space: &str,
-    key: &str,
-) -> Result<(TcpStream, FrameDecoder), String> {
+async fn handshake(target: &Target, space: &str, key: &str) -> Result<(TcpStream, FrameDecoder)> {
     let mut s = TcpStream::connect(target.addr)
         .await
-        .map_err(|e| format!("host connect: {e}"))?;
+        .map_err(|e| Error::server(format!("host connect: {e}")))?;
     let _ = s.set_nodelay(true);
     let req = format!(
         "GET /live/{space}/publish HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: bGV2ZWUtc3Rvcm0taG9zdA==\r\nSec-WebSocket-Version: 13\r\n\r\n",
@@ -55,33 +36,33 @@ async fn handshake(
     );
     s.write_all(req.as_bytes())
         .await
-        .map_err(|e| format!("host send: {e}"))?;
+        .map_err(|e| Error::server(format!("host send: {e}")))?;
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     let end = loop {
         let n = s
             .read(&mut buf)
             .await
-            .map_err(|e| format!("host read: {e}"))?;
+            .map_err(|e| Error::server(format!("host read: {e}")))?;
         if n == 0 {
-            return Err("host: server closed during the handshake".into());
+            return Err(Error::server("host: server closed during the handshake"));
         }
         head.extend_from_slice(&buf[..n]);
         if let Some(p) = head.windows(4).position(|w| w == b"\r\n\r\n") {
             break p + 4;
         }
         if head.len() > 8192 {
-            return Err("host: answer head too large".into());
+            return Err(Error::server("host: answer head too large"));
         }
     };
-    if crate::http::parse_status(&head) != Some(101) {
-        return Err(format!(
+    if crate::net::http::parse_status(&head) != Some(101) {
+        return Err(Error::server(format!(
             "host: publish answered {}",
             String::from_utf8_lossy(&head[..end])
                 .lines()
                 .next()
                 .unwrap_or("")
-        ));
+        )));
     }
     let mut dec = FrameDecoder::for_server_frames(64 * 1024);
     dec.push(&head[end..]);
@@ -90,23 +71,23 @@ async fn handshake(
     wsframe::encode_client_frame(wsframe::OP_TEXT, hello.as_bytes(), [7, 1, 3, 9], &mut out);
     s.write_all(&out)
         .await
-        .map_err(|e| format!("host send: {e}"))?;
+        .map_err(|e| Error::server(format!("host send: {e}")))?;
     loop {
         match dec.next() {
             Ok(Some(Message::Text(t))) if t.contains("\"ready\"") => return Ok((s, dec)),
             Ok(Some(Message::Close(code, why))) => {
-                return Err(format!("host refused: {code:?} {why}"))
+                return Err(Error::server(format!("host refused: {code:?} {why}")))
             }
             Ok(Some(_)) => continue,
             Ok(None) => {}
-            Err(e) => return Err(format!("host: {e}")),
+            Err(e) => return Err(Error::server(format!("host: {e}"))),
         }
         let n = s
             .read(&mut buf)
             .await
-            .map_err(|e| format!("host read: {e}"))?;
+            .map_err(|e| Error::server(format!("host read: {e}")))?;
         if n == 0 {
-            return Err("host: server closed before ready".into());
+            return Err(Error::server("host: server closed before ready"));
         }
         dec.push(&buf[..n]);
     }
@@ -134,7 +115,7 @@ pub async fn run_host(
     let (stream, mut dec) = match connect.await {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
-            st.error = Some(e);
+            st.error = Some(e.to_string());
             return st;
         }
         Err(_) => {

@@ -7,30 +7,13 @@
 //! run (the timeline); points of the same second merge the same way. Everything is serde, to
 //! travel from agents to the parent as JSON.
 
-use crate::hist::Hist;
-use crate::measure::{Failure, JoinTiming, ListenerSummary};
+use crate::observe::hist::Hist;
+use crate::observe::measure::Failure;
+use crate::observe::measure::JoinTiming;
+use crate::observe::measure::ListenerSummary;
+use crate::plan::scenario::Format;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-
-/// Delivery format of a listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    /// levee's WebSocket (`/live/{id}/ws`).
-    Ws,
-    /// Progressive Ogg/Opus over HTTP (`/live/{id}.ogg`).
-    Ogg,
-}
-
-impl Format {
-    /// Lowercase name.
-    pub fn label(self) -> &'static str {
-        match self {
-            Format::Ws => "ws",
-            Format::Ogg => "ogg",
-        }
-    }
-}
 
 /// How one connection attempt went.
 #[derive(Debug, Clone)]
@@ -148,7 +131,7 @@ pub struct Aggregate {
     pub retries: u64,
     /// Joins through the join API (`join = "api"`).
     #[serde(default)]
-    pub join_api: crate::joinapi::JoinStats,
+    pub join_api: crate::observe::join::JoinStats,
 }
 
 impl Aggregate {
@@ -373,6 +356,23 @@ pub fn merge_points(timeline: &mut Vec<Point>, points: &[Point], max_points: usi
             Err(_) => {}
         }
     }
+}
+
+/// What the host did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostStats {
+    /// Packets sent.
+    pub packets_sent: u64,
+    /// Packets dropped on purpose (the injected pause).
+    pub packets_dropped: u64,
+    /// Bitrate imitated, bit/s.
+    pub bitrate: u32,
+    /// Largest delay between a packet's scheduled and actual send, ms.
+    pub max_send_lag_ms: f64,
+    /// The injected pause: (start, length) in ms after the run's start.
+    pub pause_ms: Option<(u64, u64)>,
+    /// Why the host stopped early, if it did.
+    pub error: Option<String>,
 }
 
 #[cfg(test)]
