@@ -22,6 +22,11 @@ pub fn render(hub: &Hub) -> String {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
         );
     };
+    let _ = writeln!(
+        out,
+        "# HELP process_cpu_seconds_total CPU time this process used (user and system), s.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {:.6}",
+        crate::clock::process_cpu_s()
+    );
     scalar(
         &mut out,
         "levee_connections_total",

@@ -247,7 +247,8 @@ pub fn parse_metrics(text: &str, space: &str) -> BTreeMap<String, f64> {
     let want = format!("space=\"{space}\"");
     let mut out = BTreeMap::new();
     for line in text.lines() {
-        if line.starts_with('#') || !line.contains(&want) {
+        // The space's series, and the node's own process figures (CPU, memory).
+        if line.starts_with('#') || !(line.contains(&want) || line.starts_with("process_")) {
             continue;
         }
         let Some((series, value)) = line.rsplit_once(' ') else {
@@ -415,6 +416,9 @@ mod tests {
         assert_eq!(m["levee_joins_total{ogg}"], 3.0);
         assert_eq!(m["levee_ingest_packets_total"], 250.0);
         assert_eq!(m.len(), 3);
+        let m = parse_metrics("process_cpu_seconds_total 12.5\nlevee_spaces 3\n", "abc");
+        assert_eq!(m.get("process_cpu_seconds_total"), Some(&12.5));
+        assert_eq!(m.len(), 1);
     }
 
     #[test]

@@ -182,8 +182,9 @@ figure{{margin:12px 0}} .grid{{display:flex;flex-wrap:wrap;gap:24px}}
     );
     let _ = write!(
         s,
-        r#"<p>Space <code>{}</code>, started at {} ms (Unix), {:.1} s. Result: <b class="{}">{}</b>, run <b class="{}">{}</b>.</p>"#,
+        r#"<p>Space <code>{}</code>, started at {} ({} ms Unix), {:.1} s. Result: <b class="{}">{}</b>, run <b class="{}">{}</b>.</p>"#,
         esc(&r.space),
+        esc(&r.started_at),
         r.started_at_unix_ms,
         r.duration_s,
         if r.passed { "ok" } else { "bad" },

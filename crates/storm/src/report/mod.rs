@@ -84,6 +84,12 @@ pub struct Generator {
     pub cpu_s: f64,
     /// CPU per listener-second, µs.
     pub cpu_us_per_listener_s: f64,
+    /// The server's CPU per listener-second over the same run (its `process_cpu_seconds_total`,
+    /// the whole node), when its `/metrics` says.
+    pub server_cpu_us_per_listener_s: Option<f64>,
+    /// The generator's CPU per listener-second over the server's: below 0.5, the generator
+    /// costs less than half of what it measures.
+    pub cpu_vs_server: Option<f64>,
     /// Listener-seconds of audio held (sum over seconds of listeners with audio).
     pub listener_seconds: f64,
     /// Peak resident memory of the listener processes, MiB.
@@ -179,6 +185,8 @@ pub struct Report {
     pub passed: bool,
     /// Run start, ms since the Unix epoch.
     pub started_at_unix_ms: u64,
+    /// The same instant as a human date (RFC 3339, UTC).
+    pub started_at: String,
     /// Run length, s.
     pub duration_s: f64,
     /// Listener counts.
@@ -367,6 +375,12 @@ pub fn build(inp: Inputs<'_>, objectives: &[Objective], steps: Vec<StepResult>) 
     let h = inp.health;
     let us_ms = |us: u64| us as f64 / 1000.0;
     let listener_seconds: f64 = inp.timeline.iter().map(|p| p.connected as f64).sum();
+    let server_cpu_us = inp
+        .server
+        .as_ref()
+        .and_then(|m| m.get("process_cpu_seconds_total"))
+        .filter(|_| listener_seconds > 0.0)
+        .map(|cpu_s| cpu_s * 1e6 / listener_seconds);
     let cpu_s = h.cpu_s + inp.parent_cpu_s;
     let wall = h.wall_s.max(1e-9);
     let mut invalid = Vec::new();
@@ -404,6 +418,10 @@ pub fn build(inp: Inputs<'_>, objectives: &[Objective], steps: Vec<StepResult>) 
         cpu_core_pct_max: h.cpu_core_pct_max,
         cpu_busy_pct_max: h.cpu_busy_pct_max,
         cpu_s,
+        server_cpu_us_per_listener_s: server_cpu_us,
+        cpu_vs_server: server_cpu_us
+            .filter(|&s| s > 0.0 && listener_seconds > 0.0)
+            .map(|s| h.cpu_s * 1e6 / listener_seconds / s),
         cpu_us_per_listener_s: if listener_seconds > 0.0 {
             h.cpu_s * 1e6 / listener_seconds
         } else {
@@ -450,6 +468,7 @@ pub fn build(inp: Inputs<'_>, objectives: &[Objective], steps: Vec<StepResult>) 
         invalid_reasons: invalid,
         passed: false,
         started_at_unix_ms: inp.start_us / 1000,
+        started_at: human_date(inp.start_us),
         duration_s: h.wall_s,
         listeners: Listeners {
             planned: inp.scenario.planned_listeners(),
@@ -541,6 +560,12 @@ fn zero_floor(h: &Hist) -> Percentiles {
     p
 }
 
+/// `us` (since the Unix epoch) as an RFC 3339 date in UTC, to the millisecond.
+pub fn human_date(us: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(us / 1000 * 1000);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
 /// The exit code of a finished run (see the module docs).
 pub fn exit_code(r: &Report) -> u8 {
     if !r.valid {
@@ -558,13 +583,14 @@ pub fn summary_text(r: &Report) -> String {
     let _ = std::fmt::Write::write_fmt(
         &mut s,
         format_args!(
-            "storm {} on space {}: {} ({})\n\
+            "storm {} on space {} at {}: {} ({})\n\
              listeners: planned {} joined {} failed {} dropped {} (peak {})\n\
              ttfa ms: p50 {:.1} p99 {:.1} max {:.1} | e2e latency ms: p50 {:.1} p99 {:.1} max {:.1}\n\
              delivered {:.5} | gaps {} ({:.0} ms) | worst gap p99 {:.1} ms | stalls {} | listeners with stall {:.2}% | underruns {}\n\
              generator: cpu {:.1}% of the machine ({:.1} µs per listener-second), {:.1} KiB per listener, loop lag p99 {:.1} ms\n",
             r.scenario["kind"].as_str().unwrap_or("?"),
             r.space,
+            r.started_at,
             if r.passed { "PASSED" } else { "FAILED" },
             if r.valid { "valid".to_owned() } else { format!("INVALID: {}", r.invalid_reasons.join("; ")) },
             r.listeners.planned,
@@ -591,6 +617,14 @@ pub fn summary_text(r: &Report) -> String {
             r.generator.loop_lag_ms.p99,
         ),
     );
+    if let (Some(server), Some(ratio)) = (
+        r.generator.server_cpu_us_per_listener_s,
+        r.generator.cpu_vs_server,
+    ) {
+        s.push_str(&format!(
+            "server: cpu {server:.1} µs per listener-second; the generator costs {ratio:.2}× the server\n"
+        ));
+    }
     for o in &r.objectives {
         s.push_str(&format!(
             "objective {:<36} {} (measured {})\n",
