@@ -88,20 +88,73 @@ pub struct Bounds {
     pub end_ok_after_us: u64,
 }
 
-/// The request line and headers that open a stream at `path`.
-pub fn request(format: Format, authority: &str, path: &str, nonce: u64) -> String {
-    match format {
-        Format::Ws => {
-            use base64::Engine;
-            let key =
-                base64::engine::general_purpose::STANDARD.encode(nonce.to_be_bytes().repeat(2));
-            format!(
-                "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: levee-storm\r\n\r\n"
-            )
-        }
-        Format::Ogg => format!(
+/// What a listener of one delivery format does that the others do not: how it asks for its
+/// stream, which answer starts it, and how its bytes are read. The worker's state machine
+/// (connect, request, answer head, stream, deadlines, retries, batched reads) is the same for
+/// every format; another streaming format is one more implementation of this trait.
+pub trait Delivery: Sync {
+    /// The format, as reports name it.
+    fn format(&self) -> Format;
+    /// The stream's path: the ticket's when the join API gave (Ogg, WebSocket) paths, else
+    /// the endpoint's.
+    fn path(&self, ep: &Endpoint, ticket: Option<(String, String)>) -> String;
+    /// The request that opens the stream at `path`; `nonce` is unique to the attempt.
+    fn request(&self, authority: &str, path: &str, nonce: u64) -> String;
+    /// The status of the answer that starts the stream.
+    fn ok_status(&self) -> u16;
+    /// A reader of the stream's bytes.
+    fn reader(&self, meter: MeterConfig, timed: bool) -> Reader {
+        Reader::new(self.format(), meter, timed)
+    }
+}
+
+/// levee's WebSocket stream (`/live/{id}/ws`, `docs/protocol.md`).
+pub struct WebSocket;
+
+impl Delivery for WebSocket {
+    fn format(&self) -> Format {
+        Format::Ws
+    }
+    fn path(&self, ep: &Endpoint, ticket: Option<(String, String)>) -> String {
+        ticket.map_or_else(|| ep.ws_path.clone(), |(_, ws)| ws)
+    }
+    fn request(&self, authority: &str, path: &str, nonce: u64) -> String {
+        use base64::Engine;
+        let key = base64::engine::general_purpose::STANDARD.encode(nonce.to_be_bytes().repeat(2));
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: levee-storm\r\n\r\n"
+        )
+    }
+    fn ok_status(&self) -> u16 {
+        101
+    }
+}
+
+/// Progressive Ogg/Opus over HTTP (levee's `/live/{id}.ogg`, or any raw mount).
+pub struct ProgressiveOgg;
+
+impl Delivery for ProgressiveOgg {
+    fn format(&self) -> Format {
+        Format::Ogg
+    }
+    fn path(&self, ep: &Endpoint, ticket: Option<(String, String)>) -> String {
+        ticket.map_or_else(|| ep.ogg_path.clone(), |(ogg, _)| ogg)
+    }
+    fn request(&self, authority: &str, path: &str, _nonce: u64) -> String {
+        format!(
             "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: levee-storm\r\nAccept: audio/ogg\r\n\r\n"
-        ),
+        )
+    }
+    fn ok_status(&self) -> u16 {
+        200
+    }
+}
+
+/// The delivery of `format`.
+pub fn delivery(format: Format) -> &'static dyn Delivery {
+    match format {
+        Format::Ws => &WebSocket,
+        Format::Ogg => &ProgressiveOgg,
     }
 }
 
@@ -600,7 +653,7 @@ impl Worker {
         l.attempt = Some(Attempt {
             stream: None,
             phase: Phase::Joining,
-            reader: Reader::new(l.slot.format, ctx.sc.meter, timed),
+            reader: delivery(l.slot.format).reader(ctx.sc.meter, timed),
             join: JoinTiming {
                 scheduled_us: at,
                 started_us: Some(now),
@@ -657,7 +710,7 @@ impl Worker {
             match done.record.paths.clone() {
                 Some((ogg, ws)) => {
                     let now = now_us();
-                    a.path = Some(if l.slot.format == Format::Ws { ws } else { ogg });
+                    a.path = Some(delivery(l.slot.format).path(&self.ctx.ep, Some((ogg, ws))));
                     // The connect bound counts from when the ticket came.
                     a.connect_deadline_us = (now + self.ctx.sc.connect_timeout.as_micros() as u64)
                         .min(a.audio_deadline_us);
@@ -724,12 +777,9 @@ impl Worker {
                 Err(e) => return self.end(key, Err(Failure::from_io(&e)), sh),
             }
             a.join.connected_us = Some(now);
-            let format = a.reader.format();
-            let path = a.path.take().unwrap_or_else(|| match format {
-                Format::Ws => ep.ws_path.clone(),
-                Format::Ogg => ep.ogg_path.clone(),
-            });
-            a.phase = Phase::Requesting(request(format, &ep.authority, &path, nonce).into_bytes());
+            let d = delivery(a.reader.format());
+            let path = a.path.take().unwrap_or_else(|| d.path(ep, None));
+            a.phase = Phase::Requesting(d.request(&ep.authority, &path, nonce).into_bytes());
             self.arm(key);
         }
         let Some(a) = attempt_mut(&mut self.table, key) else {
@@ -782,7 +832,11 @@ impl Worker {
                 let outcome = if a.joined && now >= a.bounds.end_ok_after_us {
                     Ok(())
                 } else {
-                    Err(a.reader.close.map_or(Failure::Closed, Failure::WsClose))
+                    Err(a
+                        .reader
+                        .heard
+                        .close
+                        .map_or(Failure::Closed, Failure::WsClose))
                 };
                 self.end(key, outcome, sh);
                 return Ok(());
@@ -810,11 +864,7 @@ impl Worker {
                             }
                         }
                         Ok(Some((status, len, all))) => {
-                            let want = if a.reader.format() == Format::Ws {
-                                101
-                            } else {
-                                200
-                            };
+                            let want = delivery(a.reader.format()).ok_status();
                             a.join.response_us = Some(now);
                             if status != want {
                                 return Err(Failure::Http(status));
@@ -849,7 +899,7 @@ impl Worker {
         let ctx = self.ctx.clone();
         let a = attempt_mut(&mut self.table, key)?;
         if !a.joined {
-            if let Some(t) = a.reader.first_audio_us {
+            if let Some(t) = a.reader.heard.first_audio_us {
                 a.joined = true;
                 ctx.gauges.waiting.fetch_sub(1, Relaxed);
                 ctx.gauges.connected.fetch_add(1, Relaxed);
@@ -875,7 +925,7 @@ impl Worker {
             }
         }
         let a = attempt_mut(&mut self.table, key)?;
-        if let Some(code) = a.reader.close {
+        if let Some(code) = a.reader.heard.close {
             let outcome = if a.joined && now_us() >= a.bounds.end_ok_after_us {
                 Ok(())
             } else {
@@ -946,11 +996,12 @@ impl Worker {
             join: a.join,
             join_failure,
             drop,
-            bytes: a.reader.bytes,
-            pages: a.reader.pages,
+            bytes: a.reader.heard.bytes,
+            pages: a.reader.heard.pages,
             timed,
             summary: a
                 .reader
+                .heard
                 .meter
                 .finish(now.min(a.bounds.leave_us).min(a.bounds.end_ok_after_us)),
         };

@@ -61,6 +61,29 @@ impl WsParser {
         mut on: impl FnMut(WsMessage<'_>),
     ) -> Result<(), &'static str> {
         while !data.is_empty() {
+            // Fast path: a whole frame at the start of `data` is read in place, no copy.
+            if let (WsState::Header, 0, [b0, b1, ..]) = (self.state, self.hdr_have, data) {
+                let (b0, b1) = (*b0, *b1);
+                let hlen = match b1 & 0x7f {
+                    126 => 4,
+                    127 => 10,
+                    _ => 2,
+                };
+                if data.len() >= hlen {
+                    let len = frame_len(b1, &data[..hlen]);
+                    if (data.len() - hlen) as u64 >= len {
+                        let opcode = check_header(b0, b1, len)?;
+                        let len_us = len as usize;
+                        on(WsMessage {
+                            opcode,
+                            prefix: &data[hlen..hlen + len_us.min(PREFIX)],
+                            len,
+                        });
+                        data = &data[hlen + len_us..];
+                        continue;
+                    }
+                }
+            }
             match self.state {
                 WsState::Header => {
                     let need = if self.hdr_have < 2 {
@@ -83,29 +106,9 @@ impl WsParser {
                     if self.hdr_have == 2 && matches!(self.hdr[1] & 0x7f, 126 | 127) {
                         continue; // extended length follows
                     }
-                    let b0 = self.hdr[0];
-                    let b1 = self.hdr[1];
-                    if b1 & 0x80 != 0 {
-                        return Err("masked_server_frame");
-                    }
-                    if b0 & 0x70 != 0 {
-                        return Err("reserved_bits");
-                    }
-                    if b0 & 0x80 == 0 {
-                        return Err("fragmented_frame");
-                    }
-                    let opcode = b0 & 0x0f;
-                    if !matches!(opcode, 0x1 | 0x2 | 0x8 | 0x9 | 0xA) {
-                        return Err("bad_opcode");
-                    }
-                    let len = match b1 & 0x7f {
-                        126 => u16::from_be_bytes([self.hdr[2], self.hdr[3]]) as u64,
-                        127 => u64::from_be_bytes(self.hdr[2..10].try_into().unwrap_or([0; 8])),
-                        n => n as u64,
-                    };
-                    if len > 1 << 24 {
-                        return Err("frame_too_large");
-                    }
+                    let (b0, b1) = (self.hdr[0], self.hdr[1]);
+                    let len = frame_len(b1, &self.hdr[..self.hdr_have as usize]);
+                    let opcode = check_header(b0, b1, len)?;
                     self.hdr_have = 0;
                     self.prefix_have = 0;
                     self.state = WsState::Payload {
@@ -150,6 +153,38 @@ impl WsParser {
         }
         Ok(())
     }
+}
+
+/// The payload length of a frame whose header (2, 4 or 10 bytes) is `hdr`.
+fn frame_len(b1: u8, hdr: &[u8]) -> u64 {
+    match (b1 & 0x7f, hdr) {
+        (126, [_, _, a, b, ..]) => u16::from_be_bytes([*a, *b]) as u64,
+        (127, [_, _, rest @ ..]) if rest.len() >= 8 => {
+            u64::from_be_bytes(rest[..8].try_into().unwrap_or([0; 8]))
+        }
+        (n, _) => n as u64,
+    }
+}
+
+/// Checks a server frame's first two bytes and length; returns its opcode.
+fn check_header(b0: u8, b1: u8, len: u64) -> Result<u8, &'static str> {
+    if b1 & 0x80 != 0 {
+        return Err("masked_server_frame");
+    }
+    if b0 & 0x70 != 0 {
+        return Err("reserved_bits");
+    }
+    if b0 & 0x80 == 0 {
+        return Err("fragmented_frame");
+    }
+    let opcode = b0 & 0x0f;
+    if !matches!(opcode, 0x1 | 0x2 | 0x8 | 0x9 | 0xA) {
+        return Err("bad_opcode");
+    }
+    if len > 1 << 24 {
+        return Err("frame_too_large");
+    }
+    Ok(opcode)
 }
 
 /// What an [`OggParser`] reports.

@@ -46,8 +46,14 @@ enum Parser {
 }
 
 /// Per-listener reading state: bytes in, frames to the meter and the caller's [`Shard`].
-pub(crate) struct Reader {
+pub struct Reader {
     parser: Parser,
+    /// What was heard (apart from the parser, so that the parser's callbacks can update it).
+    pub(crate) heard: Heard,
+}
+
+/// What one listener heard so far.
+pub struct Heard {
     /// Arrival times are exact (the listener reads as bytes arrive), not bounds.
     timed: bool,
     pub(crate) meter: ListenerMeter,
@@ -57,6 +63,8 @@ pub(crate) struct Reader {
     samples_est: u32,
     /// Audio missing before the next packet (Ogg granule gaps).
     pending_missing: u64,
+    /// The TOC byte of the last packet when it had one frame (its duration is `samples_est`).
+    last_toc: Option<u8>,
     pub(crate) bytes: u64,
     pub(crate) pages: u64,
     pub(crate) close: Option<u16>,
@@ -66,20 +74,23 @@ pub(crate) struct Reader {
 impl Reader {
     pub(crate) fn new(format: Format, meter: MeterConfig, timed: bool) -> Self {
         Reader {
-            timed,
             parser: match format {
                 Format::Ws => Parser::Ws(WsParser::default()),
                 Format::Ogg => Parser::Ogg(OggParser::default()),
             },
-            meter: ListenerMeter::new(meter),
-            seq: SeqTracker::default(),
-            granule: GranuleTracker::default(),
-            samples_est: marker::PACKET_SAMPLES,
-            pending_missing: 0,
-            bytes: 0,
-            pages: 0,
-            close: None,
-            first_audio_us: None,
+            heard: Heard {
+                timed,
+                meter: ListenerMeter::new(meter),
+                seq: SeqTracker::default(),
+                granule: GranuleTracker::default(),
+                samples_est: marker::PACKET_SAMPLES,
+                pending_missing: 0,
+                last_toc: None,
+                bytes: 0,
+                pages: 0,
+                close: None,
+                first_audio_us: None,
+            },
         }
     }
 
@@ -93,9 +104,61 @@ impl Reader {
 
     /// Whether arrival times are exact (see [`crate::observe::measure::Frame::exact`]).
     pub(crate) fn timed(&self) -> bool {
-        self.timed
+        self.heard.timed
     }
 
+    /// Feeds received bytes. Returns a protocol error's reason.
+    pub(crate) fn feed(
+        &mut self,
+        data: &[u8],
+        arrival_us: u64,
+        shard: &mut Shard,
+    ) -> Result<(), &'static str> {
+        let st = &mut self.heard;
+        st.bytes += data.len() as u64;
+        match &mut self.parser {
+            Parser::Ws(p) => p.feed(data, |m| match m.opcode {
+                0x2 if m.prefix.first() == Some(&levee_core::wire::KIND_AUDIO)
+                    && m.prefix.len() >= levee_core::wire::AUDIO_HEADER =>
+                {
+                    let be = |at: usize| {
+                        let mut b = [0u8; 8];
+                        b.copy_from_slice(&m.prefix[at..at + 8]);
+                        u64::from_be_bytes(b)
+                    };
+                    let wire = Some((be(1), be(9)));
+                    st.audio(wire, &m.prefix[17..], arrival_us, shard);
+                }
+                0x8 => {
+                    st.bytes = st.bytes.saturating_sub(2 + m.len);
+                    st.close = Some(match m.prefix {
+                        [a, b, ..] => u16::from_be_bytes([*a, *b]),
+                        _ => 1005,
+                    });
+                }
+                _ => {}
+            }),
+            Parser::Ogg(p) => p.feed(data, |e| match e {
+                OggEvent::PageStart {
+                    granule, packets, ..
+                } => {
+                    if granule != 0 && granule != u64::MAX {
+                        st.pages += 1;
+                        let est = packets as u64 * st.samples_est as u64;
+                        st.pending_missing += st.granule.page(granule, est);
+                    }
+                }
+                OggEvent::Packet { prefix, .. } => {
+                    if !(prefix.starts_with(b"OpusHead") || prefix.starts_with(b"OpusTags")) {
+                        st.audio(None, prefix, arrival_us, shard);
+                    }
+                }
+            }),
+        }
+    }
+}
+
+impl Heard {
     /// One audio packet: `seq`/`capture` from the wire (WebSocket) or none (Ogg); the marker
     /// in the packet, when present, wins (it carries the host's own numbering).
     fn audio(
@@ -105,7 +168,16 @@ impl Reader {
         arrival_us: u64,
         shard: &mut Shard,
     ) {
-        let samples = levee_media::opus::packet_samples(packet).unwrap_or(self.samples_est);
+        // Packets of a stream mostly share their TOC byte: parse it once per change.
+        let samples = match packet.first() {
+            Some(&toc) if Some(toc) == self.last_toc => self.samples_est,
+            _ => {
+                let n = levee_media::opus::packet_samples(packet).unwrap_or(self.samples_est);
+                // One frame per packet (code 0): the TOC alone says its duration.
+                self.last_toc = packet.first().copied().filter(|t| t & 0x03 == 0);
+                n
+            }
+        };
         self.samples_est = samples;
         let (seq, capture) = match marker::read_marker(packet).or(wire) {
             Some((s, c)) => (Some(s), Some(c)),
@@ -145,58 +217,6 @@ impl Reader {
         if self.first_audio_us.is_none() {
             self.first_audio_us = Some(arrival_us);
         }
-    }
-
-    /// Feeds received bytes. Returns a protocol error's reason.
-    pub(crate) fn feed(
-        &mut self,
-        data: &[u8],
-        arrival_us: u64,
-        shard: &mut Shard,
-    ) -> Result<(), &'static str> {
-        self.bytes += data.len() as u64;
-        let mut parser = std::mem::replace(&mut self.parser, Parser::Ws(WsParser::default()));
-        let out = match &mut parser {
-            Parser::Ws(p) => p.feed(data, |m| match m.opcode {
-                0x2 if m.prefix.first() == Some(&levee_core::wire::KIND_AUDIO)
-                    && m.prefix.len() >= levee_core::wire::AUDIO_HEADER =>
-                {
-                    let be = |at: usize| {
-                        let mut b = [0u8; 8];
-                        b.copy_from_slice(&m.prefix[at..at + 8]);
-                        u64::from_be_bytes(b)
-                    };
-                    let wire = Some((be(1), be(9)));
-                    self.audio(wire, &m.prefix[17..], arrival_us, shard);
-                }
-                0x8 => {
-                    self.bytes = self.bytes.saturating_sub(2 + m.len);
-                    self.close = Some(match m.prefix {
-                        [a, b, ..] => u16::from_be_bytes([*a, *b]),
-                        _ => 1005,
-                    });
-                }
-                _ => {}
-            }),
-            Parser::Ogg(p) => p.feed(data, |e| match e {
-                OggEvent::PageStart {
-                    granule, packets, ..
-                } => {
-                    if granule != 0 && granule != u64::MAX {
-                        self.pages += 1;
-                        let est = packets as u64 * self.samples_est as u64;
-                        self.pending_missing += self.granule.page(granule, est);
-                    }
-                }
-                OggEvent::Packet { prefix, .. } => {
-                    if !(prefix.starts_with(b"OpusHead") || prefix.starts_with(b"OpusTags")) {
-                        self.audio(None, prefix, arrival_us, shard);
-                    }
-                }
-            }),
-        };
-        self.parser = parser;
-        out
     }
 }
 
@@ -275,14 +295,14 @@ mod tests {
         for split in [1, 7, 1 << 16] {
             let ws = read_all(Format::Ws, &ws_head, &chunks, split);
             let bytes: usize = ws_head.len() + chunks.iter().map(|c| c.ws.len()).sum::<usize>();
-            assert_eq!(ws.bytes, bytes as u64);
-            assert_eq!(ws.meter.frames(), 100);
+            assert_eq!(ws.heard.bytes, bytes as u64);
+            assert_eq!(ws.heard.meter.frames(), 100);
             let ogg = read_all(Format::Ogg, &ogg_head, &chunks, split);
             let bytes: usize = ogg_head.len() + chunks.iter().map(|c| c.ogg.len()).sum::<usize>();
-            assert_eq!(ogg.bytes, bytes as u64);
-            assert_eq!(ogg.meter.frames(), 100);
-            assert_eq!(ogg.pages, 20);
-            assert_eq!(ogg.first_audio_us, Some(T0 + 100_000));
+            assert_eq!(ogg.heard.bytes, bytes as u64);
+            assert_eq!(ogg.heard.meter.frames(), 100);
+            assert_eq!(ogg.heard.pages, 20);
+            assert_eq!(ogg.heard.first_audio_us, Some(T0 + 100_000));
         }
     }
 
@@ -292,7 +312,7 @@ mod tests {
         let (ws_head, ogg_head, chunks) = stream(100, 5, true, &[40, 41, 42]);
         for (format, head) in [(Format::Ws, &ws_head), (Format::Ogg, &ogg_head)] {
             let r = read_all(format, head, &chunks, 1 << 16);
-            let s = r.meter.finish(T0 + 3_000_000);
+            let s = r.heard.meter.finish(T0 + 3_000_000);
             assert_eq!((s.frames, s.gaps, s.gap_us), (97, 1, 60_000), "{format:?}");
         }
     }
@@ -304,7 +324,7 @@ mod tests {
         chunks.remove(4);
         for (format, head) in [(Format::Ws, &ws_head), (Format::Ogg, &ogg_head)] {
             let r = read_all(format, head, &chunks, 3);
-            let s = r.meter.finish(T0 + 3_000_000);
+            let s = r.heard.meter.finish(T0 + 3_000_000);
             assert_eq!((s.frames, s.gaps, s.gap_us), (95, 1, 100_000), "{format:?}");
             // Only WebSocket carries capture times for a real source.
             assert_eq!(s.latency_max_us > 0, format == Format::Ws);
@@ -317,7 +337,7 @@ mod tests {
         let mut shard = Shard::default();
         let close = levee_core::wsframe::close_frame(1001, "this space has ended");
         r.feed(&close, T0, &mut shard).unwrap();
-        assert_eq!(r.close, Some(1001));
-        assert_eq!(r.bytes, 0);
+        assert_eq!(r.heard.close, Some(1001));
+        assert_eq!(r.heard.bytes, 0);
     }
 }
