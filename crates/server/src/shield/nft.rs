@@ -469,7 +469,7 @@ fn nft(text: &str) -> Result<(), String> {
         return Ok(());
     }
     let err = String::from_utf8_lossy(&out.stderr);
-    Err(format!("nft exited with {}: {}", out.status, err.trim()))
+    Err(format!("nft failed ({}): {}", out.status, err.trim()))
 }
 
 /// The mirror's counters (`levee_nft_*` in `/metrics`).
