@@ -4,6 +4,7 @@
     cargo build --release -p levee
     python3 bench/refusal-cost.py [--count 20000]
     python3 bench/refusal-cost.py --bans 65536 [--count 20000]
+    sudo python3 bench/refusal-cost.py --nft [--count 40000]
 
 Each case gets a fresh release server whose limits force the outcome, and a loop of plain
 sockets from one loopback source address (bounded in count). The server's CPU time
@@ -22,6 +23,14 @@ bans installed through the admin API before the loop (half IPv4 /32s, half IPv6 
 default bound is 65,536), then 61 s for the installation's TIME_WAIT sockets to go. Every
 accept and every join checks the bans, so the difference is what holding them costs the path
 an attack loads.
+
+With --nft (root: it re-runs itself in a network namespace of its own, `unshare --net`, loopback
+up), a banned /24 attacks twice: on a server without and on one with `--nft-table`. The
+attacker opens non-blocking connections from 250 addresses of the /24, 250 at a time, waits at
+most 100 ms for them to connect and closes them all (a SYN the kernel dropped never connects;
+closing before the 1 s retransmission keeps it to one SYN per attempt). The server's CPU is
+read with ns resolution (the sum of /proc/PID/task/*/schedstat) beside utime + stime, and
+divided by the attempts; the same server idle for as long is the floor.
 """
 import argparse
 import concurrent.futures
@@ -46,6 +55,18 @@ ADMIN = "refusal-cost-admin"
 # Allowlisted: the control connections (space creation, ban installation) come from here.
 CONTROL_NET = "127.254.0.0/16"
 CONTROL_SRC = "127.254.0.1"
+
+
+def task_ns(pid):
+    """CPU time of every thread of pid, ns (schedstat: ns resolution, unlike utime + stime)."""
+    total = 0
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except FileNotFoundError:
+            pass
+    return total
 
 
 def start(args):
@@ -154,13 +175,112 @@ def with_bans(n, bans):
                 warm=lambda addr: space(addr), bans=held)
 
 
+NFT_TABLE = "refusal_cost"
+BANNED_NET = "127.9.9.0/24"
+
+
+def attack(addr, count, window=250, bound=0.1):
+    """count connection attempts from 127.9.9.1-250, window at a time, each given `bound`
+    seconds to connect; returns (connected, timed out)."""
+    import select
+    connected = timed_out = 0
+    i = 0
+    while i < count:
+        socks = []
+        for _ in range(min(window, count - i)):
+            s = socket.socket()
+            s.bind((f"127.9.9.{i % 250 + 1}", 0))
+            s.setblocking(False)
+            s.connect_ex(addr)
+            socks.append(s)
+            i += 1
+        pending = {s.fileno(): s for s in socks}
+        poll = select.poll()
+        for fd in pending:
+            poll.register(fd, select.POLLOUT)
+        deadline = time.time() + bound
+        while pending and (left := deadline - time.time()) > 0:
+            for fd, _ in poll.poll(left * 1000):
+                s = pending.pop(fd)
+                poll.unregister(fd)
+                if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                    connected += 1
+        timed_out += len(pending)
+        for s in socks:
+            s.close()
+    return connected, timed_out
+
+
+def nft_case(count, table):
+    """A banned /24 attacks a server with or without the kernel mirror."""
+    args = ["--strikes-to-ban", "1000000000"] + (["--nft-table", table] if table else [])
+    p, addr = start(args)
+    try:
+        body = json.dumps({"cidr": BANNED_NET, "seconds": 3600}).encode()
+        assert b'"cidr"' in control(addr, "POST", "/api/admin/bans", body, auth=True)
+        if table:
+            for _ in range(100):
+                out = subprocess.run(["nft", "list", "set", "inet", table, "ban4"],
+                                     capture_output=True, text=True).stdout
+                if BANNED_NET in out:
+                    break
+                time.sleep(0.05)
+            else:
+                raise SystemExit(f"the ban never reached the kernel's set: {out}")
+        metric = lambda name: float(next(
+            (l.split()[-1] for l in control(addr, "GET", "/metrics").decode().splitlines()
+             if l.startswith(name + " ")), 0))
+        banned = 'levee_shield_refused_total{reason="banned"}'
+        r0, a0 = metric(banned), metric("levee_connections_total")
+        time.sleep(1)
+        n0, c0, t0 = task_ns(p.pid), cpu_ticks(p.pid), time.time()
+        connected, timed_out = attack(addr, count)
+        rate = count / (time.time() - t0)
+        # Let the server finish the accept queue (levee refuses what connected) before reading.
+        time.sleep(1)
+        n1, c1, t1 = task_ns(p.pid), cpu_ticks(p.pid), time.time()
+        # The floor: the same server, idle for as long.
+        time.sleep(t1 - t0)
+        n2, c2 = task_ns(p.pid), cpu_ticks(p.pid)
+        refused = metric(banned) - r0
+        accepted = metric("levee_connections_total") - a0 - 2  # the two metric reads since a0
+        us = (n1 - n0) / 1e3 / count
+        idle_us = (n2 - n1) / 1e3 / count
+        name = f"banned /24, {'with --nft-table (kernel drops SYNs)' if table else 'levee refuses (accept, close)'}"
+        print(f"| {name} | {count:,} at {rate:,.0f}/s ({connected:,} connected, {timed_out:,} timed out) | "
+              f"{accepted:,.0f} / {refused:,.0f} | {us:.2f} ({(c1 - c0) / HZ * 1e6 / count:.1f}) | "
+              f"{us - idle_us:.2f} | {(n1 - n0) / 1e9 / (t1 - t0) * 100:.1f} % |")
+        return us
+    finally:
+        p.kill()
+        p.wait()
+
+
+def with_nft(count):
+    if os.environ.get("REFUSAL_COST_NETNS") != "1":
+        # A network namespace of its own: its own loopback and nftables, nothing else on them.
+        env = dict(os.environ, REFUSAL_COST_NETNS="1")
+        cmd = ["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
+               sys.executable, *sys.argv]
+        os.execvpe("unshare", cmd, env)
+    print("| case | attempts | accepted / refused by levee | server CPU µs per attempt "
+          "(utime+stime) | minus the idle floor | server CPU while attacked |")
+    print("|---|---|---|---|---|---|")
+    nft_case(count, None)
+    nft_case(count, NFT_TABLE)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--count", type=int, default=20000)
     ap.add_argument("--bans", type=int, default=0,
                     help="measure a not-banned source's cases with 0 and with this many bans held")
+    ap.add_argument("--nft", action="store_true",
+                    help="a banned /24 attacks, without and with --nft-table (root, own netns)")
     args = ap.parse_args()
     n = args.count
+    if args.nft:
+        return with_nft(n)
     print("| case | requests | server CPU µs each | server CPU while refusing |")
     print("|---|---|---|---|")
     if args.bans:

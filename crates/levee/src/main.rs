@@ -135,6 +135,15 @@ struct ShieldArgs {
     /// Join requests per second to one space that escalate it to proof of work.
     #[arg(long, default_value_t = 5_000.0)]
     challenge_join_rate: f64,
+    /// Mirror bans into the nftables table `inet NAME` (created or replaced at start, deleted
+    /// at exit): the kernel then drops banned networks' SYNs to the listening port. Needs `nft`
+    /// and CAP_NET_ADMIN. Off when absent.
+    #[arg(long, value_parser = nft_table)]
+    nft_table: Option<String>,
+}
+
+fn nft_table(name: &str) -> Result<String, String> {
+    levee_server::shield::nft::check_table_name(name).map(|()| name.to_owned())
 }
 
 impl ServeArgs {
@@ -184,6 +193,7 @@ impl ServeArgs {
         z.line.max_waiting = sh.max_waiting;
         z.line.capacity = self.max_listeners_per_space as u64;
         z.space_pressure.join_rate_high = sh.challenge_join_rate;
+        z.nft_table = sh.nft_table.clone();
         Ok(c)
     }
 }
@@ -237,10 +247,11 @@ fn main() -> std::process::ExitCode {
         let server = match Server::start(config).await {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("levee: cannot listen on {}: {e}", args.listen);
+                eprintln!("levee: {e}");
                 return std::process::ExitCode::FAILURE;
             }
         };
+        let hub = server.hub.clone();
         let base = format!("http://{}", server.addr);
         let demo_space = demo.then(|| levee_server::demo::start(server.hub.clone()));
         // The first line of stdout is machine-readable: scripts and tests wait for it, and
@@ -256,10 +267,19 @@ fn main() -> std::process::ExitCode {
             ));
             say(&format!("listen with: ffplay {base}/live/{id}.ogg"));
         }
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut term) => term.recv().await,
+                Err(_) => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = server.wait() => {}
             _ = tokio::signal::ctrl_c() => eprintln!("levee: shutting down"),
+            _ = terminate => eprintln!("levee: shutting down (SIGTERM)"),
         }
+        // Deletes the nftables table, if there is one.
+        hub.shield.stop_mirror();
         std::process::ExitCode::SUCCESS
     })
 }

@@ -164,6 +164,9 @@ pub struct ShieldConfig {
     pub node_pressure: PressureConfig,
     /// Counters per sketch row (memory: 4 rows × 4 B × width per sketch).
     pub sketch_width: usize,
+    /// Mirror the bans into this nftables table (`table inet NAME`, created at start and
+    /// deleted at shutdown) so that the kernel drops banned networks' SYNs; `None`: off.
+    pub nft_table: Option<String>,
 }
 
 impl Default for ShieldConfig {
@@ -206,6 +209,7 @@ impl Default for ShieldConfig {
                 ..PressureConfig::default()
             },
             sketch_width: 32_768,
+            nft_table: None,
         }
     }
 }

@@ -38,31 +38,46 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `config.listen` and starts accepting.
+    /// Binds `config.listen`, creates the nftables table when `config.shield.nft_table` is
+    /// set (blocking: one `nft` run), and starts accepting. The error says what failed.
     pub async fn start(config: Config) -> std::io::Result<Server> {
+        let listen = config.listen;
+        let cannot_listen = |e: std::io::Error| {
+            std::io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}"))
+        };
         let socket = socket2::Socket::new(
-            socket2::Domain::for_address(config.listen),
+            socket2::Domain::for_address(listen),
             socket2::Type::STREAM,
             Some(socket2::Protocol::TCP),
-        )?;
-        socket.set_reuse_address(true)?;
-        socket.set_nonblocking(true)?;
-        socket.bind(&config.listen.into())?;
-        socket.listen(LISTEN_BACKLOG)?;
-        let listener = TcpListener::from_std(socket.into())?;
-        let addr = listener.local_addr()?;
+        )
+        .map_err(cannot_listen)?;
+        socket.set_reuse_address(true).map_err(cannot_listen)?;
+        socket.set_nonblocking(true).map_err(cannot_listen)?;
+        socket.bind(&listen.into()).map_err(cannot_listen)?;
+        socket.listen(LISTEN_BACKLOG).map_err(cannot_listen)?;
+        let listener = TcpListener::from_std(socket.into()).map_err(cannot_listen)?;
+        let addr = listener.local_addr().map_err(cannot_listen)?;
         let hub = Hub::new(config);
         hub.fanout.start()?;
+        if let Some(table) = &hub.config.shield.nft_table {
+            let mirror = shield::nft::Mirror::start(table, addr.port(), &hub.shield.exempt())
+                .map_err(|e| {
+                    hub.fanout.stop();
+                    std::io::Error::other(e)
+                })?;
+            hub.shield.mirror_to(mirror);
+        }
         let router = api::router(hub.clone());
         let task = tokio::spawn(endpoints::front::accept_loop(listener, hub.clone(), router));
         tokio::spawn(shield_ticker(hub.clone()));
         Ok(Server { addr, hub, task })
     }
 
-    /// Stops accepting and ends background tasks.
+    /// Stops accepting and ends background tasks (the nftables table is deleted).
     pub fn abort(&self) {
         self.task.abort();
         self.hub.fanout.stop();
+        self.hub.shield.stop_mirror();
     }
 
     /// Serves until the accept loop ends.

@@ -31,6 +31,8 @@ pub struct Levee {
     pub base: String,
     /// Source address of the test's own control requests (`None`: the kernel's choice).
     pub control: Option<std::net::IpAddr>,
+    /// Set once [`Levee::terminate`] stopped it.
+    stopped: bool,
 }
 
 impl Levee {
@@ -70,12 +72,33 @@ impl Levee {
             addr,
             base,
             control: None,
+            stopped: false,
         }
     }
 
     /// Starts `levee serve` with extra flags.
     pub fn start(args: &[&str]) -> Levee {
         Self::start_mode("serve", args)
+    }
+
+    /// Stops the server with SIGTERM (a clean shutdown) and returns its exit status; panics
+    /// if it is still running after 10 s.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid}");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for levee") {
+                self.stopped = true;
+                return status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "levee still runs 10 s after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The server's resident memory, KiB.
@@ -142,6 +165,9 @@ impl Levee {
 
 impl Drop for Levee {
     fn drop(&mut self) {
+        if self.stopped {
+            return;
+        }
         if let Ok(Some(status)) = self.child.try_wait() {
             eprintln!("levee had exited before the test ended: {status}");
         }

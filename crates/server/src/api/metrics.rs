@@ -171,6 +171,31 @@ pub fn render(hub: &Hub) -> String {
         "Automatic bans imposed.",
         sc.bans.load(Relaxed),
     );
+    let nft = hub.shield.nft().map(|m| m.counters());
+    let nft_count = |f: fn(&crate::shield::nft::NftCounters) -> &AtomicU64| {
+        nft.map_or(0, |c| f(c).load(Relaxed))
+    };
+    scalar(
+        &mut out,
+        "levee_nft_updates_total",
+        "counter",
+        "Ban and allowlist updates the nftables worker took from its queue (--nft-table).",
+        nft_count(|c| &c.updates),
+    );
+    scalar(
+        &mut out,
+        "levee_nft_dropped_updates_total",
+        "counter",
+        "Updates for the nftables sets dropped on a full queue (a full resync follows).",
+        nft_count(|c| &c.dropped),
+    );
+    scalar(
+        &mut out,
+        "levee_nft_errors_total",
+        "counter",
+        "Failed nft runs (logged with nft's message).",
+        nft_count(|c| &c.errors),
+    );
     scalar(
         &mut out,
         "levee_node_challenge_difficulty",

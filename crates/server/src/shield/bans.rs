@@ -36,16 +36,19 @@ pub(super) struct Bans {
 }
 
 impl Bans {
-    /// Adds or replaces a ban; beyond `max` bans the soonest to expire are dropped.
-    pub(super) fn insert(&mut self, ban: Ban, max: usize) {
+    /// Adds or replaces a ban; beyond `max` bans the soonest to expire are dropped (and
+    /// returned).
+    pub(super) fn insert(&mut self, ban: Ban, max: usize) -> Vec<Cidr> {
         if let Some(old) = self.map.insert(ban.cidr, ban) {
             self.by_expiry.remove(&(old.until_us, old.cidr));
         }
         self.by_expiry.insert((ban.until_us, ban.cidr));
+        let mut evicted = Vec::new();
         while self.map.len() > max {
             match self.by_expiry.pop_first() {
                 Some((_, cidr)) => {
                     self.map.remove(&cidr);
+                    evicted.push(cidr);
                 }
                 None => break,
             }
@@ -53,6 +56,7 @@ impl Bans {
         if self.history.len() > max {
             self.history.clear();
         }
+        evicted
     }
 
     /// Lifts the ban on exactly `cidr`.

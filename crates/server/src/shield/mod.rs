@@ -17,9 +17,10 @@ use levee_core::source::{self, Cidr, SourceKey};
 use levee_core::ticket::{Challenge, Signer};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Mutex, OnceLock, RwLock};
 
 mod bans;
+pub mod nft;
 mod refusal;
 pub use bans::Ban;
 use bans::Bans;
@@ -177,6 +178,8 @@ pub struct Shield {
     /// Bans held, readable without the lock: with none, a check costs one atomic load.
     ban_count: AtomicUsize,
     allow: RwLock<Allow>,
+    /// The kernel mirror of the bans (`--nft-table`), once started.
+    nft: OnceLock<nft::Mirror>,
     node: Mutex<NodeState>,
     node_difficulty: AtomicU8,
 }
@@ -223,6 +226,7 @@ impl Shield {
             bans: RwLock::new(Bans::default()),
             ban_count: AtomicUsize::new(0),
             allow: RwLock::new(Allow::new(&cfg.allow)),
+            nft: OnceLock::new(),
             node: Mutex::new(NodeState {
                 pressure: Pressure::new(cfg.node_pressure.clone()),
                 last_joins: 0,
@@ -283,6 +287,67 @@ impl Shield {
         r
     }
 
+    /// Hands `u` to the kernel mirror, if there is one (never waits). Called under the lock of
+    /// what changed, so that the mirror sees the changes in their order.
+    fn mirror(&self, u: impl FnOnce() -> nft::Update) {
+        if let Some(m) = self.nft.get() {
+            m.send(u());
+        }
+    }
+
+    /// Mirrors a ban just imposed and the bans its insertion evicted.
+    fn mirror_ban(&self, cidr: Cidr, until_us: u64, evicted: Vec<Cidr>) {
+        self.mirror(|| nft::Update::Ban { cidr, until_us });
+        for c in evicted {
+            self.mirror(|| nft::Update::Unban(c));
+        }
+    }
+
+    /// What the kernel mirror exempts: the allowlist and the trusted proxies.
+    pub fn exempt(&self) -> Vec<Cidr> {
+        let allow = self.allow.read().expect("allow lock");
+        allow
+            .list
+            .iter()
+            .chain(&self.cfg.trusted_proxies)
+            .copied()
+            .collect()
+    }
+
+    /// Mirrors the bans from now on into the kernel through `m` (see [`nft`]; started with
+    /// [`Shield::exempt`]), and those held now.
+    pub fn mirror_to(&self, m: nft::Mirror) {
+        if self.nft.set(m).is_ok() && self.ban_count.load(Relaxed) > 0 {
+            self.sync_mirror();
+        }
+    }
+
+    /// The kernel mirror, if started.
+    pub fn nft(&self) -> Option<&nft::Mirror> {
+        self.nft.get()
+    }
+
+    /// Stops the kernel mirror, deleting its table (at shutdown).
+    pub fn stop_mirror(&self) {
+        if let Some(m) = self.nft.get() {
+            m.stop();
+        }
+    }
+
+    /// Sends the mirror everything: the bans, the allowlist and the trusted proxies.
+    fn sync_mirror(&self) {
+        self.with_bans(|bans| {
+            self.mirror(|| nft::Update::Sync {
+                bans: bans
+                    .in_expiry_order()
+                    .iter()
+                    .map(|b| (b.cidr, b.until_us))
+                    .collect(),
+                allow: self.exempt(),
+            });
+        });
+    }
+
     /// Records a refusal of `ip`; bans it (for a doubling time) when it keeps offending.
     fn strike(&self, ip: IpAddr, now: u64) {
         let (narrow, _) = source::keys(ip);
@@ -307,15 +372,17 @@ impl Shield {
                 .as_secs()
                 .saturating_mul(1 << (count - 1).min(20));
             let secs = secs.min(self.cfg.ban_max.as_secs());
-            bans.insert(
+            let until_us = now + secs * 1_000_000;
+            let evicted = bans.insert(
                 Ban {
                     cidr,
-                    until_us: now + secs * 1_000_000,
+                    until_us,
                     count,
                     manual: false,
                 },
                 self.cfg.max_bans,
             );
+            self.mirror_ban(cidr, until_us, evicted);
             Some((secs, count))
         });
         let Some((secs, count)) = imposed else {
@@ -475,6 +542,9 @@ impl Shield {
         if self.ban_count.load(Relaxed) > 0 {
             self.with_bans(|bans| bans.expire(now));
         }
+        if self.nft.get().is_some_and(nft::Mirror::take_resync) {
+            self.sync_mirror();
+        }
         let mut n = self.node.lock().expect("node lock");
         let dt = (now.saturating_sub(n.last_us) as f64 / 1e6).max(1e-3);
         let joins = self.counters.joins_passed.load(Relaxed);
@@ -505,21 +575,29 @@ impl Shield {
     pub fn ban(&self, cidr: Cidr, secs: u64, now: u64) {
         self.with_bans(|bans| {
             bans.expire(now);
-            bans.insert(
+            let until_us = now.saturating_add(secs.saturating_mul(1_000_000));
+            let evicted = bans.insert(
                 Ban {
                     cidr,
-                    until_us: now + secs.saturating_mul(1_000_000),
+                    until_us,
                     count: 0,
                     manual: true,
                 },
                 self.cfg.max_bans,
-            )
+            );
+            self.mirror_ban(cidr, until_us, evicted);
         });
     }
 
     /// Lifts the ban on `cidr`; false if there was none.
     pub fn unban(&self, cidr: Cidr) -> bool {
-        self.with_bans(|bans| bans.remove(cidr))
+        self.with_bans(|bans| {
+            let lifted = bans.remove(cidr);
+            if lifted {
+                self.mirror(|| nft::Update::Unban(cidr));
+            }
+            lifted
+        })
     }
 
     /// The bans in force.
@@ -537,12 +615,23 @@ impl Shield {
 
     /// Adds `cidr` to the allowlist (at most [`MAX_ALLOW`] entries).
     pub fn allow(&self, cidr: Cidr) -> bool {
-        self.allow.write().expect("allow lock").add(cidr)
+        let mut allow = self.allow.write().expect("allow lock");
+        let added = allow.add(cidr);
+        if added {
+            self.mirror(|| nft::Update::Allow(cidr));
+        }
+        added
     }
 
     /// Removes `cidr` from the allowlist; false if it was not there.
     pub fn disallow(&self, cidr: Cidr) -> bool {
-        self.allow.write().expect("allow lock").remove(cidr)
+        let mut allow = self.allow.write().expect("allow lock");
+        let removed = allow.remove(cidr);
+        // A trusted proxy stays exempt in the kernel, as it does here.
+        if removed && !self.cfg.trusted_proxies.contains(&cidr) {
+            self.mirror(|| nft::Update::Disallow(cidr));
+        }
+        removed
     }
 
     /// Access of a space given its configured access and its own escalation.
