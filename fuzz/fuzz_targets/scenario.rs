@@ -17,12 +17,12 @@ fuzz_target!(|data: &[u8]| {
     let sc = match Scenario::from_toml(text) {
         Ok(sc) => sc,
         Err(why) => {
-            assert!(!why.is_empty());
+            assert!(!why.to_string().is_empty());
             return;
         }
     };
     match sc.validate() {
-        Err(why) => assert!(!why.is_empty()),
+        Err(why) => assert!(!why.to_string().is_empty()),
         Ok(()) => {
             let planned = sc.planned_listeners();
             assert!(planned <= MAX_LISTENERS);

@@ -1,6 +1,6 @@
 //! `levee storm`: a load generator for live push audio that measures what every listener got.
 //!
-//! Layers, lowest first; each uses only the ones before it (`tests/layers.rs` checks):
+//! Layers, lowest first; each uses only the ones before it (`crates/levee/tests/layers.rs` checks):
 //! - [`error`]: the crate's one error type;
 //! - [`plan`]: scenarios, schedules, attacks, objectives: pure data, checked before a run;
 //! - [`observe`]: what every listener got, on injected times: parsers, meters, histograms and

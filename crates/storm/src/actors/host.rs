@@ -37,35 +37,16 @@ async fn handshake(target: &Target, space: &str, key: &str) -> Result<(TcpStream
     s.write_all(req.as_bytes())
         .await
         .map_err(|e| Error::server(format!("host send: {e}")))?;
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    let end = loop {
-        let n = s
-            .read(&mut buf)
-            .await
-            .map_err(|e| Error::server(format!("host read: {e}")))?;
-        if n == 0 {
-            return Err(Error::server("host: server closed during the handshake"));
-        }
-        head.extend_from_slice(&buf[..n]);
-        if let Some(p) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p + 4;
-        }
-        if head.len() > 8192 {
-            return Err(Error::server("host: answer head too large"));
-        }
-    };
-    if crate::net::http::parse_status(&head) != Some(101) {
+    let (head, got) = crate::net::http::read_head(&mut s, "host").await?;
+    if head.status != 101 {
         return Err(Error::server(format!(
             "host: publish answered {}",
-            String::from_utf8_lossy(&head[..end])
-                .lines()
-                .next()
-                .unwrap_or("")
+            crate::net::http::status_line(&got)
         )));
     }
     let mut dec = FrameDecoder::for_server_frames(64 * 1024);
-    dec.push(&head[end..]);
+    dec.push(&got[head.len..]);
+    let mut buf = [0u8; 1024];
     let hello = serde_json::json!({ "key": key }).to_string();
     let mut out = BytesMut::new();
     wsframe::encode_client_frame(wsframe::OP_TEXT, hello.as_bytes(), [7, 1, 3, 9], &mut out);

@@ -134,33 +134,13 @@ async fn handshake(m: &Mount, target: &Target) -> Result<TcpStream> {
     s.write_all(source_request(m, &target.authority).as_bytes())
         .await
         .map_err(|e| Error::server(format!("source send: {e}")))?;
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    let end = loop {
-        let n = s
-            .read(&mut buf)
-            .await
-            .map_err(|e| Error::server(format!("source read: {e}")))?;
-        if n == 0 {
-            return Err(Error::server("source: server closed during the handshake"));
-        }
-        head.extend_from_slice(&buf[..n]);
-        if let Some(p) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p + 4;
-        }
-        if head.len() > 8192 {
-            return Err(Error::server("source: answer head too large"));
-        }
-    };
-    match crate::net::http::parse_status(&head) {
-        Some(100 | 200) => Ok(s),
+    let (head, got) = crate::net::http::read_head(&mut s, "source").await?;
+    match head.status {
+        100 | 200 => Ok(s),
         _ => Err(Error::server(format!(
             "source: {} answered {}",
             m.url,
-            String::from_utf8_lossy(&head[..end])
-                .lines()
-                .next()
-                .unwrap_or("")
+            crate::net::http::status_line(&got)
         ))),
     }
 }

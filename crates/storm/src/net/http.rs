@@ -138,6 +138,44 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, &'static str> {
     }))
 }
 
+/// Largest answer head read by [`read_head`].
+pub const MAX_ANSWER_HEAD: usize = 8192;
+
+/// Reads an answer head on `s` (for `who`, in errors); returns it with every byte read (the
+/// head and whatever followed it).
+pub async fn read_head(s: &mut TcpStream, who: &str) -> Result<(Head, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = s
+            .read(&mut buf)
+            .await
+            .map_err(|e| Error::server(format!("{who} read: {e}")))?;
+        if n == 0 {
+            return Err(Error::server(format!(
+                "{who}: server closed during the handshake"
+            )));
+        }
+        got.extend_from_slice(&buf[..n]);
+        match parse_head(&got) {
+            Ok(Some(head)) => return Ok((head, got)),
+            Ok(None) if got.len() <= MAX_ANSWER_HEAD => {}
+            Ok(None) => return Err(Error::server(format!("{who}: answer head too large"))),
+            Err(why) => return Err(Error::server(format!("{who}: bad answer head ({why})"))),
+        }
+    }
+}
+
+/// The first line of an answer head, for messages.
+pub fn status_line(head: &[u8]) -> String {
+    String::from_utf8_lossy(head)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
 /// The status code of a complete HTTP/1.x answer head at the start of `head`.
 pub fn parse_status(head: &[u8]) -> Option<u16> {
     parse_head(head).ok().flatten().map(|h| h.status)
