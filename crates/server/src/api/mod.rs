@@ -37,8 +37,12 @@ pub async fn serve_connection(
         req.extensions_mut().insert(Peer(peer));
         req
     });
+    // `half_close`: a client may shut its sending side once its request is out (`nc -N`,
+    // health checkers); without it hyper takes that EOF, read while the handler runs, for an
+    // abort and closes without the answer. The exchange stays bounded by `api_timeout`.
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(false)
+        .half_close(true)
         .max_buf_size(hub.config.max_head_bytes.max(8192))
         .timer(TokioTimer::new())
         .header_read_timeout(hub.config.header_timeout)
