@@ -230,9 +230,14 @@ figure{{margin:12px 0}} .grid{{display:flex;flex-wrap:wrap;gap:24px}}
         &mut s,
         format!("underruns ({} ms playout buffer)", r.playout_ms).as_str(),
         format!(
-            "{} ({:.3} % of listeners)",
+            "{} ({:.3} % of timed listeners)",
             r.underruns, r.listeners_with_underrun_pct
         ),
+    );
+    row(
+        &mut s,
+        "timed listeners (latency, jitter, underruns)",
+        format!("{} sessions, {} frames", r.timed_sessions, r.timed_frames),
     );
     row(
         &mut s,
