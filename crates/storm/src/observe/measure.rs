@@ -199,6 +199,7 @@ impl ListenerMeter {
     }
 
     /// Accounts one received frame.
+    #[inline]
     pub fn on_frame(&mut self, f: &Frame) -> FrameEffect {
         let mut fx = FrameEffect::default();
         let stall_bound = self.cfg.stall_ms * 1000;

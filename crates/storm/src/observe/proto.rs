@@ -258,6 +258,10 @@ impl OggParser {
         mut on: impl FnMut(OggEvent<'_>),
     ) -> Result<(), &'static str> {
         while !data.is_empty() {
+            if let Some(used) = self.whole_page(data, &mut on)? {
+                data = &data[used..];
+                continue;
+            }
             match self.state {
                 OggState::Header => {
                     let take = (OGG_HEADER - self.have).min(data.len());
@@ -319,6 +323,65 @@ impl OggParser {
         }
         // Empty segments (and empty pages) complete without body bytes.
         Ok(())
+    }
+
+    /// Fast path: a whole page at the start of `data`, with no packet carried in or out, is
+    /// read in place without copying; returns the bytes it used, or `None` to take the byte-wise
+    /// path (same events, same errors).
+    fn whole_page(
+        &mut self,
+        data: &[u8],
+        on: &mut impl FnMut(OggEvent<'_>),
+    ) -> Result<Option<usize>, &'static str> {
+        if !matches!(self.state, OggState::Header)
+            || self.have != 0
+            || self.packet_len != 0
+            || self.prefix_have != 0
+            || data.len() < OGG_HEADER
+        {
+            return Ok(None);
+        }
+        let segs = data[26] as usize;
+        let Some(lacing) = data.get(OGG_HEADER..OGG_HEADER + segs) else {
+            return Ok(None);
+        };
+        if lacing.last().is_some_and(|&l| l == 255) {
+            return Ok(None);
+        }
+        let body_len: usize = lacing.iter().map(|&l| l as usize).sum();
+        let start = OGG_HEADER + segs;
+        let Some(body) = data.get(start..start + body_len) else {
+            return Ok(None);
+        };
+        if &data[..4] != b"OggS" {
+            return Err("not_ogg");
+        }
+        if data[4] != 0 {
+            return Err("bad_ogg_version");
+        }
+        let packets = lacing.iter().filter(|&&l| l < 255).count() as u32;
+        let granule = u64::from_le_bytes(data[6..14].try_into().unwrap_or([0xff; 8]));
+        on(OggEvent::PageStart {
+            granule,
+            packets,
+            flags: data[5],
+        });
+        let (mut at, mut from) = (0usize, 0usize);
+        for &l in lacing {
+            at += l as usize;
+            if l < 255 {
+                let len = at - from;
+                if len > MAX_PACKET {
+                    return Err("packet_too_large");
+                }
+                on(OggEvent::Packet {
+                    prefix: &body[from..from + len.min(PREFIX)],
+                    len,
+                });
+                from = at;
+            }
+        }
+        Ok(Some(start + body_len))
     }
 
     /// Enters segment `seg` of the current page, completing empty segments at once.

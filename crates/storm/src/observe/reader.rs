@@ -116,7 +116,9 @@ impl Reader {
     ) -> Result<(), &'static str> {
         let st = &mut self.heard;
         st.bytes += data.len() as u64;
-        match &mut self.parser {
+        // Counts of this read, added to the shard's second once at the end.
+        let mut t = Tally::default();
+        let out = match &mut self.parser {
             Parser::Ws(p) => p.feed(data, |m| match m.opcode {
                 0x2 if m.prefix.first() == Some(&levee_core::wire::KIND_AUDIO)
                     && m.prefix.len() >= levee_core::wire::AUDIO_HEADER =>
@@ -127,7 +129,7 @@ impl Reader {
                         u64::from_be_bytes(b)
                     };
                     let wire = Some((be(1), be(9)));
-                    st.audio(wire, &m.prefix[17..], arrival_us, shard);
+                    st.audio(wire, &m.prefix[17..], arrival_us, &mut t, shard);
                 }
                 0x8 => {
                     st.bytes = st.bytes.saturating_sub(2 + m.len);
@@ -150,11 +152,35 @@ impl Reader {
                 }
                 OggEvent::Packet { prefix, .. } => {
                     if !(prefix.starts_with(b"OpusHead") || prefix.starts_with(b"OpusTags")) {
-                        st.audio(None, prefix, arrival_us, shard);
+                        st.audio(None, prefix, arrival_us, &mut t, shard);
                     }
                 }
             }),
-        }
+        };
+        t.add_to(&mut shard.point);
+        out
+    }
+}
+
+/// Counts of frames of one read, kept apart from the shard's second until the read is done.
+#[derive(Default)]
+struct Tally {
+    frames: u64,
+    audio_us: u64,
+    gaps: u64,
+    gap_us: u64,
+    stalls: u64,
+    underruns: u64,
+}
+
+impl Tally {
+    fn add_to(&self, p: &mut crate::observe::stats::Point) {
+        p.frames += self.frames;
+        p.audio_us += self.audio_us;
+        p.gaps += self.gaps;
+        p.gap_us += self.gap_us;
+        p.stalls += self.stalls;
+        p.underruns += self.underruns;
     }
 }
 
@@ -166,6 +192,7 @@ impl Heard {
         wire: Option<(u64, u64)>,
         packet: &[u8],
         arrival_us: u64,
+        t: &mut Tally,
         shard: &mut Shard,
     ) {
         // Packets of a stream mostly share their TOC byte: parse it once per change.
@@ -201,17 +228,16 @@ impl Heard {
             missing_samples: missing,
             exact: self.timed,
         });
-        let p = &mut shard.point;
-        p.frames += 1;
-        p.audio_us += crate::observe::measure::samples_to_us(samples as u64);
+        t.frames += 1;
+        t.audio_us += crate::observe::measure::samples_to_us(samples as u64);
         if fx.gap_us > 0 {
-            p.gaps += 1;
-            p.gap_us += fx.gap_us;
+            t.gaps += 1;
+            t.gap_us += fx.gap_us;
         }
-        p.stalls += (fx.stall_us > 0) as u64;
-        p.underruns += (fx.underrun_us > 0) as u64;
+        t.stalls += (fx.stall_us > 0) as u64;
+        t.underruns += (fx.underrun_us > 0) as u64;
         if let Some(l) = fx.latency_us {
-            p.latency.record(l);
+            shard.point.latency.record(l);
             shard.e2e.record(l);
         }
         if self.first_audio_us.is_none() {
