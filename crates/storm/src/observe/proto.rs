@@ -280,6 +280,10 @@ impl OggParser {
                     self.segs = self.hdr[26];
                     self.have = 0;
                     self.state = OggState::Lacing;
+                    if self.segs == 0 {
+                        // A page without segments is whole at its header's last byte.
+                        self.lacing_read(&mut on);
+                    }
                 }
                 OggState::Lacing => {
                     let n = self.segs as usize;
@@ -290,16 +294,7 @@ impl OggParser {
                     if self.have < n {
                         continue;
                     }
-                    self.have = 0;
-                    let packets = self.lacing[..n].iter().filter(|&&l| l < 255).count() as u32;
-                    let granule =
-                        u64::from_le_bytes(self.hdr[6..14].try_into().unwrap_or([0xff; 8]));
-                    on(OggEvent::PageStart {
-                        granule,
-                        packets,
-                        flags: self.hdr[5],
-                    });
-                    self.start_segment(0, &mut on);
+                    self.lacing_read(&mut on);
                 }
                 OggState::Body { seg, left } => {
                     let take = (left as usize).min(data.len());
@@ -382,6 +377,20 @@ impl OggParser {
             }
         }
         Ok(Some(start + body_len))
+    }
+
+    /// The lacing table is read: the page starts, and its empty segments complete at once.
+    fn lacing_read(&mut self, on: &mut impl FnMut(OggEvent<'_>)) {
+        self.have = 0;
+        let n = self.segs as usize;
+        let packets = self.lacing[..n].iter().filter(|&&l| l < 255).count() as u32;
+        let granule = u64::from_le_bytes(self.hdr[6..14].try_into().unwrap_or([0xff; 8]));
+        on(OggEvent::PageStart {
+            granule,
+            packets,
+            flags: self.hdr[5],
+        });
+        self.start_segment(0, on);
     }
 
     /// Enters segment `seg` of the current page, completing empty segments at once.
@@ -551,5 +560,42 @@ mod tests {
             p.feed(b"HTTP/1.1 200 OK\r\n\r\nxxxxxxxxxxxxxx", |_| {}),
             Err("not_ogg")
         );
+    }
+}
+
+#[cfg(test)]
+mod fast_path_tests {
+    use super::*;
+
+    fn events(pieces: &[&[u8]]) -> Vec<String> {
+        let mut p = OggParser::default();
+        let mut out = Vec::new();
+        for piece in pieces {
+            let r = p.feed(piece, |e| out.push(format!("{e:?}")));
+            if let Err(why) = r {
+                out.push(why.to_string());
+                break;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_page_without_segments_comes_out_the_same_whole_or_cut() {
+        // Found by the storm_streams fuzz target: a page with no segment at the end of the
+        // bytes came out when whole (read in place) but not when its header came in pieces.
+        let stream =
+            b"OggS\x00\x3f\x00usHead\x01\x01\x80\xbb\x00\x00\x00\x00\x00\x82\x5f\x02\x00\x00";
+        assert_eq!(stream.len(), 27);
+        let whole = events(&[stream]);
+        assert_eq!(whole.len(), 1, "{whole:?}");
+        for cut in 0..=stream.len() {
+            let (a, b) = stream.split_at(cut);
+            assert_eq!(events(&[a, b]), whole, "cut at {cut}");
+        }
+        for cut in 1..stream.len() {
+            let pieces: Vec<&[u8]> = stream.chunks(cut).collect();
+            assert_eq!(events(&pieces), whole, "pieces of {cut}");
+        }
     }
 }
