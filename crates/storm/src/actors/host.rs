@@ -85,13 +85,7 @@ pub async fn run_host(
     end_us: u64,
     mut stop: watch::Receiver<bool>,
 ) -> HostStats {
-    let mut st = HostStats {
-        bitrate: cfg.bitrate,
-        pause_ms: cfg
-            .pause_at
-            .map(|a| (a.as_millis() as u64, cfg.pause_for.as_millis() as u64)),
-        ..HostStats::default()
-    };
+    let mut st = HostStats::new(&cfg);
     let connect = tokio::time::timeout(Duration::from_secs(10), handshake(&target, &space, &key));
     let (stream, mut dec) = match connect.await {
         Ok(Ok(v)) => v,

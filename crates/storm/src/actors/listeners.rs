@@ -451,6 +451,8 @@ impl Worker {
         let immediate = Poll::new()?;
         let batched = Poll::new()?;
         let waker = Arc::new(Waker::new(immediate.registry(), WAKER)?);
+        // Bounded by the worker's listeners: each has at most one join in flight, and its
+        // answer is the only message it sends.
         let (joins_tx, joins_rx) = mpsc::channel();
         let read_every_us = ctx.sc.meter.read_every_ms * 1000;
         // Workers take turns: their batched reads are spread over the period.

@@ -154,13 +154,7 @@ pub async fn run_source(
     end_us: u64,
     mut stop: watch::Receiver<bool>,
 ) -> HostStats {
-    let mut st = HostStats {
-        bitrate: cfg.bitrate,
-        pause_ms: cfg
-            .pause_at
-            .map(|a| (a.as_millis() as u64, cfg.pause_for.as_millis() as u64)),
-        ..HostStats::default()
-    };
+    let mut st = HostStats::new(&cfg);
     let target = match Target::parse(&m.url) {
         Ok(t) => t,
         Err(e) => {

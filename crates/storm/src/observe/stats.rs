@@ -375,6 +375,19 @@ pub struct HostStats {
     pub error: Option<String>,
 }
 
+impl HostStats {
+    /// Nothing sent yet by a host publishing as `cfg` says.
+    pub fn new(cfg: &crate::plan::scenario::HostConfig) -> Self {
+        HostStats {
+            bitrate: cfg.bitrate,
+            pause_ms: cfg
+                .pause_at
+                .map(|a| (a.as_millis() as u64, cfg.pause_for.as_millis() as u64)),
+            ..HostStats::default()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
