@@ -30,10 +30,21 @@ OUT=$(mktemp -d)
 trap 'kill "${SERVER:-}" 2>/dev/null || true; kill "${STORMPID:-}" 2>/dev/null || true' EXIT
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# CPU of the process's listener threads only (storm-listen-*): reading and measuring, without
+# the synthetic host, the join API tasks and the bookkeeping.
+listen_ticks() {
+  local t sum=0
+  for t in /proc/"$1"/task/*; do
+    case "$(cat "$t/comm" 2>/dev/null)" in storm-listen-*)
+      sum=$((sum + $(awk '{print $14 + $15}' "$t/stat" 2>/dev/null || echo 0))) ;;
+    esac
+  done
+  echo "$sum"
+}
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
-printf '| format | chunk ms | listeners | server CPU µs/listener-s | storm CPU µs/listener-s | storm/server | storm KiB/listener | joined | failed | dropped |\n'
-printf '|---|---|---|---|---|---|---|---|---|---|\n'
+printf '| format | chunk ms | listeners | server CPU µs/listener-s | storm CPU µs/listener-s | storm/server | listener threads µs/listener-s | listener threads/server | storm KiB/listener | joined | failed | dropped |\n'
+printf '|---|---|---|---|---|---|---|---|---|---|---|---|\n'
 for FMT in ${FORMATS:-ws ogg}; do
   SHARE=$([ "$FMT" = ogg ] && echo 1.0 || echo 0.0)
   for C in "${CHUNKS[@]}"; do
@@ -49,22 +60,23 @@ for FMT in ${FORMATS:-ws ogg}; do
       --json "$OUT/storm.json" >"$OUT/storm.txt" 2>&1 &
     STORMPID=$!
     sleep $((RAMP + 6))
-    S1=$(cpu_ticks "$SERVER"); G1=$(cpu_ticks "$STORMPID"); T1=$(date +%s.%N); M1=$(rss_kib "$STORMPID")
+    S1=$(cpu_ticks "$SERVER"); G1=$(cpu_ticks "$STORMPID"); L1=$(listen_ticks "$STORMPID"); T1=$(date +%s.%N); M1=$(rss_kib "$STORMPID")
     sleep 15
-    S2=$(cpu_ticks "$SERVER"); G2=$(cpu_ticks "$STORMPID"); T2=$(date +%s.%N)
+    S2=$(cpu_ticks "$SERVER"); G2=$(cpu_ticks "$STORMPID"); L2=$(listen_ticks "$STORMPID"); T2=$(date +%s.%N)
     wait "$STORMPID" || true
     kill "$SERVER"; wait "$SERVER" 2>/dev/null || true
-    python3 - "$FMT" "$C" "$N" "$HZ" "$S1" "$S2" "$G1" "$G2" "$T1" "$T2" "$M1" "$OUT/storm.json" <<'EOF'
+    python3 - "$FMT" "$C" "$N" "$HZ" "$S1" "$S2" "$G1" "$G2" "$T1" "$T2" "$M1" "$OUT/storm.json" "$L1" "$L2" <<'EOF'
 import json, sys
-fmt, c, n, hz, s1, s2, g1, g2, t1, t2, m1, path = sys.argv[1:]
+fmt, c, n, hz, s1, s2, g1, g2, t1, t2, m1, path, l1, l2 = sys.argv[1:]
 n = int(n); hz = float(hz); dt = float(t2) - float(t1)
 server = (float(s2) - float(s1)) / hz * 1e6 / (n * dt)
 storm = (float(g2) - float(g1)) / hz * 1e6 / (n * dt)
+listen = (float(l2) - float(l1)) / hz * 1e6 / (n * dt)
 d = json.load(open(path))
 l = d["listeners"]
 g = d["generator"]
 kib = g["mem_per_listener_kb"]
-print(f"| {fmt} | {c} | {n} | {server:.1f} | {storm:.1f} | {storm / server:.2f} | {kib:.2f} | {l['joined']} | {l['failed']} | {l['dropped']} |")
+print(f"| {fmt} | {c} | {n} | {server:.1f} | {storm:.1f} | {storm / server:.2f} | {listen:.1f} | {listen / server:.2f} | {kib:.2f} | {l['joined']} | {l['failed']} | {l['dropped']} |")
 if l['failed'] or l['dropped'] or not d['valid']:
     print(f"<!-- failures {d['failures']} drops {d['drops']} invalid {d['invalid_reasons']} -->")
 EOF

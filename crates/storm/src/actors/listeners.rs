@@ -164,6 +164,13 @@ const WAKER: Token = Token(usize::MAX);
 /// Readiness events taken per poll call.
 const EVENTS: usize = 1024;
 
+/// Once every listener of a worker has audio, its first poll wakes at most once in this many
+/// µs: arrivals in between are read together at the next wake, each with its own kernel
+/// receive timestamp, so a timed listener's frames keep their exact times unless two of its
+/// chunks arrive within this window (levee sends a chunk per 20 ms at the most). Attempts
+/// still joining turn it off: their connect and answer times are taken when handled.
+pub const COALESCE_US: u64 = 5_000;
+
 /// Reads of one socket per readiness event (1 MiB with [`READ_BUF`]), then the next socket.
 const READS_PER_EVENT: usize = 16;
 
@@ -419,6 +426,8 @@ pub struct Worker {
     table: Vec<Option<Listener>>,
     free: Vec<u32>,
     live: usize,
+    /// Attempts of this worker that have no audio yet (their steps are timed when handled).
+    joining: usize,
     timers: BinaryHeap<Reverse<(u64, u32, u32)>>,
     buf: Vec<u8>,
     /// Keys read in one batched drain (kept to reuse its memory).
@@ -436,6 +445,8 @@ pub struct WorkerResult {
     pub agg: Aggregate,
     /// How late its loop woke, µs.
     pub lag: Hist,
+    /// The thread's CPU time, s.
+    pub cpu_s: f64,
 }
 
 impl Worker {
@@ -469,6 +480,7 @@ impl Worker {
             table: Vec::new(),
             free: Vec::new(),
             live: 0,
+            joining: 0,
             timers: BinaryHeap::new(),
             buf: vec![0; READ_BUF],
             ready: Vec::new(),
@@ -490,6 +502,7 @@ impl Worker {
         let mut events = Events::with_capacity(EVENTS);
         let hard_end = self.ctx.run_end_us + DRAIN.as_micros() as u64 + 10_000_000;
         self.pending = self.slots.next();
+        let mut coalesce_until = 0;
         loop {
             let now = now_us();
             let stopping = self.ctx.stop.load(Relaxed) || now >= hard_end;
@@ -512,7 +525,14 @@ impl Worker {
                 break;
             }
             let wake = self.next_wake();
-            let now = now_us();
+            let mut now = now_us();
+            let quiet = coalesce_until.min(wake).saturating_sub(now);
+            if quiet > 0 && self.joining == 0 {
+                // Every listener here is timed by the kernel's stamps: wake once for the
+                // arrivals of the next COALESCE_US rather than once for each.
+                std::thread::sleep(Duration::from_micros(quiet));
+                now = now_us();
+            }
             let timeout = Duration::from_micros(wake.saturating_sub(now));
             if self.immediate.poll(&mut events, Some(timeout)).is_err() {
                 continue;
@@ -520,6 +540,8 @@ impl Worker {
             let woke = now_us();
             if events.is_empty() {
                 self.lag.record(woke.saturating_sub(wake));
+            } else {
+                coalesce_until = woke + COALESCE_US;
             }
             let shared = self.shared.clone();
             let mut sh = shared.lock().unwrap_or_else(|e| e.into_inner());
@@ -534,6 +556,7 @@ impl Worker {
         WorkerResult {
             agg: self.agg,
             lag: self.lag,
+            cpu_s: crate::net::clock::thread_cpu_s(),
         }
     }
 
@@ -670,6 +693,7 @@ impl Worker {
             batched: false,
         });
         ctx.gauges.waiting.fetch_add(1, Relaxed);
+        self.joining += 1;
         if crate::plan::scenario::mode(&ctx.sc) == JoinMode::Api {
             let (tx, waker, attempt) = (self.joins_tx.clone(), self.waker.clone(), l.nonce);
             let source = source_of(&ctx.sources, &l.slot);
@@ -904,6 +928,7 @@ impl Worker {
             if let Some(t) = a.reader.heard.first_audio_us {
                 a.joined = true;
                 ctx.gauges.waiting.fetch_sub(1, Relaxed);
+                self.joining -= 1;
                 ctx.gauges.connected.fetch_add(1, Relaxed);
                 a.join.first_audio_us = Some(t);
                 sh.point.joins += 1;
@@ -984,6 +1009,7 @@ impl Worker {
             ctx.gauges.connected.fetch_sub(1, Relaxed);
         } else {
             ctx.gauges.waiting.fetch_sub(1, Relaxed);
+            self.joining -= 1;
         }
         let (join_failure, drop) = match outcome {
             Ok(()) => (None, None),

@@ -13,6 +13,10 @@ pub struct Health {
     pub threads: u32,
     /// CPU time used (user + system), s.
     pub cpu_s: f64,
+    /// Of which the listener threads' (reading and measuring the audience: no synthetic host,
+    /// attackers, join-API tasks or bookkeeping), s.
+    #[serde(default)]
+    pub listen_cpu_s: f64,
     /// Wall time measured, s.
     pub wall_s: f64,
     /// Busiest process's CPU, % of one core.
@@ -44,6 +48,7 @@ impl Health {
         self.procs += o.procs;
         self.threads += o.threads;
         self.cpu_s += o.cpu_s;
+        self.listen_cpu_s += o.listen_cpu_s;
         self.wall_s = self.wall_s.max(o.wall_s);
         self.cpu_core_pct_max = self.cpu_core_pct_max.max(o.cpu_core_pct_max);
         self.cpu_busy_pct_max = self.cpu_busy_pct_max.max(o.cpu_busy_pct_max);

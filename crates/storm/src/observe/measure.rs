@@ -259,6 +259,50 @@ impl ListenerMeter {
         fx
     }
 
+    /// Accounts audio missing before the next frame (an inexact listener's gap, found by
+    /// sequence numbers while its read is being parsed); missing audio before the first frame
+    /// is not this listener's loss. Returns the gap, µs (0 when not counted).
+    pub fn on_gap(&mut self, missing_samples: u64, frames_pending: u64) -> u64 {
+        if missing_samples == 0 || (self.first_arrival_us.is_none() && frames_pending == 0) {
+            return 0;
+        }
+        let gap = samples_to_us(missing_samples);
+        self.s.gaps += 1;
+        self.s.gap_us += gap;
+        self.s.worst_gap_us = self.s.worst_gap_us.max(gap);
+        self.position += missing_samples;
+        gap
+    }
+
+    /// Accounts `frames` frames holding `samples` samples in all, read together and so
+    /// arrived together at `arrival_us` (an inexact listener's batched read): the same as
+    /// [`ListenerMeter::on_frame`] once per frame without `exact` and without missing audio
+    /// (that went to [`ListenerMeter::on_gap`]), at one step's cost. Returns the stall, µs.
+    pub fn on_frames(&mut self, arrival_us: u64, frames: u64, samples: u64) -> u64 {
+        if frames == 0 {
+            return 0;
+        }
+        let mut stall = 0;
+        match self.first_arrival_us {
+            None => {
+                self.first_arrival_us = Some(arrival_us);
+                self.playout_origin_us = arrival_us + self.cfg.playout_ms * 1000;
+            }
+            Some(_) => {
+                let since = arrival_us.saturating_sub(self.last_arrival_us);
+                if since > self.cfg.stall_ms * 1000 {
+                    self.add_stall(since);
+                    stall = since;
+                }
+            }
+        }
+        self.position += samples;
+        self.s.frames += frames;
+        self.s.audio_us += samples_to_us(samples);
+        self.last_arrival_us = arrival_us;
+        stall
+    }
+
     fn add_stall(&mut self, us: u64) {
         self.s.stalls += 1;
         self.s.stall_us += us;

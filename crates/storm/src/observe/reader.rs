@@ -65,6 +65,10 @@ pub struct Heard {
     pending_missing: u64,
     /// The TOC byte of the last packet when it had one frame (its duration is `samples_est`).
     last_toc: Option<u8>,
+    /// Frames of the read being parsed that an inexact listener has not yet metered, and
+    /// their samples: they arrived together, so they take one meter step at the read's end.
+    batch_frames: u64,
+    batch_samples: u64,
     pub(crate) bytes: u64,
     pub(crate) pages: u64,
     pub(crate) close: Option<u16>,
@@ -86,6 +90,8 @@ impl Reader {
                 samples_est: marker::PACKET_SAMPLES,
                 pending_missing: 0,
                 last_toc: None,
+                batch_frames: 0,
+                batch_samples: 0,
                 bytes: 0,
                 pages: 0,
                 close: None,
@@ -157,6 +163,7 @@ impl Reader {
                 }
             }),
         };
+        st.flush(arrival_us, &mut t);
         t.add_to(&mut shard.point);
         out
     }
@@ -221,6 +228,16 @@ impl Heard {
             },
             None => std::mem::take(&mut self.pending_missing),
         };
+        if !self.timed {
+            let gap = self.meter.on_gap(missing, self.batch_frames);
+            if gap > 0 {
+                t.gaps += 1;
+                t.gap_us += gap;
+            }
+            self.batch_frames += 1;
+            self.batch_samples += samples as u64;
+            return;
+        }
         let fx = self.meter.on_frame(&Frame {
             arrival_us,
             samples,
@@ -240,6 +257,24 @@ impl Heard {
             shard.point.latency.record(l);
             shard.e2e.record(l);
         }
+        if self.first_audio_us.is_none() {
+            self.first_audio_us = Some(arrival_us);
+        }
+    }
+
+    /// Meters the frames of this read that wait in the batch (inexact listeners).
+    fn flush(&mut self, arrival_us: u64, t: &mut Tally) {
+        if self.batch_frames == 0 {
+            return;
+        }
+        let stall = self
+            .meter
+            .on_frames(arrival_us, self.batch_frames, self.batch_samples);
+        t.frames += self.batch_frames;
+        t.audio_us += crate::observe::measure::samples_to_us(self.batch_samples);
+        t.stalls += (stall > 0) as u64;
+        self.batch_frames = 0;
+        self.batch_samples = 0;
         if self.first_audio_us.is_none() {
             self.first_audio_us = Some(arrival_us);
         }
@@ -300,19 +335,69 @@ mod tests {
     }
 
     fn read_all(format: Format, head: &Bytes, chunks: &[Chunk], split: usize) -> Reader {
-        let mut r = Reader::new(format, MeterConfig::default(), true);
+        // Chunks arrive 20 ms × their packets apart.
+        read_timed(format, head, chunks, split, true, |k| {
+            T0 + (k as u64 + 1) * 100_000
+        })
+    }
+
+    fn read_timed(
+        format: Format,
+        head: &Bytes,
+        chunks: &[Chunk],
+        split: usize,
+        timed: bool,
+        arrival: impl Fn(usize) -> u64,
+    ) -> Reader {
+        let mut r = Reader::new(format, MeterConfig::default(), timed);
         let mut shard = Shard::default();
         let mut all = head.to_vec();
         for (k, c) in chunks.iter().enumerate() {
             all.extend_from_slice(if format == Format::Ws { &c.ws } else { &c.ogg });
-            // Chunks arrive 20 ms × their packets apart.
             for piece in all.chunks(split) {
-                r.feed(piece, T0 + (k as u64 + 1) * 100_000, &mut shard)
-                    .unwrap();
+                r.feed(piece, arrival(k), &mut shard).unwrap();
             }
             all.clear();
         }
         r
+    }
+
+    #[test]
+    fn a_batched_read_meters_as_its_frames_one_by_one_would() {
+        // Lost packets (one inside a chunk, three across chunks), a lost chunk and a 2-s
+        // silence: an inexact listener, metered once per read, finds what one metered per
+        // frame finds, in every split of the bytes.
+        for marked in [true, false] {
+            let (ws_head, ogg_head, mut chunks) = stream(200, 5, marked, &[12, 40, 41, 42]);
+            chunks.remove(20);
+            let arrival = |k: usize| T0 + (k as u64 + 1) * 100_000 + (k >= 25) as u64 * 2_000_000;
+            for (format, head) in [(Format::Ws, &ws_head), (Format::Ogg, &ogg_head)] {
+                let end = T0 + 60_000_000;
+                let per_frame = read_timed(format, head, &chunks, 1 << 16, true, arrival);
+                let want = per_frame.heard.meter.finish(end);
+                for split in [1, 5, 77, 1 << 16] {
+                    let r = read_timed(format, head, &chunks, split, false, arrival);
+                    assert_eq!(r.heard.first_audio_us, Some(T0 + 100_000));
+                    let got = r.heard.meter.finish(end);
+                    let fig = |s: &crate::observe::measure::ListenerSummary| {
+                        (s.frames, s.audio_us, s.gaps, s.gap_us, s.worst_gap_us)
+                    };
+                    assert_eq!(
+                        fig(&got),
+                        fig(&want),
+                        "{format:?} marked {marked} split {split}"
+                    );
+                    assert_eq!(
+                        (got.stalls, got.stall_us, got.worst_stall_us),
+                        (want.stalls, want.stall_us, want.worst_stall_us)
+                    );
+                    // The 2-s silence, and the one still going on at the end.
+                    assert_eq!(got.stalls, 2);
+                    // Without the marker the server's renumbering hides packets lost before it.
+                    assert_eq!(got.gaps, if marked { 3 } else { 1 }, "{got:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -431,6 +431,18 @@ figure{{margin:12px 0}} .grid{{display:flex;flex-wrap:wrap;gap:24px}}
     );
     row(
         &mut s,
+        "of which listener threads, µs",
+        format!("{:.1}", g.listen_cpu_us_per_listener_s),
+    );
+    if let (Some(all), Some(listen)) = (g.cpu_vs_server, g.listen_cpu_vs_server) {
+        row(
+            &mut s,
+            "against the server's CPU (all / listener threads)",
+            format!("{all:.2} / {listen:.2}"),
+        );
+    }
+    row(
+        &mut s,
         "memory per listener, KiB",
         format!("{:.2}", g.mem_per_listener_kb),
     );

@@ -90,6 +90,14 @@ pub struct Generator {
     /// The generator's CPU per listener-second over the server's: below 0.5, the generator
     /// costs less than half of what it measures.
     pub cpu_vs_server: Option<f64>,
+    /// The listener threads' CPU per listener-second, µs: what reading and measuring each
+    /// listener costs, without the synthetic host, attackers and the run's bookkeeping (a
+    /// fixed cost that weighs on small audiences).
+    #[serde(default)]
+    pub listen_cpu_us_per_listener_s: f64,
+    /// `listen_cpu_us_per_listener_s` over the server's CPU per listener-second.
+    #[serde(default)]
+    pub listen_cpu_vs_server: Option<f64>,
     /// Listener-seconds of audio held (sum over seconds of listeners with audio).
     pub listener_seconds: f64,
     /// Peak resident memory of the listener processes, MiB.
@@ -427,6 +435,14 @@ pub fn build(inp: Inputs<'_>, objectives: &[Objective], steps: Vec<StepResult>) 
         } else {
             0.0
         },
+        listen_cpu_us_per_listener_s: if listener_seconds > 0.0 {
+            h.listen_cpu_s * 1e6 / listener_seconds
+        } else {
+            0.0
+        },
+        listen_cpu_vs_server: server_cpu_us
+            .filter(|&s| s > 0.0 && listener_seconds > 0.0)
+            .map(|s| h.listen_cpu_s * 1e6 / listener_seconds / s),
         listener_seconds,
         rss_peak_mb: h.rss_peak_kb as f64 / 1024.0,
         mem_per_listener_kb: if h.listeners_growth > 0 {
@@ -617,12 +633,14 @@ pub fn summary_text(r: &Report) -> String {
             r.generator.loop_lag_ms.p99,
         ),
     );
-    if let (Some(server), Some(ratio)) = (
+    if let (Some(server), Some(ratio), Some(listen)) = (
         r.generator.server_cpu_us_per_listener_s,
         r.generator.cpu_vs_server,
+        r.generator.listen_cpu_vs_server,
     ) {
         s.push_str(&format!(
-            "server: cpu {server:.1} µs per listener-second; the generator costs {ratio:.2}× the server\n"
+            "server: cpu {server:.1} µs per listener-second; the generator costs {ratio:.2}× the server ({listen:.2}× in its listener threads, {:.1} µs)\n",
+            r.generator.listen_cpu_us_per_listener_s
         ));
     }
     for o in &r.objectives {

@@ -229,9 +229,11 @@ pub async fn run_part(
     let timeline = ticker.await.unwrap_or_default();
     let mut agg = Aggregate::default();
     let mut loop_lag = Hist::new();
+    let mut listen_cpu_s = 0.0;
     for r in &results {
         agg.merge(&r.agg);
         loop_lag.merge(&r.lag);
+        listen_cpu_s += r.cpu_s;
     }
     for sh in &shards {
         agg.e2e
@@ -254,6 +256,7 @@ pub async fn run_part(
             procs: 1,
             threads,
             cpu_s,
+            listen_cpu_s,
             wall_s,
             cpu_core_pct_max: core_pct,
             cpu_busy_pct_max: core_pct / threads.max(1) as f64,
