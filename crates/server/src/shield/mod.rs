@@ -144,6 +144,12 @@ impl Allow {
     }
 }
 
+/// Shortest window the escalation's signals are rated over, µs. Rates over a few
+/// milliseconds are noise: the CPU clock ticks in 10 ms steps, so one tick in 5 ms reads as
+/// two cores busy, and one join in 1 ms as a thousand a second. A shorter window is not rated:
+/// its counts carry over to the next tick.
+pub const MIN_SIGNAL_WINDOW_US: u64 = 500_000;
+
 /// Node-wide escalation and the signals that drive it.
 #[derive(Debug)]
 struct NodeState {
@@ -546,7 +552,12 @@ impl Shield {
             self.sync_mirror();
         }
         let mut n = self.node.lock().expect("node lock");
-        let dt = (now.saturating_sub(n.last_us) as f64 / 1e6).max(1e-3);
+        if now.saturating_sub(n.last_us) < MIN_SIGNAL_WINDOW_US {
+            // Too short a window to rate (the ticker's first tick comes at once): the counts
+            // carry over to the next tick.
+            return Signals::default();
+        }
+        let dt = now.saturating_sub(n.last_us) as f64 / 1e6;
         let joins = self.counters.joins_passed.load(Relaxed);
         let refused = self.counters.total_refused();
         let ticks = cpu_ticks();
@@ -701,7 +712,10 @@ impl SpaceShield {
     /// Feeds this space's signals (called about once a second).
     pub fn tick(&self, now: u64) {
         let mut last = self.last.lock().expect("space shield lock");
-        let dt = (now.saturating_sub(last.2) as f64 / 1e6).max(1e-3);
+        if now.saturating_sub(last.2) < MIN_SIGNAL_WINDOW_US {
+            return;
+        }
+        let dt = now.saturating_sub(last.2) as f64 / 1e6;
         let req = self.join_requests.load(Relaxed);
         let refused = self.join_refused.load(Relaxed);
         let dr = req - last.0;
@@ -942,6 +956,37 @@ mod tests {
             7 * 4 * 32_768 * 4 + REPLAY_WINDOW as usize / 8
         );
         assert_eq!(s.limiter_bytes(), 4 * 1024 * 1024);
+    }
+
+    #[test]
+    fn a_window_too_short_to_rate_does_not_escalate() {
+        // The ticker's first tick comes at once after the start: a few joins (or one CPU
+        // clock tick) in a few ms must not read as an attack.
+        let s = Shield::new(ShieldConfig::default());
+        let space = SpaceShield::new(&s.cfg, Access::Open, None);
+        let t0 = mono_us();
+        s.counters.joins_passed.fetch_add(300, Relaxed);
+        space.join_requests.fetch_add(300, Relaxed);
+        assert_eq!(s.tick(0, t0 + 10_000), Signals::default());
+        space.tick(t0 + 10_000);
+        assert_eq!(
+            (s.node_difficulty(), space.difficulty.load(Relaxed)),
+            (0, 0)
+        );
+        // Rated over the whole second, the same joins are 300 a second: calm.
+        let sig = s.tick(0, t0 + 1_000_000);
+        assert!((250.0..=310.0).contains(&sig.join_rate), "{sig:?}");
+        space.tick(t0 + 1_000_000);
+        assert_eq!(
+            (s.node_difficulty(), space.difficulty.load(Relaxed)),
+            (0, 0)
+        );
+        // A real flood over a real window still escalates both.
+        s.counters.joins_passed.fetch_add(40_000, Relaxed);
+        space.join_requests.fetch_add(40_000, Relaxed);
+        s.tick(0, t0 + 2_000_000);
+        space.tick(t0 + 2_000_000);
+        assert!(s.node_difficulty() > 0 && space.difficulty.load(Relaxed) > 0);
     }
 
     #[test]
