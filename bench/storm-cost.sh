@@ -12,7 +12,8 @@
 #
 # Each case gets a fresh release server with a fixed cadence (--chunk-min-ms = --chunk-max-ms)
 # and one storm process (--procs 1) holding the audience; CPU is read from /proc/PID/stat of
-# both processes over the same 15 s window in the middle of the hold; the generator's memory
+# both processes over the same 15 s window in the middle of the hold (and, apart, of storm's
+# listener threads, storm-listen-*, from /proc/PID/task/*/stat); the generator's memory
 # is its RSS growth over the hold divided by its listeners. Goal (issue: storm rework): the
 # generator spends at most half the server's CPU per listener-second, and at most 2 KiB of
 # memory per listener.
