@@ -26,6 +26,7 @@
 
 pub mod admission;
 pub mod audit;
+pub mod bus;
 pub mod cadence;
 pub mod cidrmap;
 pub mod ingest;

@@ -93,8 +93,11 @@ pub struct SpaceInfo {
     pub title: String,
     /// Scheduled start, seconds since the Unix epoch.
     pub scheduled_start: Option<u64>,
-    /// Secret that lets its holder publish to and end the space.
+    /// Secret that lets its holder publish to and end the space (empty on a node that knows
+    /// the space from the cluster's registry: it holds only the key's hash).
     pub host_key: String,
+    /// SHA-256 of the host key, which is what other nodes of a cluster learn.
+    pub host_key_sha256: [u8; 32],
     /// Current state.
     pub state: SpaceState,
     /// When it was created, seconds since the Unix epoch.
@@ -109,6 +112,7 @@ impl SpaceInfo {
             title: req.title,
             scheduled_start: req.scheduled_start,
             host_key: hex(&key_rand),
+            host_key_sha256: key_hash(&hex(&key_rand)),
             state: SpaceState::Scheduled,
             created_at: now_s,
         }
@@ -132,6 +136,9 @@ impl SpaceInfo {
 
     /// True when `presented` is this space's host key (compared in constant time).
     pub fn key_matches(&self, presented: &str) -> bool {
+        if self.host_key.is_empty() {
+            return constant_time_eq(&self.host_key_sha256, &key_hash(presented));
+        }
         constant_time_eq(self.host_key.as_bytes(), presented.as_bytes())
     }
 }
@@ -150,6 +157,12 @@ pub fn is_valid_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// SHA-256 of a host key.
+pub fn key_hash(key: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(key.as_bytes()).into()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -212,6 +225,13 @@ mod tests {
         assert!(is_valid_id(&s.id));
         assert_eq!(s.host_key.len(), 32);
         assert!(s.key_matches(&s.host_key.clone()));
+        // A node that knows only the key's hash verifies it just as well.
+        let replica = SpaceInfo {
+            host_key: String::new(),
+            ..s.clone()
+        };
+        assert!(replica.key_matches(&s.host_key));
+        assert!(!replica.key_matches("") && !replica.key_matches("0123"));
         assert!(!s.key_matches("cd"));
         assert!(!s.key_matches(&"0".repeat(32)));
         assert!(!is_valid_id("../etc"));

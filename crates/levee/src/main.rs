@@ -79,8 +79,75 @@ struct ServeArgs {
     /// Listeners one space may hold.
     #[arg(long, default_value_t = 12_000)]
     max_listeners_per_space: usize,
+    /// Share the listening port with other levee processes on this machine (SO_REUSEPORT):
+    /// the kernel spreads new connections over them. The way past a per-process limit of
+    /// open files, and a listener who loses its process reconnects to the same address.
+    #[arg(long)]
+    reuse_port: bool,
+    #[command(flatten)]
+    cluster: ClusterArgs,
     #[command(flatten)]
     shield: ShieldArgs,
+}
+
+/// Joining a cluster of nodes through NATS (docs/operations.md, "A cluster").
+#[derive(Args)]
+struct ClusterArgs {
+    /// NATS servers to join a cluster through (comma-separated `nats://host:port`). Off when
+    /// absent: the node stands alone and needs no external service.
+    #[arg(long, value_delimiter = ',')]
+    nats: Vec<String>,
+    /// This node's name in the cluster (default: the host name and the listening port).
+    #[arg(long)]
+    node: Option<String>,
+    /// NATS credentials file.
+    #[arg(long)]
+    nats_creds: Option<std::path::PathBuf>,
+    /// NATS user (with `--nats-password`).
+    #[arg(long)]
+    nats_user: Option<String>,
+    /// NATS password.
+    #[arg(long, env = "LEVEE_NATS_PASSWORD", hide_env_values = true)]
+    nats_password: Option<String>,
+    /// Require TLS to NATS.
+    #[arg(long)]
+    nats_tls: bool,
+    /// Replicas of the cluster's registry bucket (at most the NATS servers; 1 for one).
+    #[arg(long, default_value_t = 1)]
+    nats_replicas: usize,
+}
+
+impl ClusterArgs {
+    fn config(
+        &self,
+        listen: SocketAddr,
+    ) -> Result<Option<levee_server::cluster::ClusterConfig>, String> {
+        if self.nats.is_empty() {
+            return Ok(None);
+        }
+        let node = match &self.node {
+            Some(n) => n.clone(),
+            None => {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_owned())
+                    .unwrap_or_else(|_| "levee".into());
+                format!("{host}-{}", listen.port())
+            }
+        };
+        let user = match (&self.nats_user, &self.nats_password) {
+            (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+            (None, None) => None,
+            _ => return Err("--nats-user and --nats-password go together".into()),
+        };
+        Ok(Some(levee_server::cluster::ClusterConfig {
+            urls: self.nats.clone(),
+            node,
+            creds: self.nats_creds.clone(),
+            user,
+            tls: self.nats_tls,
+            replicas: self.nats_replicas.max(1),
+        }))
+    }
 }
 
 /// Per-source limits, bans, tickets and admission.
@@ -165,6 +232,8 @@ impl ServeArgs {
         c.cadence.min_ms = self.chunk_min_ms.max(1);
         c.cadence.max_ms = self.chunk_max_ms.max(c.cadence.min_ms);
         c.max_listeners_per_space = self.max_listeners_per_space;
+        c.reuse_port = self.reuse_port;
+        c.cluster = self.cluster.config(self.listen)?;
         let sh = &self.shield;
         let z = &mut c.shield;
         if let Some(secret) = &sh.ticket_secret {

@@ -13,6 +13,7 @@ const SERVER: &[&[&str]] = &[
     &["config"],
     &["shield"],
     &["hub"],
+    &["cluster"],
     &["api"],
     &["endpoints"],
     &["demo"],

@@ -55,6 +55,10 @@ pub struct Config {
     pub cadence: Cadence,
     /// Listeners one space may hold (a bulkhead: a flood on one space leaves room for others).
     pub max_listeners_per_space: usize,
+    /// Join a cluster through NATS (`--nats`); `None`: a node on its own.
+    pub cluster: Option<ClusterConfig>,
+    /// Share the listening port with other processes (`SO_REUSEPORT`, `--reuse-port`).
+    pub reuse_port: bool,
     /// Connections kept for hosts: listeners are refused once the node holds
     /// `max_connections − ingest_reserve` of them.
     pub ingest_reserve: usize,
@@ -108,6 +112,8 @@ impl Default for Config {
             max_ws_listener_message: 1024,
             cadence: Cadence::default(),
             max_listeners_per_space: 12_000,
+            cluster: None,
+            reuse_port: false,
             ingest_reserve: 256,
             min_source_realtime: 0.5,
             shield: ShieldConfig::default(),
@@ -212,4 +218,21 @@ impl Default for ShieldConfig {
             nft_table: None,
         }
     }
+}
+
+/// How a node joins the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// NATS servers (`nats://host:port`); the client learns the others from them.
+    pub urls: Vec<String>,
+    /// This node's name (`[A-Za-z0-9._-]`, at most 64 bytes).
+    pub node: String,
+    /// NATS credentials file (`.creds`).
+    pub creds: Option<std::path::PathBuf>,
+    /// NATS user and password.
+    pub user: Option<(String, String)>,
+    /// Require TLS to NATS.
+    pub tls: bool,
+    /// Replicas of the registry bucket (1 on a single NATS server).
+    pub replicas: usize,
 }

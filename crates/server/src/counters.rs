@@ -45,3 +45,24 @@ impl IngestErrorCounters {
         self.0[reason.index()].fetch_add(1, Relaxed);
     }
 }
+
+/// What the cluster layer counted.
+#[derive(Debug, Default)]
+pub struct ClusterCounters {
+    /// Packets published to the bus.
+    pub sent: AtomicU64,
+    /// Packets from the bus given to listeners.
+    pub heard: AtomicU64,
+    /// Bus messages refused: malformed, oversized or of another version.
+    pub malformed: AtomicU64,
+    /// Bus messages from a node that is not the space's origin (or from this node).
+    pub foreign: AtomicU64,
+    /// Bus packets older than what was already heard (duplicates, reordering).
+    pub out_of_order: AtomicU64,
+    /// Packets the bus tap dropped (the bus was slower than the source).
+    pub tap_lost: AtomicU64,
+    /// Registry records refused.
+    pub bad_records: AtomicU64,
+    /// Registry writes that failed.
+    pub registry_errors: AtomicU64,
+}

@@ -9,6 +9,7 @@ use crate::counters::{NodeCounters, SpaceCounters};
 use crate::fanout::{Fanout, Track};
 use crate::shield::{Access, Shield, SpaceShield};
 use levee_core::audit::{AuditLog, AUDIT_ENTRIES};
+use levee_core::bus::SpaceRecord;
 use levee_core::space::{NewSpace, SpaceInfo, SpaceState};
 use levee_media::opus::OpusHead;
 use std::collections::HashMap;
@@ -24,6 +25,9 @@ pub struct Space {
     pub counters: SpaceCounters,
     /// Its access, waiting room and escalation.
     pub shield: SpaceShield,
+    /// The cluster node whose source feeds it and that node's identity on the bus (empty and
+    /// 0: none yet).
+    origin: Mutex<(String, u64)>,
 }
 
 impl Space {
@@ -41,6 +45,30 @@ impl Space {
     pub fn go_live(&self) -> bool {
         self.info.lock().expect("space lock").go_live()
     }
+
+    /// The cluster node whose source feeds the space, and its identity on the bus.
+    pub fn origin(&self) -> (String, u64) {
+        self.origin.lock().expect("origin lock").clone()
+    }
+
+    /// Records the space's origin node.
+    pub fn set_origin(&self, node: &str, id: u64) {
+        *self.origin.lock().expect("origin lock") = (node.to_owned(), id);
+    }
+}
+
+/// What the hub and the endpoints ask of the cluster a node is part of (`crate::cluster`).
+pub trait ClusterLink: Send + Sync {
+    /// Writes the space's record to the cluster's registry.
+    fn announce(&self, space: &Space);
+    /// A source of this node claimed the space: this node is its origin now.
+    fn claim(&self, space: &Arc<Space>);
+    /// A listener of the space arrived on this node.
+    fn listen(&self, space: &Arc<Space>);
+    /// What the cluster layer counted.
+    fn counters(&self) -> &crate::counters::ClusterCounters;
+    /// Spaces this node hears from the bus now.
+    fn feeds(&self) -> usize;
 }
 
 /// Why a space could not be created.
@@ -65,6 +93,8 @@ pub struct Hub {
     pub fanout: Arc<Fanout>,
     /// Operator actions on the shield (bans, allowlist), newest [`AUDIT_ENTRIES`] kept.
     pub audit: Mutex<AuditLog>,
+    /// The cluster this node is part of (`--nats`), once joined.
+    pub cluster: std::sync::OnceLock<Box<dyn ClusterLink>>,
 }
 
 impl Hub {
@@ -79,6 +109,7 @@ impl Hub {
             shield,
             fanout,
             audit: Mutex::new(AuditLog::new(AUDIT_ENTRIES)),
+            cluster: std::sync::OnceLock::new(),
         })
     }
 
@@ -99,6 +130,39 @@ impl Hub {
         if let Some(id) = id {
             info.id = id.to_owned();
         }
+        let space = self.insert(info, access, start_us)?;
+        if let Some(c) = self.cluster.get() {
+            c.announce(&space);
+        }
+        Ok(space)
+    }
+
+    /// Holds a space another node of the cluster created (it knows the host key's hash only).
+    pub fn create_replica(&self, rec: &SpaceRecord) -> Result<Arc<Space>, CreateError> {
+        let info = SpaceInfo {
+            id: rec.id.clone(),
+            title: rec.title.clone(),
+            scheduled_start: rec.scheduled_start,
+            host_key: String::new(),
+            host_key_sha256: rec.host_key_sha256,
+            state: match rec.state {
+                SpaceState::Ended => SpaceState::Ended,
+                _ => SpaceState::Scheduled,
+            },
+            created_at: rec.created_at,
+        };
+        let start_us = rec.scheduled_start.map(|s| s.saturating_mul(1_000_000));
+        let space = self.insert(info, Access::Open, start_us)?;
+        space.set_origin(&rec.origin, rec.origin_id);
+        Ok(space)
+    }
+
+    fn insert(
+        &self,
+        info: SpaceInfo,
+        access: Access,
+        start_us: Option<u64>,
+    ) -> Result<Arc<Space>, CreateError> {
         let mut spaces = self.spaces.write().expect("hub lock");
         if spaces.contains_key(&info.id) {
             return Err(CreateError::Taken);
@@ -129,6 +193,7 @@ impl Hub {
             track,
             counters: SpaceCounters::default(),
             shield: SpaceShield::new(&self.config.shield, access, start_us),
+            origin: Mutex::new((String::new(), 0)),
         });
         spaces.insert(info.id, space.clone());
         Ok(space)
@@ -152,8 +217,16 @@ impl Hub {
         v
     }
 
-    /// Ends a space: no more sources; listeners are released.
+    /// Ends a space: no more sources; listeners are released; the cluster hears of it.
     pub fn end(&self, space: &Space) {
+        self.end_here(space);
+        if let Some(c) = self.cluster.get() {
+            c.announce(space);
+        }
+    }
+
+    /// Ends a space on this node only (the cluster's registry said so).
+    pub fn end_here(&self, space: &Space) {
         space.info.lock().expect("space lock").end();
         space.track.new_source();
         space.track.end();

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod counters;
 pub mod demo;
@@ -52,6 +53,9 @@ impl Server {
         )
         .map_err(cannot_listen)?;
         socket.set_reuse_address(true).map_err(cannot_listen)?;
+        if config.reuse_port {
+            socket.set_reuse_port(true).map_err(cannot_listen)?;
+        }
         socket.set_nonblocking(true).map_err(cannot_listen)?;
         socket.bind(&listen.into()).map_err(cannot_listen)?;
         socket.listen(LISTEN_BACKLOG).map_err(cannot_listen)?;
@@ -66,6 +70,13 @@ impl Server {
                     std::io::Error::other(e)
                 })?;
             hub.shield.mirror_to(mirror);
+        }
+        if let Some(cfg) = &hub.config.cluster {
+            cluster::join(&hub, cfg).await.map_err(|e| {
+                hub.fanout.stop();
+                hub.shield.stop_mirror();
+                std::io::Error::other(e)
+            })?;
         }
         let router = api::router(hub.clone());
         let task = tokio::spawn(endpoints::front::accept_loop(listener, hub.clone(), router));

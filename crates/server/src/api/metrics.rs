@@ -196,6 +196,60 @@ pub fn render(hub: &Hub) -> String {
         "Failed nft runs (logged with nft's message).",
         nft_count(|c| &c.errors),
     );
+    if let Some(c) = hub.cluster.get() {
+        let k = c.counters();
+        for (name, help, v) in [
+            (
+                "levee_cluster_sent_packets_total",
+                "Packets this node published to the bus as a space's origin.",
+                &k.sent,
+            ),
+            (
+                "levee_cluster_heard_packets_total",
+                "Packets from the bus given to this node's listeners.",
+                &k.heard,
+            ),
+            (
+                "levee_cluster_malformed_total",
+                "Bus messages refused as malformed, oversized or of another version.",
+                &k.malformed,
+            ),
+            (
+                "levee_cluster_foreign_total",
+                "Bus messages dropped as not from the space's origin.",
+                &k.foreign,
+            ),
+            (
+                "levee_cluster_out_of_order_total",
+                "Bus packets dropped as older than what was heard.",
+                &k.out_of_order,
+            ),
+            (
+                "levee_cluster_tap_lost_total",
+                "Packets dropped between a track and the bus (the bus was slower).",
+                &k.tap_lost,
+            ),
+            (
+                "levee_cluster_bad_records_total",
+                "Registry records refused.",
+                &k.bad_records,
+            ),
+            (
+                "levee_cluster_registry_errors_total",
+                "Registry writes that failed.",
+                &k.registry_errors,
+            ),
+        ] {
+            scalar(&mut out, name, "counter", help, v.load(Relaxed));
+        }
+        scalar(
+            &mut out,
+            "levee_cluster_feeds",
+            "gauge",
+            "Spaces this node hears from the bus now.",
+            c.feeds() as u64,
+        );
+    }
     scalar(
         &mut out,
         "levee_node_challenge_difficulty",

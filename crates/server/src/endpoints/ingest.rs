@@ -116,11 +116,14 @@ impl End {
 struct Claim(Option<u64>);
 
 impl Claim {
-    /// Takes the space over if not done yet.
-    fn take(&mut self, space: &Space) {
+    /// Takes the space over if not done yet (cluster-wide when the node is in one).
+    fn take(&mut self, hub: &Hub, space: &Arc<Space>) {
         if self.0.is_none() {
             self.0 = Some(space.track.new_source());
             space.counters.sources.fetch_add(1, Relaxed);
+            if let Some(c) = hub.cluster.get() {
+                c.claim(space);
+            }
         }
     }
     /// True once a newer source took the space over.
@@ -132,6 +135,15 @@ impl Claim {
         if self.0.is_some_and(|g| space.track.is_current_source(g)) {
             space.track.flush();
         }
+    }
+}
+
+/// Why a source lost its claim: the space ended (which takes every claim), or a newer source.
+fn replaced_or_ended(space: &Space) -> End {
+    if space.state() == SpaceState::Ended {
+        End::SpaceEnded
+    } else {
+        End::Replaced
     }
 }
 
@@ -256,7 +268,7 @@ pub async fn icecast(
             }
         };
         if claim.lost(&space) {
-            break Err(End::Replaced);
+            break Err(replaced_or_ended(&space));
         }
         if let Err(e) = ingest.push(&data, wall_us(), &mut packets) {
             let reason = reason_of(&e);
@@ -276,7 +288,7 @@ pub async fn icecast(
         }
         let samples: u64 = packets.iter().map(|p| p.samples as u64).sum();
         if !packets.is_empty() {
-            claim.take(&space);
+            claim.take(&hub, &space);
         }
         if !publish(&hub, &space, &mut packets) {
             break Err(End::SpaceEnded);
@@ -421,7 +433,7 @@ pub async fn websocket(
             }
         };
         if claim.lost(&space) {
-            break Some(End::Replaced);
+            break Some(replaced_or_ended(&space));
         }
         let packet = match msg {
             Message::Binary(b) => match wire::decode(&b) {
@@ -475,7 +487,7 @@ pub async fn websocket(
         match packet {
             Ok(p) => {
                 let samples = p.samples as u64;
-                claim.take(&space);
+                claim.take(&hub, &space);
                 packets.push(p);
                 if !publish(&hub, &space, &mut packets) {
                     break Some(End::SpaceEnded);

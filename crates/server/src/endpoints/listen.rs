@@ -66,6 +66,9 @@ fn hand_over(
     let Ok(conn) = stream.into_std() else {
         return;
     };
+    if let Some(c) = hub.cluster.get() {
+        c.listen(space);
+    }
     hub.fanout.admit(&space.track, format);
     hub.fanout.attach(NewListener {
         track: space.track.clone(),

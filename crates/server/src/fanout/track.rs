@@ -86,6 +86,8 @@ pub struct Track {
     pub(super) links: Box<[Link]>,
     next_shard: AtomicU32,
     fanout: Arc<Fanout>,
+    /// Woken after packets went to the taps (their readers wait on it).
+    pub tapped: tokio::sync::Notify,
 }
 
 impl Track {
@@ -116,6 +118,7 @@ impl Track {
             links: (0..fanout.shards()).map(|_| Link::default()).collect(),
             next_shard: AtomicU32::new(0),
             fanout,
+            tapped: tokio::sync::Notify::new(),
         })
     }
 
@@ -210,10 +213,44 @@ impl Track {
     /// Numbers and packages `packets` (each format at its own cadence, from its own audience),
     /// then tells the shards that hold listeners. `now_wall` is the server time for STATS.
     pub fn publish(self: &Arc<Self>, packets: Vec<AudioPacket>, cadence: &Cadence, now_wall: u64) {
+        self.publish_with(packets.into_iter().map(|p| (None, p)), cadence, now_wall);
+    }
+
+    /// As [`Track::publish`], for packets another node numbered (a space heard through the
+    /// cluster's bus): they keep their sequence numbers and positions, so that a listener who
+    /// moves between nodes counts gaps honestly; a jump in the numbering is a gap.
+    pub fn publish_numbered(
+        self: &Arc<Self>,
+        packets: Vec<Packet>,
+        cadence: &Cadence,
+        now_wall: u64,
+    ) {
+        self.publish_with(
+            packets.into_iter().map(|p| {
+                (
+                    Some((p.seq, p.pts)),
+                    AudioPacket {
+                        data: p.data,
+                        samples: p.samples,
+                        capture_us: p.capture_us,
+                    },
+                )
+            }),
+            cadence,
+            now_wall,
+        );
+    }
+
+    fn publish_with(
+        self: &Arc<Self>,
+        packets: impl Iterator<Item = (Option<(u64, u64)>, AudioPacket)>,
+        cadence: &Cadence,
+        now_wall: u64,
+    ) {
         let c = &self.counters.listeners;
         let (ogg_n, ws_n) = (c[0].load(Ordering::Relaxed), c[1].load(Ordering::Relaxed));
         let targets = [cadence.chunk_samples(ogg_n), cadence.chunk_samples(ws_n)];
-        let sealed = {
+        let (sealed, tapped) = {
             let mut inner = self.inner.lock().expect("track lock");
             let inner = &mut *inner;
             if now_wall.saturating_sub(inner.last_stats_us) >= 1_000_000 {
@@ -221,7 +258,12 @@ impl Track {
                 inner.ws.set_stats(now_wall, (ogg_n + ws_n) as u32);
             }
             let mut sealed = [false; 2];
-            for p in packets {
+            for (numbered, p) in packets {
+                if let Some((seq, pts)) = numbered {
+                    if seq != inner.stream.next_seq() {
+                        inner.stream = PacketStream::starting_at(seq, pts);
+                    }
+                }
                 let packet = inner.stream.push(p);
                 offer(&mut inner.taps, &packet);
                 inner.ogg.push(&packet, targets[0], &mut inner.sealed);
@@ -229,8 +271,11 @@ impl Track {
                 inner.ws.push(&packet, targets[1], &mut inner.sealed);
                 sealed[1] |= self.commit(inner, Format::Ws);
             }
-            sealed
+            (sealed, !inner.taps.is_empty())
         };
+        if tapped {
+            self.tapped.notify_waiters();
+        }
         if sealed.contains(&true) {
             self.notify();
         }

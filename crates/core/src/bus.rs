@@ -1,0 +1,352 @@
+//! What nodes of a cluster say to each other over the bus (NATS): a space's audio packets,
+//! numbered by the origin, and the registry's record of a space. Pure codecs, bounded, with a
+//! reason for every refusal: a message from the bus is not trusted, and one that does not
+//! parse is dropped and counted, never heard and never able to stop a node.
+//!
+//! Audio message, big-endian (`docs/protocol.md`, "Between nodes"):
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 4 | magic `LVA1` |
+//! | 8 | origin node's identity (random at its start) |
+//! | 8 | sequence number (the origin's) |
+//! | 8 | pts, 48 kHz samples since the stream began |
+//! | 8 | capture time, µs since the Unix epoch |
+//! | 4 | duration, 48 kHz samples (1 ..= [`MAX_PACKET_SAMPLES`]) |
+//! | rest | the Opus packet (1 ..= [`MAX_PACKET`] bytes) |
+//!
+//! Registry record: magic `LVR1`, then the fields of [`SpaceRecord`] in order, integers
+//! big-endian and strings as a 2-byte length and UTF-8, at most [`MAX_RECORD`] bytes.
+
+use crate::packet::Packet;
+use crate::space::{is_valid_id, SpaceState, MAX_TITLE_CHARS};
+use bytes::{BufMut, Bytes, BytesMut};
+use levee_media::opus::{MAX_PACKET, MAX_PACKET_SAMPLES};
+
+/// Magic of an audio message.
+pub const AUDIO_MAGIC: &[u8; 4] = b"LVA1";
+/// Bytes of an audio message before the Opus packet.
+pub const AUDIO_HEADER: usize = 4 + 8 * 4 + 4;
+/// Longest audio message.
+pub const MAX_AUDIO_MESSAGE: usize = AUDIO_HEADER + MAX_PACKET;
+/// Magic of a registry record.
+pub const RECORD_MAGIC: &[u8; 4] = b"LVR1";
+/// Longest registry record.
+pub const MAX_RECORD: usize = 2048;
+/// Longest node name.
+pub const MAX_NODE_NAME: usize = 64;
+
+/// Why a bus message was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusError {
+    /// Shorter than its header.
+    Truncated,
+    /// Longer than the bound.
+    TooLong(usize),
+    /// Not one of ours (or another version).
+    BadMagic,
+    /// A field out of range.
+    Invalid(&'static str),
+}
+
+impl std::fmt::Display for BusError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BusError::Truncated => write!(f, "truncated message"),
+            BusError::TooLong(n) => write!(f, "message of {n} bytes is over the bound"),
+            BusError::BadMagic => write!(f, "not a levee message of this version"),
+            BusError::Invalid(what) => write!(f, "invalid {what}"),
+        }
+    }
+}
+
+impl std::error::Error for BusError {}
+
+/// An audio packet as it travels between nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusPacket {
+    /// The origin node's identity.
+    pub origin: u64,
+    /// The packet, numbered by the origin.
+    pub packet: Packet,
+}
+
+/// Encodes `p`, sent by node `origin`.
+pub fn encode_audio(origin: u64, p: &Packet) -> Bytes {
+    let mut b = BytesMut::with_capacity(AUDIO_HEADER + p.data.len());
+    b.put_slice(AUDIO_MAGIC);
+    b.put_u64(origin);
+    b.put_u64(p.seq);
+    b.put_u64(p.pts);
+    b.put_u64(p.capture_us);
+    b.put_u32(p.samples);
+    b.put_slice(&p.data);
+    b.freeze()
+}
+
+/// Decodes an audio message (the packet's bytes share `msg`'s memory).
+pub fn decode_audio(msg: &Bytes) -> Result<BusPacket, BusError> {
+    if msg.len() > MAX_AUDIO_MESSAGE {
+        return Err(BusError::TooLong(msg.len()));
+    }
+    if msg.len() < AUDIO_HEADER {
+        return Err(BusError::Truncated);
+    }
+    if &msg[..4] != AUDIO_MAGIC {
+        return Err(BusError::BadMagic);
+    }
+    let u64_at = |at: usize| u64::from_be_bytes(msg[at..at + 8].try_into().unwrap_or([0; 8]));
+    let samples = u32::from_be_bytes(msg[36..40].try_into().unwrap_or([0; 4]));
+    if samples == 0 || samples > MAX_PACKET_SAMPLES {
+        return Err(BusError::Invalid("duration"));
+    }
+    if msg.len() == AUDIO_HEADER {
+        return Err(BusError::Invalid("empty packet"));
+    }
+    Ok(BusPacket {
+        origin: u64_at(4),
+        packet: Packet {
+            seq: u64_at(12),
+            pts: u64_at(20),
+            capture_us: u64_at(28),
+            samples,
+            data: msg.slice(AUDIO_HEADER..),
+        },
+    })
+}
+
+/// A space as the cluster's registry holds it (one record per space, newest write wins).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpaceRecord {
+    /// Identifier.
+    pub id: String,
+    /// Title.
+    pub title: String,
+    /// Scheduled start, seconds since the Unix epoch.
+    pub scheduled_start: Option<u64>,
+    /// SHA-256 of the host key: any node verifies the key, none learns it.
+    pub host_key_sha256: [u8; 32],
+    /// State.
+    pub state: SpaceState,
+    /// Created, seconds since the Unix epoch.
+    pub created_at: u64,
+    /// The node whose source feeds the space (empty: none yet).
+    pub origin: String,
+    /// That node's identity in audio messages: only its packets are heard (0: none yet).
+    pub origin_id: u64,
+    /// When the record was written, µs since the Unix epoch.
+    pub updated_us: u64,
+}
+
+fn state_byte(s: SpaceState) -> u8 {
+    match s {
+        SpaceState::Scheduled => 0,
+        SpaceState::Live => 1,
+        SpaceState::Ended => 2,
+    }
+}
+
+/// Encodes a registry record.
+pub fn encode_record(r: &SpaceRecord) -> Bytes {
+    let mut b = BytesMut::with_capacity(128 + r.title.len());
+    b.put_slice(RECORD_MAGIC);
+    let put_str = |b: &mut BytesMut, s: &str| {
+        b.put_u16(s.len() as u16);
+        b.put_slice(s.as_bytes());
+    };
+    put_str(&mut b, &r.id);
+    put_str(&mut b, &r.title);
+    b.put_u64(r.scheduled_start.map_or(u64::MAX, |s| s));
+    b.put_slice(&r.host_key_sha256);
+    b.put_u8(state_byte(r.state));
+    b.put_u64(r.created_at);
+    put_str(&mut b, &r.origin);
+    b.put_u64(r.origin_id);
+    b.put_u64(r.updated_us);
+    b.freeze()
+}
+
+/// Decodes and checks a registry record.
+pub fn decode_record(msg: &[u8]) -> Result<SpaceRecord, BusError> {
+    if msg.len() > MAX_RECORD {
+        return Err(BusError::TooLong(msg.len()));
+    }
+    let mut r = Reader { b: msg, at: 0 };
+    if r.take(4)? != RECORD_MAGIC {
+        return Err(BusError::BadMagic);
+    }
+    let id = r.string("id")?;
+    if !is_valid_id(&id) {
+        return Err(BusError::Invalid("id"));
+    }
+    let title = r.string("title")?;
+    if title.trim().is_empty() || title.chars().count() > MAX_TITLE_CHARS {
+        return Err(BusError::Invalid("title"));
+    }
+    let scheduled_start = Some(r.u64()?).filter(|&s| s != u64::MAX);
+    let host_key_sha256: [u8; 32] = r.take(32)?.try_into().map_err(|_| BusError::Truncated)?;
+    let state = match r.take(1)?[0] {
+        0 => SpaceState::Scheduled,
+        1 => SpaceState::Live,
+        2 => SpaceState::Ended,
+        _ => return Err(BusError::Invalid("state")),
+    };
+    let created_at = r.u64()?;
+    let origin = r.string("origin")?;
+    if origin.len() > MAX_NODE_NAME {
+        return Err(BusError::Invalid("origin"));
+    }
+    let origin_id = r.u64()?;
+    let updated_us = r.u64()?;
+    if r.at != msg.len() {
+        return Err(BusError::Invalid("trailing bytes"));
+    }
+    Ok(SpaceRecord {
+        id,
+        title,
+        scheduled_start,
+        host_key_sha256,
+        state,
+        created_at,
+        origin,
+        origin_id,
+        updated_us,
+    })
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], BusError> {
+        let s = self
+            .b
+            .get(self.at..self.at + n)
+            .ok_or(BusError::Truncated)?;
+        self.at += n;
+        Ok(s)
+    }
+    fn u64(&mut self) -> Result<u64, BusError> {
+        Ok(u64::from_be_bytes(
+            self.take(8)?.try_into().map_err(|_| BusError::Truncated)?,
+        ))
+    }
+    fn string(&mut self, what: &'static str) -> Result<String, BusError> {
+        let n = u16::from_be_bytes(self.take(2)?.try_into().map_err(|_| BusError::Truncated)?);
+        let s = self.take(n as usize)?;
+        String::from_utf8(s.to_vec()).map_err(|_| BusError::Invalid(what))
+    }
+}
+
+/// Whether `name` may name a node: 1 to [`MAX_NODE_NAME`] bytes of `[A-Za-z0-9._-]`.
+pub fn is_valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NODE_NAME
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(seq: u64) -> Packet {
+        Packet {
+            seq,
+            pts: seq * 960,
+            samples: 960,
+            capture_us: 1_700_000_000_000_000 + seq * 20_000,
+            data: Bytes::from_static(&[0xf8, 0xff, 0xfe]),
+        }
+    }
+
+    fn record() -> SpaceRecord {
+        SpaceRecord {
+            id: "abcdefghjkmn".into(),
+            title: "Evening talk".into(),
+            scheduled_start: Some(1_700_000_100),
+            host_key_sha256: [7; 32],
+            state: SpaceState::Live,
+            created_at: 1_700_000_000,
+            origin: "node-a".into(),
+            origin_id: 99,
+            updated_us: 1_700_000_000_123_456,
+        }
+    }
+
+    #[test]
+    fn audio_round_trips_and_every_cut_is_refused() {
+        let m = encode_audio(42, &packet(9));
+        assert_eq!(
+            decode_audio(&m),
+            Ok(BusPacket {
+                origin: 42,
+                packet: packet(9)
+            })
+        );
+        // A bus message arrives whole (NATS frames it): only a header cut short is possible.
+        for cut in 0..=AUDIO_HEADER {
+            assert!(decode_audio(&m.slice(..cut)).is_err(), "cut at {cut}");
+        }
+        let mut bad = m.to_vec();
+        bad[0] = b'X';
+        assert_eq!(decode_audio(&Bytes::from(bad)), Err(BusError::BadMagic));
+        let mut zero = m.to_vec();
+        zero[36..40].copy_from_slice(&0u32.to_be_bytes());
+        assert_eq!(
+            decode_audio(&Bytes::from(zero)),
+            Err(BusError::Invalid("duration"))
+        );
+        let huge = Bytes::from(vec![0u8; MAX_AUDIO_MESSAGE + 1]);
+        assert_eq!(decode_audio(&huge), Err(BusError::TooLong(huge.len())));
+    }
+
+    #[test]
+    fn records_round_trip_and_bad_ones_are_refused_with_a_reason() {
+        let r = record();
+        let m = encode_record(&r);
+        assert_eq!(decode_record(&m), Ok(r.clone()));
+        let unscheduled = SpaceRecord {
+            scheduled_start: None,
+            origin: String::new(),
+            ..r.clone()
+        };
+        assert_eq!(decode_record(&encode_record(&unscheduled)), Ok(unscheduled));
+        for cut in 0..m.len() {
+            assert!(decode_record(&m[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut trailing = m.to_vec();
+        trailing.push(0);
+        assert_eq!(
+            decode_record(&trailing),
+            Err(BusError::Invalid("trailing bytes"))
+        );
+        let bad_id = SpaceRecord {
+            id: "../etc".into(),
+            ..r.clone()
+        };
+        assert_eq!(
+            decode_record(&encode_record(&bad_id)),
+            Err(BusError::Invalid("id"))
+        );
+        let empty_title = SpaceRecord {
+            title: " ".into(),
+            ..r
+        };
+        assert_eq!(
+            decode_record(&encode_record(&empty_title)),
+            Err(BusError::Invalid("title"))
+        );
+    }
+
+    #[test]
+    fn node_names_are_short_and_plain() {
+        assert!(is_valid_node_name("edge-1.eu_west"));
+        for bad in ["", "a b", "a/b", "é", &"x".repeat(65)] {
+            assert!(!is_valid_node_name(bad), "{bad}");
+        }
+    }
+}

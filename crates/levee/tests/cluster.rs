@@ -1,0 +1,207 @@
+//! A cluster through a real `nats-server`: a space created on one node is on every node, a
+//! host publishing on one node is heard on another with the origin's sequence numbers, the
+//! host key verifies on any node, ending it on one ends it everywhere, and what is not a
+//! packet of the space never reaches a listener.
+
+mod common;
+use common::*;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A `nats-server` with JetStream, on a free port, its store in a directory of its own.
+struct Nats {
+    child: Child,
+    url: String,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Nats {
+    fn start() -> Nats {
+        require_tool("nats-server");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("levee-nats-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts");
+        let url = format!("nats://127.0.0.1:{port}");
+        wait_until(Duration::from_secs(10), "nats-server listens", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Nats {
+            child,
+            url,
+            _dir: TempDir(dir),
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_on_one_node_is_heard_on_another() {
+    let nats = Nats::start();
+    let a = Levee::start(&["--nats", &nats.url, "--node", "node-a"]);
+    let b = Levee::start(&["--nats", &nats.url, "--node", "node-b"]);
+
+    // Created on A, listed and served by B.
+    let space = a.create_space("across nodes");
+    let id = space["id"].as_str().unwrap().to_owned();
+    let key = space["host_key"].as_str().unwrap().to_owned();
+    wait_until(Duration::from_secs(5), "B knows the space", || {
+        b.http("GET", &format!("/api/spaces/{id}"), &[], b"").status == 200
+    });
+    let listed = b.http("GET", "/api/spaces", &[], b"");
+    assert!(listed.body.contains(&id), "{}", listed.body);
+
+    let _source = publish_sine(space["urls"]["source"].as_str().unwrap(), 1000, "32k", 30);
+    a.wait_live(&id, Duration::from_secs(10));
+    let on_a = format!("ws://{}/live/{id}/ws", a.addr);
+    let on_b = format!("ws://{}/live/{id}/ws", b.addr);
+    let (heard_a, heard_b) = tokio::join!(
+        ws_listen(&on_a, Duration::from_secs(10), Duration::from_secs(4)),
+        async {
+            // Meanwhile, what is not a packet of the space is published on its subject.
+            let bus = async_nats::connect(&nats.url)
+                .await
+                .expect("test's NATS client");
+            let subject = format!("levee.audio.{id}");
+            let heard = tokio::spawn({
+                let on_b = on_b.clone();
+                async move { ws_listen(&on_b, Duration::from_secs(10), Duration::from_secs(4)).await }
+            });
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            for junk in [
+                b"not audio".to_vec(),
+                vec![0u8; 70_000],
+                b"LVA1".to_vec(),
+                // Well formed, but from a node that is not the space's origin.
+                levee_core::bus::encode_audio(
+                    7,
+                    &levee_core::packet::Packet {
+                        seq: 0,
+                        pts: 0,
+                        samples: 960,
+                        capture_us: 0,
+                        data: bytes::Bytes::from_static(&[0xfc, 0xff, 0xfe]),
+                    },
+                )
+                .to_vec(),
+            ] {
+                bus.publish(subject.clone(), junk.into()).await.unwrap();
+            }
+            bus.flush().await.unwrap();
+            heard.await.unwrap()
+        }
+    );
+    for (node, heard) in [("A", &heard_a), ("B", &heard_b)] {
+        assert!(heard.head, "{node}: no HEAD");
+        assert!(heard.error.is_none(), "{node}: {:?}", heard.error);
+        assert!(
+            heard.seqs.len() >= 150,
+            "{node} heard {} packets in 4 s",
+            heard.seqs.len()
+        );
+        assert_eq!(heard.gaps(), 0, "{node}: gaps in {:?}", heard.seqs);
+    }
+    // The origin's numbering on both nodes: B's packets are A's packets.
+    let a_range = heard_a.seqs[0]..=*heard_a.seqs.last().unwrap();
+    let shared = heard_b.seqs.iter().filter(|s| a_range.contains(s)).count();
+    assert!(
+        shared >= 100,
+        "B's numbers {:?}.. are not A's {:?}",
+        &heard_b.seqs[..3],
+        a_range
+    );
+    assert!(a.metric("levee_cluster_sent_packets_total") > 150.0);
+    assert!(b.metric("levee_cluster_heard_packets_total") > 150.0);
+    assert_eq!(b.metric("levee_cluster_feeds"), 1.0);
+    // The junk: three malformed, one well formed from a node that is not the origin.
+    wait_until(Duration::from_secs(3), "B counts the junk", || {
+        b.metric("levee_cluster_malformed_total") == 3.0
+            && b.metric("levee_cluster_foreign_total") >= 1.0
+    });
+
+    // The host key verifies on B (which knows only its hash); ending on B ends it on A.
+    let wrong = b.http(
+        "DELETE",
+        &format!("/api/spaces/{id}"),
+        &[("Authorization", "Bearer 0123456789abcdef0123456789abcdef")],
+        b"",
+    );
+    assert_eq!(wrong.status, 403, "{}", wrong.body);
+    assert_eq!(a.space(&id)["state"], "live");
+    let ended = b.http(
+        "DELETE",
+        &format!("/api/spaces/{id}"),
+        &[("Authorization", &format!("Bearer {key}"))],
+        b"",
+    );
+    assert!(
+        ended.status < 300,
+        "end on B: {} {}",
+        ended.status,
+        ended.body
+    );
+    wait_until(Duration::from_secs(5), "A sees the end", || {
+        a.space(&id)["state"] == "ended"
+    });
+    // With no listener left, B lets the subscription go.
+    wait_until(Duration::from_secs(5), "B unsubscribes", || {
+        b.metric("levee_cluster_feeds") == 0.0
+    });
+}
+
+#[test]
+fn a_node_that_cannot_reach_nats_does_not_start() {
+    let out = Command::new(env!("CARGO_BIN_EXE_levee"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--nats",
+            "nats://127.0.0.1:1",
+            "--node",
+            "lonely",
+        ])
+        .output()
+        .expect("levee runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot connect to NATS"), "{err}");
+    let bad = Command::new(env!("CARGO_BIN_EXE_levee"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--nats",
+            "nats://127.0.0.1:1",
+            "--node",
+            "a b",
+        ])
+        .output()
+        .expect("levee runs");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("node name"));
+}

@@ -1,0 +1,428 @@
+//! One space across many nodes, through NATS (`--nats`).
+//!
+//! - **Registry**: every space is a record ([`levee_core::bus::SpaceRecord`]) in the JetStream
+//!   key-value bucket [`BUCKET`]; every node watches the bucket and holds every space, so any
+//!   node lists, verifies the host key of (its SHA-256 is in the record), serves and ends any
+//!   space.
+//! - **Audio**: the node whose source feeds a space is its origin. It reads the track through a
+//!   bounded tap ([`BUS_TAP`]) and publishes each packet, with the origin's numbering, on the
+//!   space's subject ([`audio_subject`]). Another node subscribes when a listener of the space
+//!   arrives and unsubscribes once none is left for [`FEED_IDLE`], so packets travel only where
+//!   listeners are; it packages them once for all its listeners (`Track::publish_numbered`).
+//! - **Origin**: the newest source claim wins cluster-wide, as on one node: a node whose source
+//!   claims a space writes itself as the origin, and a node that sees another origin displaces
+//!   its own source.
+//! - **Not trusted**: a message that does not parse, comes from this node, or is older than
+//!   what was heard is dropped and counted ([`ClusterCounters`]), never heard.
+//!
+//! Bounds: [`BUS_TAP`] packets queued per space for the bus (the oldest dropped and counted),
+//! [`SUBSCRIPTION_CAPACITY`] messages per subscription (the client drops beyond, and the
+//! listeners see a gap), [`levee_core::bus::MAX_AUDIO_MESSAGE`] and
+//! [`levee_core::bus::MAX_RECORD`] bytes per message.
+
+use crate::clock::wall_us;
+pub use crate::config::ClusterConfig;
+pub use crate::counters::ClusterCounters;
+use crate::hub::{ClusterLink, Hub, Space};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use levee_core::bus::{self, SpaceRecord};
+use levee_core::packet::TapRead;
+use levee_core::space::SpaceState;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+/// The registry's key-value bucket.
+pub const BUCKET: &str = "levee-spaces";
+/// Packets queued per space between its track and the bus (10 s of 20-ms packets).
+pub const BUS_TAP: usize = 512;
+/// Messages a subscription buffers before the client drops (20 s of 20-ms packets).
+pub const SUBSCRIPTION_CAPACITY: usize = 1024;
+/// How long a node keeps a space's subscription without listeners.
+pub const FEED_IDLE: Duration = Duration::from_secs(2);
+/// How often a silent connection to NATS is checked (the client's default is a minute).
+pub const PING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The subject a space's packets travel on.
+pub fn audio_subject(id: &str) -> String {
+    format!("levee.audio.{id}")
+}
+
+#[derive(Default)]
+struct Roles {
+    /// Spaces this node is origin of: their forwarders.
+    forwarding: HashMap<String, tokio::task::AbortHandle>,
+    /// Spaces this node hears from the bus: their feeds.
+    feeding: HashMap<String, tokio::task::AbortHandle>,
+}
+
+/// This node's place in the cluster.
+pub struct Cluster {
+    client: async_nats::Client,
+    kv: async_nats::jetstream::kv::Store,
+    /// This node's name.
+    pub node: String,
+    /// This node's identity in bus messages (random at start).
+    pub id: u64,
+    /// Counters.
+    pub counters: ClusterCounters,
+    roles: Mutex<Roles>,
+    hub: Weak<Hub>,
+}
+
+impl Cluster {
+    /// Connects to NATS, opens (or creates) the registry and starts watching it. The error
+    /// says what failed.
+    pub async fn start(hub: &Arc<Hub>, cfg: &ClusterConfig) -> Result<Arc<Cluster>, String> {
+        if !bus::is_valid_node_name(&cfg.node) {
+            return Err(format!(
+                "node name {:?}: 1 to 64 of A-Z a-z 0-9 . _ -",
+                cfg.node
+            ));
+        }
+        let mut opts = async_nats::ConnectOptions::new()
+            .name(format!("levee {}", cfg.node))
+            .no_echo()
+            .ping_interval(PING_INTERVAL)
+            .subscription_capacity(SUBSCRIPTION_CAPACITY)
+            .connection_timeout(Duration::from_secs(5))
+            .require_tls(cfg.tls)
+            // Jittered: nodes that lost the same server do not come back together.
+            .reconnect_delay_callback(|attempts| {
+                let cap = Duration::from_millis(100 << attempts.min(5) as u64);
+                cap.mul_f64(0.5 + crate::random::unit() * 0.5)
+                    .min(Duration::from_secs(4))
+            });
+        if let Some(path) = &cfg.creds {
+            opts = opts
+                .credentials_file(path)
+                .await
+                .map_err(|e| format!("NATS credentials {}: {e}", path.display()))?;
+        }
+        if let Some((user, pass)) = &cfg.user {
+            opts = opts.user_and_password(user.clone(), pass.clone());
+        }
+        let urls = cfg.urls.join(",");
+        let client = opts
+            .connect(urls.as_str())
+            .await
+            .map_err(|e| format!("cannot connect to NATS at {urls}: {e}"))?;
+        let js = async_nats::jetstream::new(client.clone());
+        let kv = open_bucket(&js, cfg.replicas).await?;
+        let cluster = Arc::new(Cluster {
+            client,
+            kv,
+            node: cfg.node.clone(),
+            id: crate::random::u64() | 1,
+            counters: ClusterCounters::default(),
+            roles: Mutex::new(Roles::default()),
+            hub: Arc::downgrade(hub),
+        });
+        let watch = cluster
+            .kv
+            .watch_with_history(">")
+            .await
+            .map_err(|e| format!("cannot watch the registry: {e}"))?;
+        tokio::spawn(watch_registry(cluster.clone(), watch));
+        Ok(cluster)
+    }
+
+    /// Writes `space`'s record.
+    fn write_record(self: &Arc<Self>, space: &Space) {
+        let info = space.snapshot();
+        let (origin, origin_id) = space.origin();
+        let rec = SpaceRecord {
+            id: info.id.clone(),
+            title: info.title,
+            scheduled_start: info.scheduled_start,
+            host_key_sha256: info.host_key_sha256,
+            state: info.state,
+            created_at: info.created_at,
+            origin,
+            origin_id,
+            updated_us: wall_us(),
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.kv.put(&rec.id, bus::encode_record(&rec)).await {
+                me.counters.registry_errors.fetch_add(1, Relaxed);
+                tracing::warn!(space = %rec.id, "registry write failed: {e}");
+            }
+        });
+    }
+
+    /// A source of this node claimed `space`: this node becomes its origin, forwards its
+    /// packets to the bus and stops hearing it from the bus.
+    fn take_origin(self: &Arc<Self>, space: &Arc<Space>) {
+        let id = space.snapshot().id;
+        space.set_origin(&self.node, self.id);
+        {
+            let mut roles = self.roles.lock().expect("roles lock");
+            if let Some(feed) = roles.feeding.remove(&id) {
+                feed.abort();
+            }
+            if let std::collections::hash_map::Entry::Vacant(slot) = roles.forwarding.entry(id) {
+                let task = tokio::spawn(forward(self.clone(), space.clone()));
+                slot.insert(task.abort_handle());
+            }
+        }
+        self.write_record(space);
+    }
+
+    /// A listener of `space` arrived: unless this node is its origin, hear it from the bus.
+    fn hear(self: &Arc<Self>, space: &Arc<Space>) {
+        let id = space.snapshot().id;
+        let mut roles = self.roles.lock().expect("roles lock");
+        if roles.forwarding.contains_key(&id) || roles.feeding.contains_key(&id) {
+            return;
+        }
+        let task = tokio::spawn(feed(self.clone(), space.clone()));
+        roles.feeding.insert(id, task.abort_handle());
+    }
+
+    /// Another node is the origin of `id` now: stop forwarding it.
+    fn lose_origin(&self, id: &str) -> bool {
+        let mut roles = self.roles.lock().expect("roles lock");
+        match roles.forwarding.remove(id) {
+            Some(f) => {
+                f.abort();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn done(&self, id: &str, feeding: bool) {
+        let mut roles = self.roles.lock().expect("roles lock");
+        if feeding {
+            roles.feeding.remove(id);
+        } else {
+            roles.forwarding.remove(id);
+        }
+    }
+
+    /// A record from the registry: create, update or end the space here.
+    fn apply(self: &Arc<Self>, rec: SpaceRecord) {
+        let Some(hub) = self.hub.upgrade() else {
+            return;
+        };
+        let space = match hub.get(&rec.id) {
+            Some(s) => s,
+            None => match hub.create_replica(&rec) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(space = %rec.id, "cannot hold a space of the cluster: {e:?}");
+                    return;
+                }
+            },
+        };
+        if rec.state == SpaceState::Ended {
+            if space.state() != SpaceState::Ended {
+                hub.end_here(&space);
+            }
+            return;
+        }
+        if !rec.origin.is_empty() && rec.origin != self.node {
+            space.set_origin(&rec.origin, rec.origin_id);
+            if self.lose_origin(&rec.id) {
+                // The newest claim wins: this node's source gives way.
+                space.track.new_source();
+                if space.track.listeners() > 0 {
+                    self.hear(&space);
+                }
+            }
+        }
+    }
+}
+
+/// What the hub and the endpoints ask of the cluster (the hub holds it as a [`ClusterLink`]).
+struct Link(Arc<Cluster>);
+
+impl ClusterLink for Link {
+    fn announce(&self, space: &Space) {
+        self.0.write_record(space);
+    }
+    fn claim(&self, space: &Arc<Space>) {
+        self.0.take_origin(space);
+    }
+    fn listen(&self, space: &Arc<Space>) {
+        self.0.hear(space);
+    }
+    fn counters(&self) -> &ClusterCounters {
+        &self.0.counters
+    }
+    fn feeds(&self) -> usize {
+        self.0.roles.lock().expect("roles lock").feeding.len()
+    }
+}
+
+/// Joins the cluster and hands the hub its link to it.
+pub async fn join(hub: &Arc<Hub>, cfg: &ClusterConfig) -> Result<(), String> {
+    let cluster = Cluster::start(hub, cfg).await?;
+    let _ = hub.cluster.set(Box::new(Link(cluster)));
+    Ok(())
+}
+
+async fn open_bucket(
+    js: &async_nats::jetstream::Context,
+    replicas: usize,
+) -> Result<async_nats::jetstream::kv::Store, String> {
+    if let Ok(kv) = js.get_key_value(BUCKET).await {
+        return Ok(kv);
+    }
+    let config = |num_replicas| async_nats::jetstream::kv::Config {
+        bucket: BUCKET.to_owned(),
+        description: "levee's spaces".to_owned(),
+        history: 1,
+        max_value_size: bus::MAX_RECORD as i32,
+        num_replicas,
+        ..Default::default()
+    };
+    match js.create_key_value(config(replicas.max(1))).await {
+        Ok(kv) => Ok(kv),
+        // Another node created it meanwhile.
+        Err(e) => js
+            .get_key_value(BUCKET)
+            .await
+            .map_err(|_| format!("cannot create the registry bucket {BUCKET}: {e}")),
+    }
+}
+
+async fn watch_registry(cluster: Arc<Cluster>, mut watch: async_nats::jetstream::kv::Watch) {
+    while let Some(entry) = watch.next().await {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!("registry watch: {e}");
+                continue;
+            }
+        };
+        if entry.operation != async_nats::jetstream::kv::Operation::Put {
+            continue;
+        }
+        match bus::decode_record(&entry.value) {
+            Ok(rec) if rec.id == entry.key => cluster.apply(rec),
+            Ok(_) | Err(_) => {
+                cluster.counters.bad_records.fetch_add(1, Relaxed);
+                tracing::warn!(key = %entry.key, "registry record refused");
+            }
+        }
+    }
+    tracing::error!("registry watch ended");
+}
+
+/// Origin side: the space's packets, as its track numbered them, to its subject.
+async fn forward(cluster: Arc<Cluster>, space: Arc<Space>) {
+    let id = space.snapshot().id;
+    let subject = audio_subject(&id);
+    let tap = space.track.tap(BUS_TAP);
+    loop {
+        let tapped = space.track.tapped.notified();
+        loop {
+            let read = tap.lock().expect("tap lock").read();
+            match read {
+                TapRead::Packet(p) => {
+                    let msg = bus::encode_audio(cluster.id, &p);
+                    if cluster.client.publish(subject.clone(), msg).await.is_ok() {
+                        cluster.counters.sent.fetch_add(1, Relaxed);
+                    }
+                }
+                TapRead::Lost(n) => {
+                    cluster.counters.tap_lost.fetch_add(n, Relaxed);
+                }
+                TapRead::Empty => break,
+            }
+        }
+        if space.track.ended() {
+            break;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), tapped).await;
+    }
+    cluster.done(&id, false);
+}
+
+/// Edge side: the space's packets from its subject to this node's listeners, while it has any.
+async fn feed(cluster: Arc<Cluster>, space: Arc<Space>) {
+    let id = space.snapshot().id;
+    let mut sub = match cluster.client.subscribe(audio_subject(&id)).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(space = %id, "cannot subscribe to the space's audio: {e}");
+            cluster.done(&id, true);
+            return;
+        }
+    };
+    let Some(hub) = cluster.hub.upgrade() else {
+        return;
+    };
+    let cadence = hub.config.cadence;
+    drop(hub);
+    let mut heard = Heard::default();
+    let mut idle_since: Option<tokio::time::Instant> = None;
+    let mut check = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            msg = sub.next() => {
+                let Some(msg) = msg else { break };
+                let Some(packet) = accept(&cluster, &space, &msg.payload, &mut heard) else {
+                    continue;
+                };
+                if !space.go_live() {
+                    break;
+                }
+                space.track.publish_numbered(vec![packet], &cadence, wall_us());
+                cluster.counters.heard.fetch_add(1, Relaxed);
+            }
+            _ = check.tick() => {
+                if space.track.ended() {
+                    break;
+                }
+                if space.track.listeners() > 0 {
+                    idle_since = None;
+                } else if idle_since.get_or_insert_with(tokio::time::Instant::now).elapsed() >= FEED_IDLE {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = sub.unsubscribe().await;
+    cluster.done(&id, true);
+}
+
+/// Where a feed is in a space's numbering: its origin and the next packet expected.
+#[derive(Default)]
+struct Heard {
+    origin: u64,
+    next_seq: Option<u64>,
+}
+
+/// A bus message, if it is to be heard: well formed, from the space's origin as the registry
+/// names it, newer than the last of that origin (a new origin numbers on from where it took
+/// over, or afresh).
+fn accept(
+    cluster: &Cluster,
+    space: &Space,
+    payload: &Bytes,
+    heard: &mut Heard,
+) -> Option<levee_core::packet::Packet> {
+    let m = match bus::decode_audio(payload) {
+        Ok(m) => m,
+        Err(_) => {
+            cluster.counters.malformed.fetch_add(1, Relaxed);
+            return None;
+        }
+    };
+    if m.origin != space.origin().1 || m.origin == cluster.id {
+        cluster.counters.foreign.fetch_add(1, Relaxed);
+        return None;
+    }
+    if m.origin == heard.origin && heard.next_seq.is_some_and(|n| m.packet.seq < n) {
+        cluster.counters.out_of_order.fetch_add(1, Relaxed);
+        return None;
+    }
+    heard.origin = m.origin;
+    heard.next_seq = Some(m.packet.seq + 1);
+    Some(m.packet)
+}
