@@ -23,19 +23,58 @@ impl Drop for TempDir {
     }
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 impl Nats {
     fn start() -> Nats {
+        Self::start_with(free_port(), &[])
+    }
+
+    /// A JetStream cluster of `n` servers on loopback.
+    fn cluster(n: usize) -> Vec<Nats> {
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        (0..n)
+            .map(|i| {
+                let routes: Vec<String> = ports
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, (_, c))| format!("nats://127.0.0.1:{c}"))
+                    .collect();
+                let name = format!("n{i}");
+                let cluster = format!("nats://127.0.0.1:{}", ports[i].1);
+                let routes = routes.join(",");
+                Self::start_with(
+                    ports[i].0,
+                    &[
+                        "--server_name",
+                        &name,
+                        "--cluster_name",
+                        "levee-test",
+                        "--cluster",
+                        &cluster,
+                        "--routes",
+                        &routes,
+                    ],
+                )
+            })
+            .collect()
+    }
+
+    fn start_with(port: u16, extra: &[&str]) -> Nats {
         require_tool("nats-server");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let dir = std::env::temp_dir().join(format!("levee-nats-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let child = Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
             .arg(&dir)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -170,6 +209,68 @@ async fn a_host_on_one_node_is_heard_on_another() {
     // With no listener left, B lets the subscription go.
     wait_until(Duration::from_secs(5), "B unsubscribes", || {
         b.metric("levee_cluster_feeds") == 0.0
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_origins_nats_server_leaves_a_bounded_gap() {
+    let mut servers = Nats::cluster(3);
+    // The origin on n0, the edge on n1; n0 dies mid-broadcast.
+    let a = Levee::start(&[
+        "--nats",
+        &servers[0].url,
+        "--node",
+        "origin",
+        "--nats-replicas",
+        "3",
+    ]);
+    let b = Levee::start(&[
+        "--nats",
+        &servers[1].url,
+        "--node",
+        "edge",
+        "--nats-replicas",
+        "3",
+    ]);
+    let space = a.create_space("through a NATS failure");
+    let id = space["id"].as_str().unwrap().to_owned();
+    wait_until(Duration::from_secs(10), "the edge knows the space", || {
+        b.http("GET", &format!("/api/spaces/{id}"), &[], b"").status == 200
+    });
+    let _source = publish_sine(space["urls"]["source"].as_str().unwrap(), 1000, "32k", 30);
+    a.wait_live(&id, Duration::from_secs(10));
+    let on_b = format!("ws://{}/live/{id}/ws", b.addr);
+    let listener = tokio::spawn(async move {
+        ws_listen(&on_b, Duration::from_secs(10), Duration::from_secs(8)).await
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let killed = std::time::Instant::now();
+    drop(servers.remove(0));
+    let heard = listener.await.unwrap();
+    println!(
+        "edge listener across the kill: {} packets, {} gaps, longest silence {:?} (kill at {:?} into the run)",
+        heard.seqs.len(),
+        heard.gaps(),
+        heard.max_interarrival,
+        killed.elapsed()
+    );
+    assert!(heard.error.is_none(), "{:?}", heard.error);
+    assert!(heard.gaps() <= 1, "gaps in {:?}", heard.seqs);
+    assert!(
+        heard.max_interarrival < Duration::from_secs(3),
+        "silence of {:?}",
+        heard.max_interarrival
+    );
+    // 8 s of 20-ms packets is 400: most of them arrived, before and after the kill.
+    assert!(
+        heard.seqs.len() >= 250,
+        "heard {} packets",
+        heard.seqs.len()
+    );
+    // The origin still publishes to the bus through another server.
+    let sent = a.metric("levee_cluster_sent_packets_total");
+    wait_until(Duration::from_secs(5), "the origin publishes again", || {
+        a.metric("levee_cluster_sent_packets_total") > sent + 25.0
     });
 }
 

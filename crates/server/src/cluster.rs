@@ -44,6 +44,9 @@ pub const SUBSCRIPTION_CAPACITY: usize = 1024;
 pub const FEED_IDLE: Duration = Duration::from_secs(2);
 /// How often a silent connection to NATS is checked (the client's default is a minute).
 pub const PING_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a starting node waits for the registry bucket (a NATS cluster elects its
+/// JetStream leader in the first seconds).
+pub const OPEN_BUCKET_FOR: Duration = Duration::from_secs(15);
 
 /// The subject a space's packets travel on.
 pub fn audio_subject(id: &str) -> String {
@@ -266,6 +269,25 @@ pub async fn join(hub: &Arc<Hub>, cfg: &ClusterConfig) -> Result<(), String> {
 }
 
 async fn open_bucket(
+    js: &async_nats::jetstream::Context,
+    replicas: usize,
+) -> Result<async_nats::jetstream::kv::Store, String> {
+    // A NATS cluster that is still electing its JetStream leader answers with errors for a
+    // few seconds: try for OPEN_BUCKET_FOR.
+    let deadline = tokio::time::Instant::now() + OPEN_BUCKET_FOR;
+    loop {
+        match open_bucket_once(js, replicas).await {
+            Ok(kv) => return Ok(kv),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(e) => {
+                tracing::info!("registry not ready yet: {e}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
+async fn open_bucket_once(
     js: &async_nats::jetstream::Context,
     replicas: usize,
 ) -> Result<async_nats::jetstream::kv::Store, String> {
