@@ -84,6 +84,11 @@ impl PacketStream {
     pub fn next_seq(&self) -> u64 {
         self.next_seq
     }
+
+    /// Position the next packet will get.
+    pub fn next_pts(&self) -> u64 {
+        self.pts
+    }
 }
 
 /// What a [`Tap`] read gave.

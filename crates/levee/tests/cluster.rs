@@ -274,6 +274,72 @@ async fn killing_the_origins_nats_server_leaves_a_bounded_gap() {
     });
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_on_another_node_takes_the_space_over_cluster_wide() {
+    let nats = Nats::start();
+    let a = Levee::start(&["--nats", &nats.url, "--node", "first"]);
+    let b = Levee::start(&["--nats", &nats.url, "--node", "second"]);
+    let space = a.create_space("moving origin");
+    let id = space["id"].as_str().unwrap().to_owned();
+    let key = space["host_key"].as_str().unwrap().to_owned();
+    wait_until(Duration::from_secs(5), "B knows the space", || {
+        b.http("GET", &format!("/api/spaces/{id}"), &[], b"").status == 200
+    });
+    let _first = publish_sine(space["urls"]["source"].as_str().unwrap(), 1000, "32k", 30);
+    a.wait_live(&id, Duration::from_secs(10));
+    let on_a = format!("ws://{}/live/{id}/ws", a.addr);
+    let listener = tokio::spawn(async move {
+        ws_listen(&on_a, Duration::from_secs(10), Duration::from_secs(9)).await
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The host moves to B (which knows only the key's hash): B becomes the origin, A's source
+    // gives way, and A's listener hears B through the bus.
+    let _second = publish_sine(
+        &format!("icecast://source:{key}@{}/live/{id}.ogg", b.addr),
+        1000,
+        "32k",
+        30,
+    );
+    wait_until(Duration::from_secs(5), "B publishes to the bus", || {
+        b.metric("levee_cluster_sent_packets_total") > 50.0
+    });
+    wait_until(Duration::from_secs(5), "A hears B", || {
+        a.metric("levee_cluster_heard_packets_total") > 50.0
+    });
+    let sent_by_a = a.metric("levee_cluster_sent_packets_total");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        a.metric("levee_cluster_sent_packets_total"),
+        sent_by_a,
+        "A still forwards after B took over"
+    );
+    let heard = listener.await.unwrap();
+    println!(
+        "A's listener across the move: {} packets, {} gaps, longest silence {:?}",
+        heard.seqs.len(),
+        heard.gaps(),
+        heard.max_interarrival
+    );
+    assert!(heard.error.is_none() && heard.close.is_none(), "{heard:?}");
+    assert!(
+        heard.seqs.len() >= 300,
+        "heard {} packets in 9 s",
+        heard.seqs.len()
+    );
+    assert!(heard.gaps() <= 2, "gaps in {:?}", heard.seqs);
+    // B numbered from 0: A's track moves B's numbers up rather than rewind its listeners.
+    assert!(
+        heard.seqs.windows(2).all(|w| w[1] > w[0]),
+        "numbering went back: {:?}",
+        heard.seqs
+    );
+    assert!(
+        heard.max_interarrival < Duration::from_secs(2),
+        "{:?}",
+        heard.max_interarrival
+    );
+}
+
 #[test]
 fn a_node_that_cannot_reach_nats_does_not_start() {
     let out = Command::new(env!("CARGO_BIN_EXE_levee"))

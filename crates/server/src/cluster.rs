@@ -27,7 +27,7 @@ use crate::hub::{ClusterLink, Hub, Space};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use levee_core::bus::{self, SpaceRecord};
-use levee_core::packet::TapRead;
+use levee_core::packet::{Packet, TapRead};
 use levee_core::space::SpaceState;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -381,7 +381,7 @@ async fn feed(cluster: Arc<Cluster>, space: Arc<Space>) {
     };
     let cadence = hub.config.cadence;
     drop(hub);
-    let mut heard = Heard::default();
+    let mut heard = Heard::new(space.track.next_position());
     let mut idle_since: Option<tokio::time::Instant> = None;
     let mut check = tokio::time::interval(Duration::from_millis(500));
     loop {
@@ -413,22 +413,52 @@ async fn feed(cluster: Arc<Cluster>, space: Arc<Space>) {
     cluster.done(&id, true);
 }
 
-/// Where a feed is in a space's numbering: its origin and the next packet expected.
-#[derive(Default)]
+/// How a feed maps an origin's numbering onto this node's track: the origin's own numbers
+/// while it is the one the track has followed, and, when a new origin starts below where the
+/// track is (it was not hearing the space before its source came), the new numbers moved up
+/// so that the track's sequence numbers and positions never go back (its listeners see one
+/// jump, not a rewind).
+#[derive(Debug, Default)]
 struct Heard {
     origin: u64,
-    next_seq: Option<u64>,
+    /// The origin's next sequence number, as it numbers.
+    next_raw: Option<u64>,
+    seq_off: u64,
+    pts_off: u64,
+    /// Where the track is: (next sequence number, next position).
+    track_next: (u64, u64),
+}
+
+impl Heard {
+    fn new(track_next: (u64, u64)) -> Self {
+        Heard {
+            track_next,
+            ..Heard::default()
+        }
+    }
+
+    /// The packet as the track is to number it, or `None` when it is older than what this
+    /// origin already sent.
+    fn step(&mut self, origin: u64, mut p: Packet) -> Option<Packet> {
+        if origin == self.origin && self.next_raw.is_some_and(|n| p.seq < n) {
+            return None;
+        }
+        if origin != self.origin {
+            self.origin = origin;
+            self.seq_off = self.track_next.0.saturating_sub(p.seq);
+            self.pts_off = self.track_next.1.saturating_sub(p.pts);
+        }
+        self.next_raw = Some(p.seq + 1);
+        p.seq += self.seq_off;
+        p.pts += self.pts_off;
+        self.track_next = (p.seq + 1, p.pts + p.samples as u64);
+        Some(p)
+    }
 }
 
 /// A bus message, if it is to be heard: well formed, from the space's origin as the registry
-/// names it, newer than the last of that origin (a new origin numbers on from where it took
-/// over, or afresh).
-fn accept(
-    cluster: &Cluster,
-    space: &Space,
-    payload: &Bytes,
-    heard: &mut Heard,
-) -> Option<levee_core::packet::Packet> {
+/// names it, newer than the last of that origin.
+fn accept(cluster: &Cluster, space: &Space, payload: &Bytes, heard: &mut Heard) -> Option<Packet> {
     let m = match bus::decode_audio(payload) {
         Ok(m) => m,
         Err(_) => {
@@ -440,11 +470,57 @@ fn accept(
         cluster.counters.foreign.fetch_add(1, Relaxed);
         return None;
     }
-    if m.origin == heard.origin && heard.next_seq.is_some_and(|n| m.packet.seq < n) {
+    let p = heard.step(m.origin, m.packet);
+    if p.is_none() {
         cluster.counters.out_of_order.fetch_add(1, Relaxed);
-        return None;
     }
-    heard.origin = m.origin;
-    heard.next_seq = Some(m.packet.seq + 1);
-    Some(m.packet)
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(seq: u64) -> Packet {
+        Packet {
+            seq,
+            pts: seq * 960,
+            samples: 960,
+            capture_us: seq,
+            data: Bytes::from_static(&[0xfc]),
+        }
+    }
+
+    fn seqs(h: &mut Heard, origin: u64, range: std::ops::Range<u64>) -> Vec<Option<(u64, u64)>> {
+        range
+            .map(|s| h.step(origin, packet(s)).map(|p| (p.seq, p.pts)))
+            .collect()
+    }
+
+    #[test]
+    fn a_feed_keeps_the_origins_numbers_drops_the_old_and_never_rewinds_on_a_new_origin() {
+        // A fresh node follows the origin's own numbers.
+        let mut h = Heard::new((0, 0));
+        assert_eq!(
+            seqs(&mut h, 7, 100..103),
+            vec![
+                Some((100, 96_000)),
+                Some((101, 96_960)),
+                Some((102, 97_920))
+            ]
+        );
+        // A duplicate or a late packet of the same origin is dropped; a loss is a jump.
+        assert_eq!(seqs(&mut h, 7, 101..102), vec![None]);
+        assert_eq!(seqs(&mut h, 7, 105..106), vec![Some((105, 100_800))]);
+        // A new origin that numbers from 0 continues where the track is.
+        assert_eq!(
+            seqs(&mut h, 9, 0..2),
+            vec![Some((106, 101_760)), Some((107, 102_720))]
+        );
+        // One that numbers above keeps its numbers.
+        assert_eq!(seqs(&mut h, 11, 500..501), vec![Some((500, 480_000))]);
+        // A node whose own source fed the track up to 40 hears a new origin from there on.
+        let mut h = Heard::new((40, 38_400));
+        assert_eq!(seqs(&mut h, 3, 0..1), vec![Some((40, 38_400))]);
+    }
 }

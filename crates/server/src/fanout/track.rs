@@ -189,6 +189,12 @@ impl Track {
         tap
     }
 
+    /// The sequence number and position the next packet will get.
+    pub fn next_position(&self) -> (u64, u64) {
+        let inner = self.inner.lock().expect("track lock");
+        (inner.stream.next_seq(), inner.stream.next_pts())
+    }
+
     /// A new source takes over; returns its generation.
     pub fn new_source(&self) -> u64 {
         self.source_gen.fetch_add(1, Ordering::SeqCst) + 1
