@@ -1,5 +1,6 @@
 //! What nodes of a cluster read from the bus: `levee_core::bus::decode_audio` (a space's
-//! packets) and `decode_record` (the registry), both fed bytes from NATS that no node trusts.
+//! packets), `decode_record` (the registry) and `decode_load` (listeners per space), all fed
+//! bytes from NATS that no node trusts.
 //!
 //! Input: one byte choosing the codec, then the message.
 //!
@@ -20,7 +21,17 @@ fuzz_target!(|data: &[u8]| {
     let Some((&which, msg)) = data.split_first() else {
         return;
     };
-    if which & 1 == 0 {
+    if which % 3 == 2 {
+        match bus::decode_load(msg) {
+            Ok(r) => {
+                assert_eq!(&bus::encode_load(r.node, &r.spaces)[..], msg);
+                assert!(r.spaces.len() <= bus::MAX_LOAD_ENTRIES);
+                assert!(r.spaces.iter().all(|(id, _)| is_valid_id(id)));
+            }
+            Err(BusError::TooLong(n)) => assert!(n > bus::MAX_LOAD_MESSAGE),
+            Err(_) => assert!(msg.len() <= bus::MAX_LOAD_MESSAGE),
+        }
+    } else if which % 3 == 0 {
         let m = Bytes::copy_from_slice(msg);
         match bus::decode_audio(&m) {
             Ok(p) => {

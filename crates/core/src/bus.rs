@@ -35,6 +35,12 @@ pub const RECORD_MAGIC: &[u8; 4] = b"LVR1";
 pub const MAX_RECORD: usize = 2048;
 /// Longest node name.
 pub const MAX_NODE_NAME: usize = 64;
+/// Magic of a load report.
+pub const LOAD_MAGIC: &[u8; 4] = b"LVL1";
+/// Spaces one load report names at most (a node with more sends several).
+pub const MAX_LOAD_ENTRIES: usize = 1024;
+/// Longest load report.
+pub const MAX_LOAD_MESSAGE: usize = 4 + 8 + 2 + MAX_LOAD_ENTRIES * (1 + 32 + 4);
 
 /// Why a bus message was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,6 +246,60 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A node's listeners per space, as it reports them about once a second.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadReport {
+    /// The reporting node's identity.
+    pub node: u64,
+    /// (space id, listeners on that node).
+    pub spaces: Vec<(String, u32)>,
+}
+
+/// Encodes a load report of at most [`MAX_LOAD_ENTRIES`] spaces (the rest is left out).
+pub fn encode_load(node: u64, spaces: &[(String, u32)]) -> Bytes {
+    let spaces = &spaces[..spaces.len().min(MAX_LOAD_ENTRIES)];
+    let mut b = BytesMut::with_capacity(14 + spaces.len() * 24);
+    b.put_slice(LOAD_MAGIC);
+    b.put_u64(node);
+    b.put_u16(spaces.len() as u16);
+    for (id, n) in spaces {
+        b.put_u8(id.len() as u8);
+        b.put_slice(id.as_bytes());
+        b.put_u32(*n);
+    }
+    b.freeze()
+}
+
+/// Decodes and checks a load report.
+pub fn decode_load(msg: &[u8]) -> Result<LoadReport, BusError> {
+    if msg.len() > MAX_LOAD_MESSAGE {
+        return Err(BusError::TooLong(msg.len()));
+    }
+    let mut r = Reader { b: msg, at: 0 };
+    if r.take(4)? != LOAD_MAGIC {
+        return Err(BusError::BadMagic);
+    }
+    let node = r.u64()?;
+    let n = u16::from_be_bytes(r.take(2)?.try_into().map_err(|_| BusError::Truncated)?) as usize;
+    if n > MAX_LOAD_ENTRIES {
+        return Err(BusError::Invalid("space count"));
+    }
+    let mut spaces = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = r.take(1)?[0] as usize;
+        let id = std::str::from_utf8(r.take(len)?).map_err(|_| BusError::Invalid("id"))?;
+        if !is_valid_id(id) {
+            return Err(BusError::Invalid("id"));
+        }
+        let listeners = u32::from_be_bytes(r.take(4)?.try_into().map_err(|_| BusError::Truncated)?);
+        spaces.push((id.to_owned(), listeners));
+    }
+    if r.at != msg.len() {
+        return Err(BusError::Invalid("trailing bytes"));
+    }
+    Ok(LoadReport { node, spaces })
+}
+
 /// Whether `name` may name a node: 1 to [`MAX_NODE_NAME`] bytes of `[A-Za-z0-9._-]`.
 pub fn is_valid_node_name(name: &str) -> bool {
     !name.is_empty()
@@ -340,6 +400,24 @@ mod tests {
             decode_record(&encode_record(&empty_title)),
             Err(BusError::Invalid("title"))
         );
+    }
+
+    #[test]
+    fn load_reports_round_trip_and_bad_ones_are_refused() {
+        let spaces = vec![("abc".to_owned(), 12_000), ("x2".to_owned(), 0)];
+        let m = encode_load(5, &spaces);
+        assert_eq!(decode_load(&m), Ok(LoadReport { node: 5, spaces }));
+        for cut in 0..m.len() {
+            assert!(decode_load(&m[..cut]).is_err(), "cut at {cut}");
+        }
+        let bad = encode_load(5, &[("A/B".to_owned(), 1)]);
+        assert_eq!(decode_load(&bad), Err(BusError::Invalid("id")));
+        let many: Vec<(String, u32)> = (0..MAX_LOAD_ENTRIES + 5)
+            .map(|i| (format!("s{i}"), 1))
+            .collect();
+        let m = encode_load(1, &many);
+        assert!(m.len() <= MAX_LOAD_MESSAGE);
+        assert_eq!(decode_load(&m).unwrap().spaces.len(), MAX_LOAD_ENTRIES);
     }
 
     #[test]

@@ -151,6 +151,38 @@ async fn a_host_on_one_node_is_heard_on_another() {
                 bus.publish(subject.clone(), junk.into()).await.unwrap();
             }
             bus.flush().await.unwrap();
+            // Both nodes count both listeners: the one here and the one on the other node.
+            let (base_a, base_b) = (a.base.clone(), b.base.clone());
+            let counts = tokio::task::spawn_blocking({
+                let id = id.clone();
+                move || {
+                    let get = |base: &str| -> (u64, u64) {
+                        let addr = base.trim_start_matches("http://").parse().unwrap();
+                        let r = http_via(None, addr, "GET", &format!("/api/spaces/{id}"), &[], b"");
+                        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+                        (
+                            v["listeners"].as_u64().unwrap(),
+                            v["listeners_here"].as_u64().unwrap(),
+                        )
+                    };
+                    let start = std::time::Instant::now();
+                    loop {
+                        let (ca, cb) = (get(&base_a), get(&base_b));
+                        if (ca, cb) == ((2, 1), (2, 1)) || start.elapsed() > Duration::from_secs(2)
+                        {
+                            return (ca, cb);
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            })
+            .await
+            .unwrap();
+            assert_eq!(
+                counts,
+                ((2, 1), (2, 1)),
+                "(listeners, listeners_here) on A and B"
+            );
             heard.await.unwrap()
         }
     );

@@ -44,6 +44,15 @@ pub const SUBSCRIPTION_CAPACITY: usize = 1024;
 pub const FEED_IDLE: Duration = Duration::from_secs(2);
 /// How often a silent connection to NATS is checked (the client's default is a minute).
 pub const PING_INTERVAL: Duration = Duration::from_secs(5);
+/// How often a node reports its listeners per space to the others.
+pub const LOAD_EVERY: Duration = Duration::from_secs(1);
+/// A node's report counts this long (a node that stopped reporting drops out of the sums).
+pub const LOAD_TTL: Duration = Duration::from_secs(3);
+/// (node, space) listener counts held from other nodes' reports, at most.
+pub const MAX_REMOTE_ENTRIES: usize = 262_144;
+/// The subject load reports travel on.
+pub const LOAD_SUBJECT: &str = "levee.load";
+
 /// How long a starting node waits for the registry bucket (a NATS cluster elects its
 /// JetStream leader in the first seconds).
 pub const OPEN_BUCKET_FOR: Duration = Duration::from_secs(15);
@@ -129,6 +138,12 @@ impl Cluster {
             .await
             .map_err(|e| format!("cannot watch the registry: {e}"))?;
         tokio::spawn(watch_registry(cluster.clone(), watch));
+        let loads = cluster
+            .client
+            .subscribe(LOAD_SUBJECT)
+            .await
+            .map_err(|e| format!("cannot subscribe to {LOAD_SUBJECT}: {e}"))?;
+        tokio::spawn(exchange_load(cluster.clone(), loads));
         Ok(cluster)
     }
 
@@ -266,6 +281,63 @@ pub async fn join(hub: &Arc<Hub>, cfg: &ClusterConfig) -> Result<(), String> {
     let cluster = Cluster::start(hub, cfg).await?;
     let _ = hub.cluster.set(Box::new(Link(cluster)));
     Ok(())
+}
+
+/// Other nodes' listeners per space: (node, space) → (listeners, when reported).
+type Remote = HashMap<(u64, String), (u32, tokio::time::Instant)>;
+
+/// Reports this node's listeners per space once a [`LOAD_EVERY`], takes the others' reports,
+/// and keeps each space's count on the other nodes ([`Space::remote_listeners`]) current.
+async fn exchange_load(cluster: Arc<Cluster>, mut reports: async_nats::Subscriber) {
+    let mut remote: Remote = HashMap::new();
+    let mut every = tokio::time::interval(LOAD_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            msg = reports.next() => {
+                let Some(msg) = msg else { break };
+                match bus::decode_load(&msg.payload) {
+                    Ok(r) if r.node != cluster.id => {
+                        let now = tokio::time::Instant::now();
+                        for (id, n) in r.spaces {
+                            let key = (r.node, id);
+                            if remote.len() >= MAX_REMOTE_ENTRIES && !remote.contains_key(&key) {
+                                cluster.counters.malformed.fetch_add(1, Relaxed);
+                                continue;
+                            }
+                            remote.insert(key, (n, now));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        cluster.counters.malformed.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+            _ = every.tick() => {
+                let Some(hub) = cluster.hub.upgrade() else { break };
+                let now = tokio::time::Instant::now();
+                remote.retain(|_, (_, at)| now.duration_since(*at) < LOAD_TTL);
+                let mut sums: HashMap<&str, u64> = HashMap::new();
+                for ((_, id), (n, _)) in &remote {
+                    *sums.entry(id.as_str()).or_default() += *n as u64;
+                }
+                let mine: Vec<(String, u32)> = hub
+                    .list()
+                    .into_iter()
+                    .filter_map(|s| {
+                        let id = s.snapshot().id;
+                        s.remote_listeners.store(sums.get(id.as_str()).copied().unwrap_or(0), Relaxed);
+                        let n = s.track.listeners();
+                        (n > 0).then(|| (id, n.min(u32::MAX as u64) as u32))
+                    })
+                    .collect();
+                for part in mine.chunks(bus::MAX_LOAD_ENTRIES) {
+                    let _ = cluster.client.publish(LOAD_SUBJECT, bus::encode_load(cluster.id, part)).await;
+                }
+            }
+        }
+    }
 }
 
 async fn open_bucket(

@@ -28,6 +28,8 @@ pub struct Space {
     /// The cluster node whose source feeds it and that node's identity on the bus (empty and
     /// 0: none yet).
     origin: Mutex<(String, u64)>,
+    /// Its listeners on the cluster's other nodes, as they last reported (0 alone).
+    pub remote_listeners: std::sync::atomic::AtomicU64,
 }
 
 impl Space {
@@ -194,6 +196,7 @@ impl Hub {
             counters: SpaceCounters::default(),
             shield: SpaceShield::new(&self.config.shield, access, start_us),
             origin: Mutex::new((String::new(), 0)),
+            remote_listeners: std::sync::atomic::AtomicU64::new(0),
         });
         spaces.insert(info.id, space.clone());
         Ok(space)
