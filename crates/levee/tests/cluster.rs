@@ -98,19 +98,42 @@ impl Drop for Nats {
     }
 }
 
+/// Nodes A and B of one cluster (A through `nats_a`, B through `nats_b`, or both through the
+/// first when one is given), and a space created on A once B knows it.
+fn two_nodes(nats_a: &str, nats_b: &[&str], title: &str) -> (Levee, Levee, serde_json::Value) {
+    let nats_b = nats_b.first().copied().unwrap_or(nats_a);
+    let replicas = if nats_a == nats_b { "1" } else { "3" };
+    let a = Levee::start(&[
+        "--nats",
+        nats_a,
+        "--node",
+        "node-a",
+        "--nats-replicas",
+        replicas,
+    ]);
+    let b = Levee::start(&[
+        "--nats",
+        nats_b,
+        "--node",
+        "node-b",
+        "--nats-replicas",
+        replicas,
+    ]);
+    let space = a.create_space(title);
+    let id = space["id"].as_str().unwrap().to_owned();
+    wait_until(Duration::from_secs(10), "B knows the space", || {
+        b.http("GET", &format!("/api/spaces/{id}"), &[], b"").status == 200
+    });
+    (a, b, space)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_on_one_node_is_heard_on_another() {
     let nats = Nats::start();
-    let a = Levee::start(&["--nats", &nats.url, "--node", "node-a"]);
-    let b = Levee::start(&["--nats", &nats.url, "--node", "node-b"]);
-
     // Created on A, listed and served by B.
-    let space = a.create_space("across nodes");
+    let (a, b, space) = two_nodes(&nats.url, &[], "across nodes");
     let id = space["id"].as_str().unwrap().to_owned();
     let key = space["host_key"].as_str().unwrap().to_owned();
-    wait_until(Duration::from_secs(5), "B knows the space", || {
-        b.http("GET", &format!("/api/spaces/{id}"), &[], b"").status == 200
-    });
     let listed = b.http("GET", "/api/spaces", &[], b"");
     assert!(listed.body.contains(&id), "{}", listed.body);
 
@@ -248,27 +271,12 @@ async fn a_host_on_one_node_is_heard_on_another() {
 async fn killing_the_origins_nats_server_leaves_a_bounded_gap() {
     let mut servers = Nats::cluster(3);
     // The origin on n0, the edge on n1; n0 dies mid-broadcast.
-    let a = Levee::start(&[
-        "--nats",
+    let (a, b, space) = two_nodes(
         &servers[0].url,
-        "--node",
-        "origin",
-        "--nats-replicas",
-        "3",
-    ]);
-    let b = Levee::start(&[
-        "--nats",
-        &servers[1].url,
-        "--node",
-        "edge",
-        "--nats-replicas",
-        "3",
-    ]);
-    let space = a.create_space("through a NATS failure");
+        &[&servers[1].url],
+        "through a NATS failure",
+    );
     let id = space["id"].as_str().unwrap().to_owned();
-    wait_until(Duration::from_secs(10), "the edge knows the space", || {
-        b.http("GET", &format!("/api/spaces/{id}"), &[], b"").status == 200
-    });
     let _source = publish_sine(space["urls"]["source"].as_str().unwrap(), 1000, "32k", 30);
     a.wait_live(&id, Duration::from_secs(10));
     let on_b = format!("ws://{}/live/{id}/ws", b.addr);
@@ -309,14 +317,9 @@ async fn killing_the_origins_nats_server_leaves_a_bounded_gap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_on_another_node_takes_the_space_over_cluster_wide() {
     let nats = Nats::start();
-    let a = Levee::start(&["--nats", &nats.url, "--node", "first"]);
-    let b = Levee::start(&["--nats", &nats.url, "--node", "second"]);
-    let space = a.create_space("moving origin");
+    let (a, b, space) = two_nodes(&nats.url, &[], "moving origin");
     let id = space["id"].as_str().unwrap().to_owned();
     let key = space["host_key"].as_str().unwrap().to_owned();
-    wait_until(Duration::from_secs(5), "B knows the space", || {
-        b.http("GET", &format!("/api/spaces/{id}"), &[], b"").status == 200
-    });
     let _first = publish_sine(space["urls"]["source"].as_str().unwrap(), 1000, "32k", 30);
     a.wait_live(&id, Duration::from_secs(10));
     let on_a = format!("ws://{}/live/{id}/ws", a.addr);
