@@ -375,6 +375,96 @@ async fn a_source_on_another_node_takes_the_space_over_cluster_wide() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_whose_node_dies_resumes_on_another_through_the_shared_port() {
+    let nats = Nats::start();
+    let origin = Levee::start(&["--nats", &nats.url, "--node", "origin"]);
+    // Two edges on one address (SO_REUSEPORT): the kernel spreads connections over them.
+    let shared = format!("127.0.0.1:{}", free_port());
+    let mut edges: Vec<Levee> = ["edge-1", "edge-2"]
+        .iter()
+        .map(|name| {
+            Levee::start(&[
+                "--listen",
+                &shared,
+                "--reuse-port",
+                "--nats",
+                &nats.url,
+                "--node",
+                name,
+            ])
+        })
+        .collect();
+    assert!(edges.iter().all(|e| e.addr.to_string() == shared));
+    let space = origin.create_space("edge failure");
+    let id = space["id"].as_str().unwrap().to_owned();
+    wait_until(Duration::from_secs(5), "both edges know the space", || {
+        edges
+            .iter()
+            .all(|e| e.http("GET", &format!("/api/spaces/{id}"), &[], b"").status == 200)
+    });
+    let _source = publish_sine(space["urls"]["source"].as_str().unwrap(), 1000, "32k", 30);
+    origin.wait_live(&id, Duration::from_secs(10));
+    let url = format!("ws://{shared}/live/{id}/ws");
+    // The listener comes from an address of its own, so that `ss` names the edge serving it
+    // (requests to the shared address land on either edge).
+    let client: std::net::IpAddr = "127.0.0.77".parse().unwrap();
+    let first = tokio::spawn({
+        let url = url.clone();
+        async move {
+            ws_listen_from(
+                Some(client),
+                &url,
+                Duration::from_secs(10),
+                Duration::from_secs(30),
+            )
+            .await
+        }
+    });
+    require_tool("ss");
+    let mut serving = None;
+    wait_until(
+        Duration::from_secs(5),
+        "an edge serves the listener",
+        || {
+            let out = Command::new("ss")
+                .args(["-Htnp", "state", "established", "dst", "127.0.0.77"])
+                .output()
+                .expect("ss runs");
+            let text = String::from_utf8_lossy(&out.stdout);
+            serving = edges
+                .iter()
+                .position(|e| text.contains(&format!("pid={},", e.pid())));
+            serving.is_some()
+        },
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(edges.remove(serving.unwrap())); // SIGKILL
+    let before = first.await.unwrap();
+    let died = std::time::Instant::now();
+    assert!(
+        before.seqs.len() >= 50,
+        "heard {} packets before",
+        before.seqs.len()
+    );
+    // The listener reconnects to the same address and lands on the living edge.
+    let listen_for = Duration::from_secs(2);
+    let after = ws_listen(&url, Duration::from_secs(5), listen_for).await;
+    let to_audio = died.elapsed().saturating_sub(listen_for);
+    println!(
+        "edge killed: the listener had audio again {to_audio:?} later; {} packets before, {} after, {} missed",
+        before.seqs.len(),
+        after.seqs.len(),
+        after.seqs[0].saturating_sub(before.seqs.last().unwrap() + 1)
+    );
+    assert!(after.head && after.seqs.len() >= 50, "{after:?}");
+    // The origin's numbering on both edges: the listener counts what it missed.
+    assert!(after.seqs[0] > *before.seqs.last().unwrap());
+    assert!(to_audio < Duration::from_secs(3), "{to_audio:?}");
+    // The address now reaches the living edge only, and it hears the space.
+    assert_eq!(edges[0].metric("levee_cluster_feeds"), 1.0);
+}
+
 #[test]
 fn a_node_that_cannot_reach_nats_does_not_start() {
     let out = Command::new(env!("CARGO_BIN_EXE_levee"))
