@@ -465,6 +465,77 @@ async fn a_listener_whose_node_dies_resumes_on_another_through_the_shared_port()
     assert_eq!(edges[0].metric("levee_cluster_feeds"), 1.0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_elsewhere_wait_out_the_source_and_the_origin_node_dying() {
+    let nats = Nats::start();
+    let (a, b, space) = two_nodes(&nats.url, &[], "losing the origin");
+    let c = Levee::start(&["--nats", &nats.url, "--node", "node-c"]);
+    let id = space["id"].as_str().unwrap().to_owned();
+    let key = space["host_key"].as_str().unwrap().to_owned();
+    wait_until(Duration::from_secs(5), "C knows the space", || {
+        c.http("GET", &format!("/api/spaces/{id}"), &[], b"").status == 200
+    });
+    let source = publish_sine(space["urls"]["source"].as_str().unwrap(), 1000, "32k", 30);
+    a.wait_live(&id, Duration::from_secs(10));
+    let on_c = format!("ws://{}/live/{id}/ws", c.addr);
+    let listener = tokio::spawn(async move {
+        ws_listen(&on_c, Duration::from_secs(10), Duration::from_secs(12)).await
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The source drops for 2 s, then comes back to the origin.
+    drop(source);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let back = publish_sine(space["urls"]["source"].as_str().unwrap(), 1000, "32k", 30);
+    let heard_c = c.metric("levee_cluster_heard_packets_total");
+    wait_until(Duration::from_secs(5), "C hears the source again", || {
+        c.metric("levee_cluster_heard_packets_total") > heard_c + 25.0
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The origin node dies; the source reconnects through B, which becomes the origin.
+    drop(back);
+    drop(a); // SIGKILL
+    let died = std::time::Instant::now();
+    let _through_b = publish_sine(
+        &format!("icecast://source:{key}@{}/live/{id}.ogg", b.addr),
+        1000,
+        "32k",
+        30,
+    );
+    let heard_c = c.metric("levee_cluster_heard_packets_total");
+    wait_until(Duration::from_secs(5), "C hears the new origin", || {
+        c.metric("levee_cluster_heard_packets_total") > heard_c
+    });
+    let to_audio = died.elapsed();
+    let heard = listener.await.unwrap();
+    println!(
+        "C's listener: {} packets, {} gaps, longest silence {:?}; audio from B {to_audio:?} after A died",
+        heard.seqs.len(),
+        heard.gaps(),
+        heard.max_interarrival
+    );
+    assert!(
+        heard.error.is_none() && heard.close.is_none(),
+        "stayed connected: {heard:?}"
+    );
+    assert!(
+        heard.seqs.windows(2).all(|w| w[1] > w[0]),
+        "numbering went back: {:?}",
+        heard.seqs
+    );
+    assert!(
+        heard.seqs.len() >= 300,
+        "heard {} packets in 12 s",
+        heard.seqs.len()
+    );
+    assert!(to_audio < Duration::from_secs(4), "{to_audio:?}");
+    // The longest silence is the source's 2 s away; the origin's death costs less.
+    assert!(
+        heard.max_interarrival < Duration::from_secs(4),
+        "{:?}",
+        heard.max_interarrival
+    );
+}
+
 #[test]
 fn a_node_that_cannot_reach_nats_does_not_start() {
     let out = Command::new(env!("CARGO_BIN_EXE_levee"))
