@@ -536,6 +536,50 @@ async fn listeners_elsewhere_wait_out_the_source_and_the_origin_node_dying() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spaces_listener_cap_holds_for_the_whole_cluster() {
+    let nats = Nats::start();
+    let cap = ["--max-listeners-per-space", "2"];
+    let a = Levee::start(&[&["--nats", &nats.url, "--node", "cap-a"][..], &cap[..]].concat());
+    let b = Levee::start(&[&["--nats", &nats.url, "--node", "cap-b"][..], &cap[..]].concat());
+    let space = a.create_space("two seats");
+    let id = space["id"].as_str().unwrap().to_owned();
+    wait_until(Duration::from_secs(5), "B knows the space", || {
+        b.http("GET", &format!("/api/spaces/{id}"), &[], b"").status == 200
+    });
+    let _source = publish_sine(space["urls"]["source"].as_str().unwrap(), 1000, "32k", 30);
+    a.wait_live(&id, Duration::from_secs(10));
+    // One seat taken on each node.
+    let seats: Vec<_> = [a.addr, b.addr]
+        .into_iter()
+        .map(|addr| {
+            let url = format!("ws://{addr}/live/{id}/ws");
+            tokio::spawn(async move {
+                ws_listen(&url, Duration::from_secs(10), Duration::from_secs(6)).await
+            })
+        })
+        .collect();
+    wait_until(
+        Duration::from_secs(5),
+        "both nodes count both listeners",
+        || a.space(&id)["listeners"] == 2 && b.space(&id)["listeners"] == 2,
+    );
+    // A holds one listener of its own, under the cap of 2, yet the space is full.
+    for node in [&a, &b] {
+        let r = node.http("GET", &format!("/live/{id}.ogg"), &[], b"");
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert!(r.body.contains("full"), "{}", r.body);
+    }
+    for s in seats {
+        let heard = s.await.unwrap();
+        assert!(
+            heard.seqs.len() >= 200,
+            "a seated listener heard {}",
+            heard.seqs.len()
+        );
+    }
+}
+
 #[test]
 fn a_node_that_cannot_reach_nats_does_not_start() {
     let out = Command::new(env!("CARGO_BIN_EXE_levee"))

@@ -48,6 +48,16 @@ impl Space {
         self.info.lock().expect("space lock").go_live()
     }
 
+    /// Its listeners on every node: this node's, plus the others' last reports (a second old
+    /// at most, so a join storm may overshoot a cluster-wide cap by what the other nodes
+    /// admit in that second).
+    pub fn cluster_listeners(&self) -> u64 {
+        self.track.listeners()
+            + self
+                .remote_listeners
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The cluster node whose source feeds the space, and its identity on the bus.
     pub fn origin(&self) -> (String, u64) {
         self.origin.lock().expect("origin lock").clone()

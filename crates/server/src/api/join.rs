@@ -226,7 +226,7 @@ pub(crate) async fn join(
     };
     let configured = Shield::load_access(&ss.access);
     let (access, difficulty) = shield.effective_access(configured, ss.difficulty.load(Relaxed));
-    let listeners = space.track.listeners();
+    let listeners = space.cluster_listeners();
 
     let (decision, listener) = match &req.queue_token {
         Some(token) => match QueueToken::verify(&shield.signer, token, &id, now_s) {

@@ -33,7 +33,7 @@ fn space_json(space: &Space, base: &str, authority: &str, with_key: bool) -> Val
         "state": info.state.as_str(),
         "scheduled_start": info.scheduled_start,
         "created_at": info.created_at,
-        "listeners": space.track.listeners() + space.remote_listeners.load(Relaxed),
+        "listeners": space.cluster_listeners(),
         "listeners_here": space.track.listeners(),
         "listeners_by_format": {
             "ogg": space.track.counters.listeners[Format::Ogg.idx()].load(Relaxed),

@@ -279,7 +279,7 @@ fn admit_listener(hub: &Hub, space: &Space, head: &Head, peer: SocketAddr) -> Re
             return Err(shield.offence(ip, ShieldReason::Ticket, wire, why, mono_us()));
         }
     }
-    if space.track.listeners() as usize >= hub.config.max_listeners_per_space {
+    if space.cluster_listeners() as usize >= hub.config.max_listeners_per_space {
         return Err(shield.refuse(
             ShieldReason::SpaceFull,
             Wire::Http(503),
