@@ -1,5 +1,6 @@
 //! The `levee` command: CLI wiring only.
 
+mod plan;
 mod settings;
 
 use clap::{Args, Parser, Subcommand};
@@ -27,6 +28,100 @@ enum Command {
     Demo(ServeArgs),
     /// Load and measure: simulated listeners report what each one got (docs/storm.md).
     Storm(Box<levee_storm::cli::StormArgs>),
+    /// The fleet for an audience, from figures measured on this build (docs/capacity.json).
+    Plan(PlanArgs),
+}
+
+/// `levee plan`: edge nodes, NATS servers, bandwidth, memory and file descriptors.
+#[derive(Args)]
+struct PlanArgs {
+    /// Concurrent listeners to plan for (the same is printed for 25 million).
+    #[arg(long, default_value_t = 8_000_000)]
+    listeners: u64,
+    /// Stream bitrate (`32k`, `64000`).
+    #[arg(long, default_value = "32k", value_parser = bitrate)]
+    bitrate: u64,
+    /// Longest e2e latency (p99) to plan for, ms: shorter chunks, more CPU per listener.
+    /// Without it, the cheapest cadence (500-ms chunks).
+    #[arg(long)]
+    latency_ms: Option<u64>,
+    /// Capacity figures to use instead of the ones measured on this build.
+    #[arg(long)]
+    from: Option<std::path::PathBuf>,
+    /// Edge node: CPU cores.
+    #[arg(long)]
+    node_cores: Option<f64>,
+    /// Edge node: memory, GiB.
+    #[arg(long)]
+    node_mem_gib: Option<f64>,
+    /// Edge node: network, Gbit/s.
+    #[arg(long)]
+    node_nic_gbps: Option<f64>,
+    /// Share of each resource of a node to use (0 to 1].
+    #[arg(long)]
+    headroom: Option<f64>,
+}
+
+fn bitrate(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let (num, mul) = match t.strip_suffix('k') {
+        Some(n) => (n, 1000),
+        None => (t.as_str(), 1),
+    };
+    match num.parse::<u64>() {
+        Ok(v) if (6_000..=512_000).contains(&(v * mul)) => Ok(v * mul),
+        _ => Err(format!("bitrate {s:?}: 6k to 512k")),
+    }
+}
+
+fn run_plan(a: &PlanArgs) -> Result<String, String> {
+    let text = match &a.from {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?,
+        None => plan::EMBEDDED.to_owned(),
+    };
+    let mut c = plan::Capacity::parse(&text)?;
+    if let Some(v) = a.node_cores {
+        c.node.cores = v;
+    }
+    if let Some(v) = a.node_mem_gib {
+        c.node.mem_gib = v;
+    }
+    if let Some(v) = a.node_nic_gbps {
+        c.node.nic_gbps = v;
+    }
+    if let Some(v) = a.headroom {
+        c.node.headroom = v;
+    }
+    let n = &c.node;
+    if [n.cores, n.mem_gib, n.nic_gbps]
+        .iter()
+        .any(|v| !(v.is_finite() && *v > 0.0))
+        || !(n.headroom > 0.0 && n.headroom <= 1.0)
+    {
+        return Err("node figures must be positive, headroom in (0, 1]".into());
+    }
+    if a.listeners == 0 {
+        return Err("--listeners must be at least 1".into());
+    }
+    let latency = a.latency_ms.map(|l| l as f64);
+    let mut out = format!(
+        "levee plan at {} kbit/s, from {}\n\n",
+        a.bitrate / 1000,
+        a.from.as_ref().map_or(
+            "the figures measured on this build (docs/capacity.json)".to_owned(),
+            |p| { p.display().to_string() }
+        )
+    );
+    let mut audiences = vec![a.listeners as f64];
+    if a.listeners != 25_000_000 {
+        audiences.push(25_000_000.0);
+    }
+    for l in audiences {
+        let f = plan::plan(&c, l, a.bitrate as f64, latency);
+        out.push_str(&plan::render(&c, &f));
+        out.push('\n');
+    }
+    Ok(out)
 }
 
 /// Every flag can also come from a settings file (`--config`) or from its environment
@@ -284,9 +379,22 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    if let Command::Storm(args) = cli.command {
-        return levee_storm::cli::main(*args);
-    }
+    let cli = match cli.command {
+        Command::Storm(args) => return levee_storm::cli::main(*args),
+        Command::Plan(args) => {
+            return match run_plan(&args) {
+                Ok(text) => {
+                    print!("{text}");
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("levee plan: {e}");
+                    std::process::ExitCode::from(2)
+                }
+            }
+        }
+        command => Cli { command },
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -303,7 +411,9 @@ fn main() -> std::process::ExitCode {
         let (args, demo) = match &cli.command {
             Command::Serve(a) => (a, false),
             Command::Demo(a) => (a, true),
-            Command::Storm(_) => unreachable!("handled before the runtime starts"),
+            Command::Storm(_) | Command::Plan(_) => {
+                unreachable!("handled before the runtime starts")
+            }
         };
         let config = match args.config() {
             Ok(c) => c,
