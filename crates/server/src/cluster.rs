@@ -117,8 +117,16 @@ impl Cluster {
             opts = opts.user_and_password(user.clone(), pass.clone());
         }
         let urls = cfg.urls.join(",");
+        let addrs = cfg
+            .urls
+            .iter()
+            .map(|u| {
+                u.parse::<async_nats::ServerAddr>()
+                    .map_err(|e| format!("NATS URL {u:?}: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let client = opts
-            .connect(urls.as_str())
+            .connect(addrs.as_slice())
             .await
             .map_err(|e| format!("cannot connect to NATS at {urls}: {e}"))?;
         let js = async_nats::jetstream::new(client.clone());
