@@ -112,6 +112,21 @@ fn assert_onward(heard: &Heard, longest: Duration) {
     );
 }
 
+/// `space` on air: ffmpeg publishes a 1 kHz tone to `origin` until it is live.
+fn on_air(origin: &Levee, space: &serde_json::Value) -> Ffmpeg {
+    let source = publish_sine(space["urls"]["source"].as_str().unwrap(), 1000, "32k", 30);
+    origin.wait_live(space["id"].as_str().unwrap(), Duration::from_secs(10));
+    source
+}
+
+/// A WebSocket listener of space `id` on `node`, for `secs` after its first audio.
+fn listen_on(node: &Levee, id: &str, secs: u64) -> tokio::task::JoinHandle<Heard> {
+    let url = format!("ws://{}/live/{id}/ws", node.addr);
+    tokio::spawn(async move {
+        ws_listen(&url, Duration::from_secs(10), Duration::from_secs(secs)).await
+    })
+}
+
 /// Nodes A and B of one cluster (A through `nats_a`, B through `nats_b`, or both through the
 /// first when one is given), and a space created on A once B knows it.
 fn two_nodes(nats_a: &str, nats_b: &[&str], title: &str) -> (Levee, Levee, serde_json::Value) {
@@ -151,8 +166,7 @@ async fn a_host_on_one_node_is_heard_on_another() {
     let listed = b.http("GET", "/api/spaces", &[], b"");
     assert!(listed.body.contains(&id), "{}", listed.body);
 
-    let _source = publish_sine(space["urls"]["source"].as_str().unwrap(), 1000, "32k", 30);
-    a.wait_live(&id, Duration::from_secs(10));
+    let _source = on_air(&a, &space);
     let on_a = format!("ws://{}/live/{id}/ws", a.addr);
     let on_b = format!("ws://{}/live/{id}/ws", b.addr);
     let (heard_a, heard_b) = tokio::join!(
@@ -291,12 +305,8 @@ async fn killing_the_origins_nats_server_leaves_a_bounded_gap() {
         "through a NATS failure",
     );
     let id = space["id"].as_str().unwrap().to_owned();
-    let _source = publish_sine(space["urls"]["source"].as_str().unwrap(), 1000, "32k", 30);
-    a.wait_live(&id, Duration::from_secs(10));
-    let on_b = format!("ws://{}/live/{id}/ws", b.addr);
-    let listener = tokio::spawn(async move {
-        ws_listen(&on_b, Duration::from_secs(10), Duration::from_secs(8)).await
-    });
+    let _source = on_air(&a, &space);
+    let listener = listen_on(&b, &id, 8);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let killed = std::time::Instant::now();
     drop(servers.remove(0));
@@ -334,12 +344,8 @@ async fn a_source_on_another_node_takes_the_space_over_cluster_wide() {
     let (a, b, space) = two_nodes(&nats.url, &[], "moving origin");
     let id = space["id"].as_str().unwrap().to_owned();
     let key = space["host_key"].as_str().unwrap().to_owned();
-    let _first = publish_sine(space["urls"]["source"].as_str().unwrap(), 1000, "32k", 30);
-    a.wait_live(&id, Duration::from_secs(10));
-    let on_a = format!("ws://{}/live/{id}/ws", a.addr);
-    let listener = tokio::spawn(async move {
-        ws_listen(&on_a, Duration::from_secs(10), Duration::from_secs(9)).await
-    });
+    let _first = on_air(&a, &space);
+    let listener = listen_on(&a, &id, 9);
     tokio::time::sleep(Duration::from_secs(2)).await;
     // The host moves to B (which knows only the key's hash): B becomes the origin, A's source
     // gives way, and A's listener hears B through the bus.
@@ -408,8 +414,7 @@ async fn a_listener_whose_node_dies_resumes_on_another_through_the_shared_port()
             .iter()
             .all(|e| e.http("GET", &format!("/api/spaces/{id}"), &[], b"").status == 200)
     });
-    let _source = publish_sine(space["urls"]["source"].as_str().unwrap(), 1000, "32k", 30);
-    origin.wait_live(&id, Duration::from_secs(10));
+    let _source = on_air(&origin, &space);
     let url = format!("ws://{shared}/live/{id}/ws");
     // The listener comes from an address of its own, so that `ss` names the edge serving it
     // (requests to the shared address land on either edge).
@@ -480,12 +485,8 @@ async fn listeners_elsewhere_wait_out_the_source_and_the_origin_node_dying() {
     wait_until(Duration::from_secs(5), "C knows the space", || {
         c.http("GET", &format!("/api/spaces/{id}"), &[], b"").status == 200
     });
-    let source = publish_sine(space["urls"]["source"].as_str().unwrap(), 1000, "32k", 30);
-    a.wait_live(&id, Duration::from_secs(10));
-    let on_c = format!("ws://{}/live/{id}/ws", c.addr);
-    let listener = tokio::spawn(async move {
-        ws_listen(&on_c, Duration::from_secs(10), Duration::from_secs(12)).await
-    });
+    let source = on_air(&a, &space);
+    let listener = listen_on(&c, &id, 12);
     tokio::time::sleep(Duration::from_secs(2)).await;
     // The source drops for 2 s, then comes back to the origin.
     drop(source);
@@ -543,8 +544,7 @@ async fn a_spaces_listener_cap_holds_for_the_whole_cluster() {
     wait_until(Duration::from_secs(5), "B knows the space", || {
         b.http("GET", &format!("/api/spaces/{id}"), &[], b"").status == 200
     });
-    let _source = publish_sine(space["urls"]["source"].as_str().unwrap(), 1000, "32k", 30);
-    a.wait_live(&id, Duration::from_secs(10));
+    let _source = on_air(&a, &space);
     // One seat taken on each node.
     let seats: Vec<_> = [a.addr, b.addr]
         .into_iter()

@@ -310,7 +310,7 @@ async fn exchange_load(cluster: Arc<Cluster>, mut reports: async_nats::Subscribe
                         for (id, n) in r.spaces {
                             let key = (r.node, id);
                             if remote.len() >= MAX_REMOTE_ENTRIES && !remote.contains_key(&key) {
-                                cluster.counters.malformed.fetch_add(1, Relaxed);
+                                cluster.counters.load_dropped.fetch_add(1, Relaxed);
                                 continue;
                             }
                             remote.insert(key, (n, now));
@@ -418,7 +418,8 @@ async fn watch_registry(cluster: Arc<Cluster>, mut watch: async_nats::jetstream:
 /// Origin side: the space's packets, as its track numbered them, to its subject.
 async fn forward(cluster: Arc<Cluster>, space: Arc<Space>) {
     let id = space.snapshot().id;
-    let subject = audio_subject(&id);
+    // A subject shares its bytes: cloning it per packet allocates nothing.
+    let subject = async_nats::Subject::from(audio_subject(&id));
     let tap = space.track.tap(BUS_TAP);
     loop {
         let tapped = space.track.tapped.notified();
@@ -546,7 +547,7 @@ fn accept(cluster: &Cluster, space: &Space, payload: &Bytes, heard: &mut Heard) 
             return None;
         }
     };
-    if m.origin != space.origin().1 || m.origin == cluster.id {
+    if m.origin != space.origin_id() || m.origin == cluster.id {
         cluster.counters.foreign.fetch_add(1, Relaxed);
         return None;
     }

@@ -61,6 +61,9 @@ pub struct ClusterCounters {
     pub out_of_order: AtomicU64,
     /// Packets the bus tap dropped (the bus was slower than the source).
     pub tap_lost: AtomicU64,
+    /// Listener counts from other nodes' reports left out: the table held
+    /// `cluster::MAX_REMOTE_ENTRIES` already.
+    pub load_dropped: AtomicU64,
     /// Registry records refused.
     pub bad_records: AtomicU64,
     /// Registry writes that failed.

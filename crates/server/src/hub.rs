@@ -63,6 +63,11 @@ impl Space {
         self.origin.lock().expect("origin lock").clone()
     }
 
+    /// The origin node's identity on the bus (0: none yet): only its packets are heard.
+    pub fn origin_id(&self) -> u64 {
+        self.origin.lock().expect("origin lock").1
+    }
+
     /// Records the space's origin node.
     pub fn set_origin(&self, node: &str, id: u64) {
         *self.origin.lock().expect("origin lock") = (node.to_owned(), id);

@@ -235,6 +235,11 @@ pub fn render(hub: &Hub) -> String {
                 &k.bad_records,
             ),
             (
+                "levee_cluster_load_dropped_total",
+                "Other nodes' listener counts left out: the table of them is full.",
+                &k.load_dropped,
+            ),
+            (
                 "levee_cluster_registry_errors_total",
                 "Registry writes that failed.",
                 &k.registry_errors,
