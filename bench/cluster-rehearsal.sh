@@ -10,7 +10,9 @@
 #   CHUNK_MS=500 bench/cluster-rehearsal.sh ...                 (edges' --chunk-min-ms; default
 #                                                               500: the rehearsal's e2e goal is
 #                                                               p99 <= 1.5 s, and each edge holds
-#                                                               a fifth of the audience)
+#                                                               a fifth of the audience; storm's
+#                                                               --stall-ms is twice this)
+#   RAMP=120 bench/cluster-rehearsal.sh ...                     (ramp, s; default LISTENERS/1000+5)
 #
 # Every process is bounded: storm ends after its ramp and hold, and the trap stops the rest.
 set -euo pipefail
@@ -19,7 +21,8 @@ N=${1:-20000}
 EDGES=${2:-5}
 HOLD=${3:-60}
 CHUNK=${CHUNK_MS:-500}
-RAMP=$((N / 1000 + 5))
+RAMP=${RAMP:-$((N / 1000 + 5))}
+STALL=$((CHUNK * 2 > 1000 ? CHUNK * 2 : 1000))
 PROCS=$(((N + 14999) / 15000))
 HZ=$(getconf CLK_TCK)
 command -v nats-server >/dev/null || { echo "needs nats-server" >&2; exit 1; }
@@ -58,7 +61,7 @@ for e in $(seq 1 "$EDGES"); do
 done
 echo "3 NATS servers, $EDGES edges on 127.0.0.1:$PORT (chunks of ${CHUNK} ms or more); storm: $N listeners in $PROCS processes, ramp ${RAMP}s, hold ${HOLD}s"
 "$BIN" storm capacity --server "http://127.0.0.1:$PORT" --listeners "$N" --ramp "${RAMP}s" \
-  --hold "${HOLD}s" --procs "$PROCS" --ogg-share 0.5 --sources 127.8.0.0/16 --quiet \
+  --hold "${HOLD}s" --procs "$PROCS" --ogg-share 0.5 --sources 127.8.0.0/16 --stall-ms "$STALL" --quiet \
   --json "$OUT/storm.json" >"$OUT/storm.txt" 2>&1 &
 STORM=$!
 PIDS+=($STORM)

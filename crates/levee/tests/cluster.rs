@@ -576,6 +576,32 @@ async fn a_spaces_listener_cap_holds_for_the_whole_cluster() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_space_is_found_on_every_node_the_moment_its_creation_is_answered() {
+    let nats = Nats::start();
+    let a = Levee::start(&["--nats", &nats.url, "--node", "find-a"]);
+    let b = Levee::start(&["--nats", &nats.url, "--node", "find-b"]);
+    // The creator hears back once the registry holds the space; B, whose watch may not have
+    // seen it yet, looks it up. Asked at once, B never answers 404.
+    for i in 0..20 {
+        let space = a.create_space(&format!("found at once {i}"));
+        let id = space["id"].as_str().unwrap();
+        let r = b.http("GET", &format!("/api/spaces/{id}"), &[], b"");
+        assert_eq!(r.status, 200, "space {i} on B right after its creation: {}", r.body);
+        let join = b.http("POST", &format!("/api/spaces/{id}/join"), &[], b"");
+        assert_eq!(join.status, 200, "join on B: {}", join.body);
+    }
+    // An identifier the cluster does not have is looked up once and is not found; one that
+    // cannot be an identifier is not looked up at all.
+    let before = b.metric("levee_cluster_registry_lookups_total");
+    let r = b.http("GET", "/api/spaces/no-such-space", &[], b"");
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = b.http("GET", "/live/NOT_AN_ID.ogg", &[], b"");
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(b.metric("levee_cluster_registry_lookups_total"), before + 1.0);
+    assert_eq!(b.metric("levee_cluster_registry_errors_total"), 0.0);
+}
+
 #[test]
 fn a_node_that_cannot_reach_nats_does_not_start() {
     let out = Command::new(env!("CARGO_BIN_EXE_levee"))

@@ -57,6 +57,15 @@ pub const LOAD_SUBJECT: &str = "levee.load";
 /// JetStream leader in the first seconds).
 pub const OPEN_BUCKET_FOR: Duration = Duration::from_secs(15);
 
+/// How long a registry write may take before it counts as failed (a space being created
+/// is then refused).
+pub const REGISTRY_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Registry look-ups of spaces not yet held here, at once per node (more answer "not found"
+/// at once: a flood of unknown identifiers cannot load the registry).
+pub const MAX_REGISTRY_LOOKUPS: usize = 16;
+/// How long one registry look-up may take.
+pub const REGISTRY_LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// The subject a space's packets travel on.
 pub fn audio_subject(id: &str) -> String {
     format!("levee.audio.{id}")
@@ -82,6 +91,8 @@ pub struct Cluster {
     pub counters: ClusterCounters,
     roles: Mutex<Roles>,
     hub: Weak<Hub>,
+    /// Look-ups in flight, at most [`MAX_REGISTRY_LOOKUPS`].
+    lookups: tokio::sync::Semaphore,
 }
 
 impl Cluster {
@@ -139,6 +150,7 @@ impl Cluster {
             counters: ClusterCounters::default(),
             roles: Mutex::new(Roles::default()),
             hub: Arc::downgrade(hub),
+            lookups: tokio::sync::Semaphore::new(MAX_REGISTRY_LOOKUPS),
         });
         let watch = cluster
             .kv
@@ -155,8 +167,8 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Writes `space`'s record.
-    fn write_record(self: &Arc<Self>, space: &Space) {
+    /// Writes `space`'s record; the handle says whether it was written.
+    fn write_record(self: &Arc<Self>, space: &Space) -> tokio::task::JoinHandle<bool> {
         let info = space.snapshot();
         let (origin, origin_id) = space.origin();
         let rec = SpaceRecord {
@@ -172,11 +184,48 @@ impl Cluster {
         };
         let me = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = me.kv.put(&rec.id, bus::encode_record(&rec)).await {
-                me.counters.registry_errors.fetch_add(1, Relaxed);
-                tracing::warn!(space = %rec.id, "registry write failed: {e}");
+            let put = me.kv.put(&rec.id, bus::encode_record(&rec));
+            let why = match tokio::time::timeout(REGISTRY_WRITE_TIMEOUT, put).await {
+                Ok(Ok(_)) => return true,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {REGISTRY_WRITE_TIMEOUT:?}"),
+            };
+            me.counters.registry_errors.fetch_add(1, Relaxed);
+            tracing::warn!(space = %rec.id, "registry write failed: {why}");
+            false
+        })
+    }
+
+    /// Looks `id` up in the registry and applies what it holds. See [`ClusterLink::look_up`].
+    async fn look_up(self: &Arc<Self>, id: &str) {
+        let Ok(_permit) = self.lookups.try_acquire() else {
+            self.counters.lookups_refused.fetch_add(1, Relaxed);
+            return;
+        };
+        self.counters.lookups.fetch_add(1, Relaxed);
+        match tokio::time::timeout(REGISTRY_LOOKUP_TIMEOUT, self.kv.get(id)).await {
+            Ok(Ok(Some(value))) => self.take_record(id, &value),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                self.counters.registry_errors.fetch_add(1, Relaxed);
+                tracing::warn!(space = %id, "registry look-up failed: {e}");
             }
-        });
+            Err(_) => {
+                self.counters.registry_errors.fetch_add(1, Relaxed);
+                tracing::warn!(space = %id, "registry look-up: no answer within {REGISTRY_LOOKUP_TIMEOUT:?}");
+            }
+        }
+    }
+
+    /// A record read from the registry under `key`: applied if it is valid and its own.
+    fn take_record(self: &Arc<Self>, key: &str, value: &[u8]) {
+        match bus::decode_record(value) {
+            Ok(rec) if rec.id == key => self.apply(rec),
+            Ok(_) | Err(_) => {
+                self.counters.bad_records.fetch_add(1, Relaxed);
+                tracing::warn!(key = %key, "registry record refused");
+            }
+        }
     }
 
     /// A source of this node claimed `space`: this node becomes its origin, forwards its
@@ -267,8 +316,11 @@ impl Cluster {
 struct Link(Arc<Cluster>);
 
 impl ClusterLink for Link {
-    fn announce(&self, space: &Space) {
-        self.0.write_record(space);
+    fn announce(&self, space: &Space) -> tokio::task::JoinHandle<bool> {
+        self.0.write_record(space)
+    }
+    fn look_up<'a>(&'a self, id: &'a str) -> futures_util::future::BoxFuture<'a, ()> {
+        Box::pin(self.0.look_up(id))
     }
     fn claim(&self, space: &Arc<Space>) {
         self.0.take_origin(space);
@@ -404,13 +456,7 @@ async fn watch_registry(cluster: Arc<Cluster>, mut watch: async_nats::jetstream:
         if entry.operation != async_nats::jetstream::kv::Operation::Put {
             continue;
         }
-        match bus::decode_record(&entry.value) {
-            Ok(rec) if rec.id == entry.key => cluster.apply(rec),
-            Ok(_) | Err(_) => {
-                cluster.counters.bad_records.fetch_add(1, Relaxed);
-                tracing::warn!(key = %entry.key, "registry record refused");
-            }
-        }
+        cluster.take_record(&entry.key, &entry.value);
     }
     tracing::error!("registry watch ended");
 }

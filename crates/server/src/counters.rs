@@ -66,6 +66,10 @@ pub struct ClusterCounters {
     pub load_dropped: AtomicU64,
     /// Registry records refused.
     pub bad_records: AtomicU64,
-    /// Registry writes that failed.
+    /// Registry writes and look-ups that failed.
     pub registry_errors: AtomicU64,
+    /// Registry look-ups of spaces this node did not hold yet.
+    pub lookups: AtomicU64,
+    /// Look-ups not made: `cluster::MAX_REGISTRY_LOOKUPS` were in flight.
+    pub lookups_refused: AtomicU64,
 }

@@ -76,8 +76,14 @@ impl Space {
 
 /// What the hub and the endpoints ask of the cluster a node is part of (`crate::cluster`).
 pub trait ClusterLink: Send + Sync {
-    /// Writes the space's record to the cluster's registry.
-    fn announce(&self, space: &Space);
+    /// Writes the space's record to the cluster's registry; the handle says whether it was
+    /// written (within [`crate::cluster::REGISTRY_WRITE_TIMEOUT`]).
+    fn announce(&self, space: &Space) -> tokio::task::JoinHandle<bool>;
+    /// Looks space `id` up in the registry and holds it here if the cluster has it (a space
+    /// created on another node a moment ago, before this node's watch has seen it). Bounded
+    /// by [`crate::cluster::MAX_REGISTRY_LOOKUPS`] at once and
+    /// [`crate::cluster::REGISTRY_LOOKUP_TIMEOUT`] each.
+    fn look_up<'a>(&'a self, id: &'a str) -> futures_util::future::BoxFuture<'a, ()>;
     /// A source of this node claimed the space: this node is its origin now.
     fn claim(&self, space: &Arc<Space>);
     /// A listener of the space arrived on this node.
@@ -95,6 +101,8 @@ pub enum CreateError {
     Full(usize),
     /// The identifier is taken.
     Taken,
+    /// The cluster's registry did not take the space (why): it was not created.
+    Registry(String),
 }
 
 /// All spaces on this node.
@@ -137,6 +145,20 @@ impl Hub {
         access: Access,
         id: Option<&str>,
     ) -> Result<Arc<Space>, CreateError> {
+        let space = self.create_here(req, access, id)?;
+        if let Some(c) = self.cluster.get() {
+            drop(c.announce(&space));
+        }
+        Ok(space)
+    }
+
+    /// A new space on this node, not yet announced to the cluster.
+    fn create_here(
+        &self,
+        req: NewSpace,
+        access: Access,
+        id: Option<&str>,
+    ) -> Result<Arc<Space>, CreateError> {
         let start_us = req.scheduled_start.map(|s| s.saturating_mul(1_000_000));
         let mut info = SpaceInfo::new(
             req,
@@ -147,11 +169,44 @@ impl Hub {
         if let Some(id) = id {
             info.id = id.to_owned();
         }
-        let space = self.insert(info, access, start_us)?;
-        if let Some(c) = self.cluster.get() {
-            c.announce(&space);
+        self.insert(info, access, start_us)
+    }
+
+    /// Creates a space as [`Hub::create`] does and, in a cluster, answers once the registry
+    /// holds it: every node finds it from then on (a node whose watch has not seen it yet
+    /// looks it up, [`Hub::find`]). A space the registry did not take is removed again.
+    pub async fn create_registered(
+        &self,
+        req: NewSpace,
+        access: Access,
+    ) -> Result<Arc<Space>, CreateError> {
+        let Some(c) = self.cluster.get() else {
+            return self.create(req, access, None);
+        };
+        let space = self.create_here(req, access, None)?;
+        if c.announce(&space).await.unwrap_or(false) {
+            return Ok(space);
         }
-        Ok(space)
+        let id = space.snapshot().id;
+        self.end_here(&space);
+        self.spaces.write().expect("hub lock").remove(&id);
+        Err(CreateError::Registry(
+            "the cluster's registry did not take the space".into(),
+        ))
+    }
+
+    /// The space `id`: held here, or, in a cluster, found in the registry (see
+    /// [`ClusterLink::look_up`]).
+    pub async fn find(&self, id: &str) -> Option<Arc<Space>> {
+        if let Some(s) = self.get(id) {
+            return Some(s);
+        }
+        let c = self.cluster.get()?;
+        if !levee_core::space::is_valid_id(id) {
+            return None;
+        }
+        c.look_up(id).await;
+        self.get(id)
     }
 
     /// Holds a space another node of the cluster created (it knows the host key's hash only).
@@ -239,7 +294,8 @@ impl Hub {
     pub fn end(&self, space: &Space) {
         self.end_here(space);
         if let Some(c) = self.cluster.get() {
-            c.announce(space);
+            // Not awaited: the space has ended here, and other nodes learn it as the write lands.
+            drop(c.announce(space));
         }
     }
 

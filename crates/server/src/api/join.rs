@@ -196,7 +196,7 @@ pub(crate) async fn join(
         peer.ip(),
         headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
     );
-    let Some(space) = hub.get(&id) else {
+    let Some(space) = hub.find(&id).await else {
         return error(StatusCode::NOT_FOUND, format!("no space '{id}'"));
     };
     let ss = &space.shield;

@@ -241,8 +241,18 @@ pub fn render(hub: &Hub) -> String {
             ),
             (
                 "levee_cluster_registry_errors_total",
-                "Registry writes that failed.",
+                "Registry writes and look-ups that failed.",
                 &k.registry_errors,
+            ),
+            (
+                "levee_cluster_registry_lookups_total",
+                "Registry look-ups of spaces this node did not hold yet.",
+                &k.lookups,
+            ),
+            (
+                "levee_cluster_registry_lookups_refused_total",
+                "Registry look-ups not made: the most allowed at once were in flight.",
+                &k.lookups_refused,
             ),
         ] {
             scalar(&mut out, name, "counter", help, v.load(Relaxed));

@@ -91,7 +91,7 @@ pub(super) async fn create_space(
             )
         }
     };
-    match hub.create(new, access, None) {
+    match hub.create_registered(new, access).await {
         Ok(space) => {
             let (base, authority) = base_url(&hub, &headers);
             (
@@ -105,6 +105,7 @@ pub(super) async fn create_space(
             format!("this node holds its maximum of {n} spaces"),
         ),
         Err(CreateError::Taken) => error(StatusCode::CONFLICT, "space id already taken"),
+        Err(CreateError::Registry(why)) => error(StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 
@@ -123,7 +124,7 @@ pub(super) async fn get_space(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    match hub.get(&id) {
+    match hub.find(&id).await {
         Some(space) => {
             let (base, authority) = base_url(&hub, &headers);
             Json(space_json(&space, &base, &authority, false)).into_response()
@@ -137,7 +138,7 @@ pub(super) async fn end_space(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(space) = hub.get(&id) else {
+    let Some(space) = hub.find(&id).await else {
         return error(StatusCode::NOT_FOUND, format!("no space '{id}'"));
     };
     let Some(key) = headers

@@ -126,7 +126,11 @@ async fn handle(
     };
     match route(&head) {
         Route::Media { id, kind } => {
-            let Some(space) = hub.get(id).filter(|_| is_valid_id(id)) else {
+            let found = match is_valid_id(id) {
+                true => hub.find(id).await,
+                false => None,
+            };
+            let Some(space) = found else {
                 return respond(
                     &mut stream,
                     404,
