@@ -8,7 +8,8 @@
 //! - no panic, whatever the bytes;
 //! - what decodes re-encodes to exactly the same bytes (one meaning per message), within the
 //!   bounds: an audio packet of 1 ..= MAX_PACKET bytes lasting 1 ..= MAX_PACKET_SAMPLES, a
-//!   record of at most MAX_RECORD bytes with a valid id, title and origin;
+//!   record of at most MAX_RECORD bytes with a valid id, title and origin (a load report of the
+//!   first format, LVL1, re-encodes as the current one and is compared field by field);
 //! - a message over its bound is refused as too long.
 #![no_main]
 
@@ -24,9 +25,15 @@ fuzz_target!(|data: &[u8]| {
     if which % 3 == 2 {
         match bus::decode_load(msg) {
             Ok(r) => {
-                assert_eq!(&bus::encode_load(r.node, &r.spaces)[..], msg);
+                let again = bus::encode_load(r.node, &r.spaces);
+                if msg.starts_with(bus::LOAD_MAGIC) {
+                    assert_eq!(&again[..], msg);
+                } else {
+                    assert!(r.spaces.iter().all(|s| s.demand == 0));
+                    assert_eq!(bus::decode_load(&again).as_ref(), Ok(&r));
+                }
                 assert!(r.spaces.len() <= bus::MAX_LOAD_ENTRIES);
-                assert!(r.spaces.iter().all(|(id, _)| is_valid_id(id)));
+                assert!(r.spaces.iter().all(|s| is_valid_id(&s.id)));
             }
             Err(BusError::TooLong(n)) => assert!(n > bus::MAX_LOAD_MESSAGE),
             Err(_) => assert!(msg.len() <= bus::MAX_LOAD_MESSAGE),

@@ -94,9 +94,10 @@ fuzz_target!(|data: &[u8]| {
     ) {
         assert_eq!(t.sign(&s, NOW), t1);
     }
-    let q1 = s.sign("q1", rest, NOW);
-    if let Ok(q) = QueueToken::verify(&s, &q1, &space_from(rest, 24), NOW) {
-        assert_eq!(q.sign(&s, NOW), q1);
+    // Queue tokens: expires, number, listener, line, due (u64 each), space.
+    let q2 = s.sign("q2", rest, NOW);
+    if let Ok(q) = QueueToken::verify(&s, &q2, &space_from(rest, 40), NOW) {
+        assert_eq!(q.sign(&s, NOW), q2);
     }
     // Challenge seeds: expires, origin, counter (u64 each), difficulty, binding, space.
     let c2 = s.sign(CHALLENGE_KIND, rest, NOW);
@@ -125,6 +126,8 @@ fuzz_target!(|data: &[u8]| {
         number: n,
         listener: n.rotate_left(17),
         expires_s: NOW + 30,
+        line: n.rotate_left(29),
+        due_ms: n.rotate_left(41),
     };
     let challenge = Challenge {
         space: space.to_owned(),

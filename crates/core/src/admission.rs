@@ -7,6 +7,10 @@
 //! per-caller state: its length is bounded by `max_waiting` only to keep promises honest.
 //! Numbers live in signed queue tokens (`ticket::QueueToken`) held by the callers.
 //!
+//! In a cluster each node runs its own line for a space, with a share of the space's outflow
+//! ([`Line::set_share`]): the nodes' shares follow their demand ([`Line::demand`], exchanged
+//! every second), so the space's configured rate and burst hold for the whole cluster.
+//!
 //! Before a scheduled start the line can open early (a pre-queue). Callers who arrive then
 //! draw a lottery number; at the start they are ordered by it, so arriving in the last second
 //! before the start gives no advantage over arriving an hour early. Time is a parameter.
@@ -64,7 +68,15 @@ pub enum Decision {
 /// One space's line. See the module docs for the contract.
 #[derive(Debug, Clone)]
 pub struct Line {
+    /// The settings in force: the configured ones scaled by this node's share.
     cfg: LineConfig,
+    /// The configured settings (the whole space's, in a cluster).
+    base: LineConfig,
+    /// This node's share of the outflow, (0, 1].
+    share: f64,
+    /// Callers that arrived in the current window, and in the last whole one.
+    arrivals: u64,
+    arrivals_last: u64,
     head: f64,
     tail: u64,
     last_us: u64,
@@ -75,6 +87,20 @@ pub struct Line {
     outflow: f64,
     head_at_window_start: f64,
     window_start_us: u64,
+}
+
+/// The smallest share of a space's outflow a node's line takes: a node with no demand a
+/// moment ago still admits its first callers (at 2,000 a second configured, 10 a second).
+pub const MIN_SHARE: f64 = 0.005;
+
+/// A node's share of a space's outflow: its demand over the cluster's (`others`: the other
+/// nodes' demands); with no demand anywhere, an equal part for each of the `nodes`.
+pub fn share_of(mine: u64, others: &[u64], nodes: usize) -> f64 {
+    let total = mine + others.iter().sum::<u64>();
+    if total == 0 {
+        return 1.0 / nodes.max(1) as f64;
+    }
+    mine as f64 / total as f64
 }
 
 /// Bounds of the advice to come back: never hammer, never wait blind too long.
@@ -91,6 +117,10 @@ impl Line {
     pub fn new(cfg: LineConfig, now_us: u64, start_us: Option<u64>) -> Self {
         Line {
             cfg,
+            base: cfg,
+            share: 1.0,
+            arrivals: 0,
+            arrivals_last: 0,
             head: cfg.burst as f64,
             tail: 0,
             last_us: now_us,
@@ -105,6 +135,35 @@ impl Line {
     /// The settings in force.
     pub fn config(&self) -> LineConfig {
         self.cfg
+    }
+
+    /// Takes `share` of the configured outflow and burst (a node's part of a cluster's line;
+    /// clamped to [[`MIN_SHARE`], 1]). The burst is at least one caller. Numbers already
+    /// handed out keep their places; the head only moves slower or faster from now on.
+    pub fn set_share(&mut self, share: f64, now_us: u64, listeners: u64) {
+        let share = if share.is_finite() {
+            share.clamp(MIN_SHARE, 1.0)
+        } else {
+            1.0
+        };
+        // Time so far runs at the old rate.
+        self.advance(now_us, listeners);
+        self.share = share;
+        self.cfg.rate_per_s = self.base.rate_per_s * share;
+        self.cfg.burst = ((self.base.burst as f64 * share).round() as u64).max(1);
+        let limit = (self.tail + self.cfg.burst) as f64;
+        self.head = self.head.min(limit);
+    }
+
+    /// This node's share of the outflow.
+    pub fn share(&self) -> f64 {
+        self.share
+    }
+
+    /// What this line asks of the outflow: callers waiting now plus those that arrived in the
+    /// last whole second.
+    pub fn demand(&self) -> u64 {
+        self.waiting() + self.arrivals_last
     }
 
     /// Callers waiting now (numbers handed out and not yet reached by the head).
@@ -157,6 +216,9 @@ impl Line {
             self.outflow = 0.5 * self.outflow + 0.5 * sample;
             self.head_at_window_start = self.head;
             self.window_start_us = now_us;
+            // A window longer than a second (a quiet line) holds no arrivals of the last one.
+            self.arrivals_last = if window < 2_000_000 { self.arrivals } else { 0 };
+            self.arrivals = 0;
         }
     }
 
@@ -192,6 +254,7 @@ impl Line {
     /// lottery number if the pre-queue is open); `rand01` a random number in [0, 1) for jitter.
     pub fn arrive(&mut self, now_us: u64, listeners: u64, draw: u32, rand01: f64) -> Decision {
         self.advance(now_us, listeners);
+        self.arrivals += 1;
         if self.pre_queue_open(now_us) {
             if self.pre_count >= self.cfg.max_waiting {
                 return Decision::Full {
@@ -217,6 +280,28 @@ impl Line {
         self.check(number, now_us, rand01)
     }
 
+    /// A caller who waited in another node's line of the space (a cluster) asks here with
+    /// `remaining_us` of its wait left: it takes the place as far from this line's head as
+    /// this line admits in that time (at least the head, at most the end of the line), not the
+    /// end. Numbers are not identities: two callers may share one and are admitted together.
+    pub fn adopt(&mut self, remaining_us: u64, now_us: u64, listeners: u64, rand01: f64) -> Decision {
+        self.advance(now_us, listeners);
+        if self.pre_queue_open(now_us) {
+            // Before the start every caller of this line draws; this one too.
+            return self.arrive(now_us, listeners, (rand01 * u32::MAX as f64) as u32, rand01);
+        }
+        let ahead = (remaining_us as f64 / 1e6 * self.cfg.rate_per_s) as u64;
+        let head = self.head as u64;
+        let number = if head + ahead >= self.tail {
+            self.tail += 1;
+            self.tail - 1
+        } else {
+            // The last number the head has passed, plus the wait: a caller already due is in.
+            (head + ahead).saturating_sub(1)
+        };
+        self.check(number, now_us, rand01)
+    }
+
     fn check(&mut self, number: u64, now_us: u64, rand01: f64) -> Decision {
         if !self.pre_queue_open(now_us) && (self.place(number) as f64) < self.head {
             Decision::Admit
@@ -239,6 +324,113 @@ mod tests {
             max_waiting: 1_000,
             capacity: u64::MAX,
         }
+    }
+
+    /// Callers a line admits between `from_us` and `to_us` when 5 arrive every 10 ms (more
+    /// than it admits) and every one waiting asks again each 10 ms.
+    fn admitted(l: &mut Line, from_us: u64, to_us: u64) -> u64 {
+        let mut n = 0;
+        let mut waiting = std::collections::VecDeque::new();
+        let mut t = from_us;
+        while t < to_us {
+            for _ in 0..5 {
+                match l.arrive(t, 0, 0, 0.5) {
+                    Decision::Admit => n += 1,
+                    Decision::Wait { number, .. } => waiting.push_back(number),
+                    Decision::Full { .. } => panic!("an unbounded line is never full"),
+                }
+            }
+            t += 10_000;
+            while let Some(&number) = waiting.front() {
+                if l.recheck(number, t, 0, 0.5) != Decision::Admit {
+                    break;
+                }
+                waiting.pop_front();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn a_share_of_the_outflow_admits_that_share() {
+        // Two nodes of a cluster, each with half of 100 a second and half of the burst of 10:
+        // together they admit what one line of 100 a second admits.
+        let mut whole = Line::new(LineConfig { max_waiting: u64::MAX, ..cfg(100.0, 10) }, 0, None);
+        let mut halves = [0, 1].map(|_| {
+            let mut l = Line::new(LineConfig { max_waiting: u64::MAX, ..cfg(100.0, 10) }, 0, None);
+            l.set_share(0.5, 0, 0);
+            l
+        });
+        assert_eq!(halves[0].config().burst, 5);
+        assert_eq!(halves[0].share(), 0.5);
+        let one = admitted(&mut whole, 0, 10 * S);
+        let two: u64 = halves.iter_mut().map(|l| admitted(l, 0, 10 * S)).sum();
+        assert!((1_000..=1_020).contains(&one), "one line admitted {one} in 10 s");
+        assert!(two.abs_diff(one) <= 10, "two half lines admitted {two}, one whole {one}");
+    }
+
+    #[test]
+    fn a_changed_share_keeps_places_and_changes_the_pace() {
+        let mut l = Line::new(cfg(100.0, 0), 0, None);
+        let numbers: Vec<u64> = (0..300)
+            .map(|_| match l.arrive(0, 0, 0, 0.5) {
+                Decision::Wait { number, .. } => number,
+                d => panic!("{d:?}"),
+            })
+            .collect();
+        // 1 s at the full rate, then a quarter share: number 100 is in, 150 needs 2 s more.
+        assert_eq!(l.recheck(numbers[99], S, 0, 0.5), Decision::Admit);
+        l.set_share(0.25, S, 0);
+        assert!(matches!(l.recheck(numbers[149], 2 * S, 0, 0.5), Decision::Wait { .. }));
+        assert_eq!(l.recheck(numbers[149], 3 * S + 10_000, 0, 0.5), Decision::Admit);
+        // The burst is at least one caller, and a share is clamped.
+        l.set_share(0.0, 3 * S, 0);
+        assert_eq!(l.share(), MIN_SHARE);
+        assert_eq!(l.config().burst, 1);
+        l.set_share(f64::NAN, 3 * S, 0);
+        assert_eq!(l.share(), 1.0);
+    }
+
+    #[test]
+    fn a_caller_from_another_nodes_line_keeps_its_remaining_wait() {
+        let mut l = Line::new(cfg(100.0, 0), 0, None);
+        for _ in 0..1_000 {
+            l.arrive(0, 0, 0, 0.5);
+        }
+        // 1 s left at 100 a second: 100 places behind the head, not behind 1,000 callers.
+        match l.adopt(S, 0, 0, 0.5) {
+            Decision::Wait {
+                number, position, ..
+            } => {
+                assert_eq!((number, position), (99, 99));
+                assert_eq!(l.recheck(number, S + 10_000, 0, 0.5), Decision::Admit);
+            }
+            d => panic!("{d:?}"),
+        }
+        // Due already: in at once. Longer than the line: at its end.
+        assert_eq!(l.adopt(0, 2 * S, 0, 0.5), Decision::Admit);
+        assert!(matches!(
+            l.adopt(3_600 * S, 2 * S, 0, 0.5),
+            Decision::Wait { number: 1_000, .. }
+        ));
+        assert_eq!(l.waiting(), 1_001 - 200);
+    }
+
+    #[test]
+    fn demand_is_who_waits_and_who_came_in_the_last_second() {
+        let mut l = Line::new(cfg(10.0, 5), 0, None);
+        for _ in 0..20 {
+            l.arrive(0, 0, 0, 0.5);
+        }
+        assert_eq!(l.demand(), 15, "15 waiting, no whole second yet");
+        l.recheck(0, S, 0, 0.5);
+        assert_eq!(l.demand(), 5 + 20, "5 still waiting, 20 arrived in the last second");
+        l.recheck(0, 5 * S, 0, 0.5);
+        assert_eq!(l.demand(), 0, "nobody waits or came");
+        assert_eq!(share_of(30, &[10, 0], 3), 0.75);
+        assert_eq!(share_of(0, &[0, 0], 3), 1.0 / 3.0);
+        assert_eq!(share_of(0, &[], 0), 1.0);
     }
 
     #[test]

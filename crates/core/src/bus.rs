@@ -35,12 +35,14 @@ pub const RECORD_MAGIC: &[u8; 4] = b"LVR1";
 pub const MAX_RECORD: usize = 2048;
 /// Longest node name.
 pub const MAX_NODE_NAME: usize = 64;
-/// Magic of a load report.
-pub const LOAD_MAGIC: &[u8; 4] = b"LVL1";
+/// Magic of a load report (each space: listeners and the demand on its line).
+pub const LOAD_MAGIC: &[u8; 4] = b"LVL2";
+/// Magic of the first load report format (listeners only), still read: its demand is 0.
+pub const LOAD_MAGIC_V1: &[u8; 4] = b"LVL1";
 /// Spaces one load report names at most (a node with more sends several).
 pub const MAX_LOAD_ENTRIES: usize = 1024;
 /// Longest load report.
-pub const MAX_LOAD_MESSAGE: usize = 4 + 8 + 2 + MAX_LOAD_ENTRIES * (1 + 32 + 4);
+pub const MAX_LOAD_MESSAGE: usize = 4 + 8 + 2 + MAX_LOAD_ENTRIES * (1 + 32 + 4 + 4);
 
 /// Why a bus message was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -246,53 +248,78 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// A node's listeners per space, as it reports them about once a second.
+/// One space in a load report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpaceLoad {
+    /// The space.
+    pub id: String,
+    /// Its listeners on the reporting node.
+    pub listeners: u32,
+    /// What its line on that node asks of the outflow (`admission::Line::demand`).
+    pub demand: u32,
+}
+
+/// A node's listeners and line demand per space, as it reports them about once a second.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadReport {
     /// The reporting node's identity.
     pub node: u64,
-    /// (space id, listeners on that node).
-    pub spaces: Vec<(String, u32)>,
+    /// The spaces it reports.
+    pub spaces: Vec<SpaceLoad>,
 }
 
 /// Encodes a load report of at most [`MAX_LOAD_ENTRIES`] spaces (the rest is left out).
-pub fn encode_load(node: u64, spaces: &[(String, u32)]) -> Bytes {
+pub fn encode_load(node: u64, spaces: &[SpaceLoad]) -> Bytes {
     let spaces = &spaces[..spaces.len().min(MAX_LOAD_ENTRIES)];
-    let mut b = BytesMut::with_capacity(14 + spaces.len() * 24);
+    let mut b = BytesMut::with_capacity(14 + spaces.len() * 28);
     b.put_slice(LOAD_MAGIC);
     b.put_u64(node);
     b.put_u16(spaces.len() as u16);
-    for (id, n) in spaces {
-        b.put_u8(id.len() as u8);
-        b.put_slice(id.as_bytes());
-        b.put_u32(*n);
+    for sp in spaces {
+        b.put_u8(sp.id.len() as u8);
+        b.put_slice(sp.id.as_bytes());
+        b.put_u32(sp.listeners);
+        b.put_u32(sp.demand);
     }
     b.freeze()
 }
 
-/// Decodes and checks a load report.
+/// Decodes and checks a load report (of either format).
 pub fn decode_load(msg: &[u8]) -> Result<LoadReport, BusError> {
     if msg.len() > MAX_LOAD_MESSAGE {
         return Err(BusError::TooLong(msg.len()));
     }
     let mut r = Reader { b: msg, at: 0 };
-    if r.take(4)? != LOAD_MAGIC {
-        return Err(BusError::BadMagic);
-    }
+    let with_demand = match r.take(4)? {
+        m if m == LOAD_MAGIC => true,
+        m if m == LOAD_MAGIC_V1 => false,
+        _ => return Err(BusError::BadMagic),
+    };
     let node = r.u64()?;
     let n = u16::from_be_bytes(r.take(2)?.try_into().map_err(|_| BusError::Truncated)?) as usize;
     if n > MAX_LOAD_ENTRIES {
         return Err(BusError::Invalid("space count"));
     }
     let mut spaces = Vec::with_capacity(n);
+    let u32_of = |r: &mut Reader| -> Result<u32, BusError> {
+        Ok(u32::from_be_bytes(
+            r.take(4)?.try_into().map_err(|_| BusError::Truncated)?,
+        ))
+    };
     for _ in 0..n {
         let len = r.take(1)?[0] as usize;
         let id = std::str::from_utf8(r.take(len)?).map_err(|_| BusError::Invalid("id"))?;
         if !is_valid_id(id) {
             return Err(BusError::Invalid("id"));
         }
-        let listeners = u32::from_be_bytes(r.take(4)?.try_into().map_err(|_| BusError::Truncated)?);
-        spaces.push((id.to_owned(), listeners));
+        let id = id.to_owned();
+        let listeners = u32_of(&mut r)?;
+        let demand = if with_demand { u32_of(&mut r)? } else { 0 };
+        spaces.push(SpaceLoad {
+            id,
+            listeners,
+            demand,
+        });
     }
     if r.at != msg.len() {
         return Err(BusError::Invalid("trailing bytes"));
@@ -404,20 +431,39 @@ mod tests {
 
     #[test]
     fn load_reports_round_trip_and_bad_ones_are_refused() {
-        let spaces = vec![("abc".to_owned(), 12_000), ("x2".to_owned(), 0)];
+        let load = |id: &str, listeners, demand| SpaceLoad {
+            id: id.to_owned(),
+            listeners,
+            demand,
+        };
+        let spaces = vec![load("abc", 12_000, 40), load("x2", 0, 0)];
         let m = encode_load(5, &spaces);
         assert_eq!(decode_load(&m), Ok(LoadReport { node: 5, spaces }));
         for cut in 0..m.len() {
             assert!(decode_load(&m[..cut]).is_err(), "cut at {cut}");
         }
-        let bad = encode_load(5, &[("A/B".to_owned(), 1)]);
+        let bad = encode_load(5, &[load("A/B", 1, 0)]);
         assert_eq!(decode_load(&bad), Err(BusError::Invalid("id")));
-        let many: Vec<(String, u32)> = (0..MAX_LOAD_ENTRIES + 5)
-            .map(|i| (format!("s{i}"), 1))
+        let many: Vec<SpaceLoad> = (0..MAX_LOAD_ENTRIES + 5)
+            .map(|i| load(&format!("s{i}"), 1, u32::MAX))
             .collect();
         let m = encode_load(1, &many);
         assert!(m.len() <= MAX_LOAD_MESSAGE);
         assert_eq!(decode_load(&m).unwrap().spaces.len(), MAX_LOAD_ENTRIES);
+        // The first format (listeners only) still reads, with no demand.
+        let mut v1 = b"LVL1".to_vec();
+        v1.extend_from_slice(&9u64.to_be_bytes());
+        v1.extend_from_slice(&1u16.to_be_bytes());
+        v1.extend_from_slice(&[3, b'a', b'b', b'c', 0, 0, 0, 7]);
+        assert_eq!(
+            decode_load(&v1),
+            Ok(LoadReport {
+                node: 9,
+                spaces: vec![load("abc", 7, 0)]
+            })
+        );
+        v1.extend_from_slice(&[0, 0, 0, 1]);
+        assert_eq!(decode_load(&v1), Err(BusError::Invalid("trailing bytes")));
     }
 
     #[test]

@@ -270,17 +270,26 @@ pub struct QueueToken {
     pub listener: u64,
     /// Last second at which the token is honoured.
     pub expires_s: u64,
+    /// The line that handed out the number: the issuing node (random at its start). In a
+    /// cluster every node runs its own line of the space; another node's number means nothing
+    /// here, so a node that did not issue the token places the caller by [`QueueToken::due_ms`].
+    pub line: u64,
+    /// When the issuing line expected to admit the caller, Unix ms.
+    pub due_ms: u64,
 }
 
-const QUEUE: &str = "q1";
+/// Kind of queue tokens (`q1` had no line and due time).
+const QUEUE: &str = "q2";
 
 impl QueueToken {
     /// Signs the token.
     pub fn sign(&self, signer: &Signer, now_s: u64) -> String {
-        let mut p = Vec::with_capacity(24 + self.space.len());
+        let mut p = Vec::with_capacity(40 + self.space.len());
         p.extend_from_slice(&self.expires_s.to_be_bytes());
         p.extend_from_slice(&self.number.to_be_bytes());
         p.extend_from_slice(&self.listener.to_be_bytes());
+        p.extend_from_slice(&self.line.to_be_bytes());
+        p.extend_from_slice(&self.due_ms.to_be_bytes());
         p.extend_from_slice(self.space.as_bytes());
         signer.sign(QUEUE, &p, now_s)
     }
@@ -298,6 +307,8 @@ impl QueueToken {
             expires_s: f.u64()?,
             number: f.u64()?,
             listener: f.u64()?,
+            line: f.u64()?,
+            due_ms: f.u64()?,
             space: f.rest_str()?,
         };
         if now_s > t.expires_s {
@@ -512,6 +523,8 @@ mod tests {
             number: 12_345,
             listener: 9,
             expires_s: 2_000,
+            line: 77,
+            due_ms: 1_700_000_000_000,
         };
         let tok = q.sign(&s, 1_000);
         assert_eq!(QueueToken::verify(&s, &tok, "s1", 1_500), Ok(q));

@@ -602,6 +602,113 @@ async fn a_space_is_found_on_every_node_the_moment_its_creation_is_answered() {
     assert_eq!(b.metric("levee_cluster_registry_errors_total"), 0.0);
 }
 
+/// A node's share of `id`'s admission rate, from its shield status.
+fn admission_share(node: &Levee, id: &str) -> f64 {
+    let r = node.http(
+        "GET",
+        "/api/admin/shield",
+        &[("Authorization", "Bearer cluster-admin")],
+        b"",
+    );
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    v["spaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .map_or(0.0, |s| s["admission_share"].as_f64().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spaces_admission_rate_holds_for_the_whole_cluster() {
+    let nats = Nats::start();
+    let args = |node: &'static str| {
+        vec![
+            "--nats",
+            nats.url.as_str(),
+            "--node",
+            node,
+            "--admission-rate",
+            "4",
+            "--admission-burst",
+            "2",
+            "--ticket-secret",
+            "shared",
+            "--admin-key",
+            "cluster-admin",
+        ]
+    };
+    let a = Levee::start(&args("rate-a"));
+    let b = Levee::start(&args("rate-b"));
+    let space = a.create_space("four a second, cluster-wide");
+    let id = space["id"].as_str().unwrap().to_owned();
+    // With nobody in line anywhere, each of the two nodes takes half of the rate.
+    wait_until(Duration::from_secs(10), "each node to take half", || {
+        let (sa, sb) = (admission_share(&a, &id), admission_share(&b, &id));
+        (sa - 0.5).abs() < 0.01 && (sb - 0.5).abs() < 0.01
+    });
+    // 30 callers on each node; every one waiting asks again every 100 ms, on its own node.
+    let join = |node: &Levee, token: Option<&str>| -> (u16, serde_json::Value) {
+        let body = match token {
+            Some(t) => serde_json::json!({ "queue_token": t }).to_string(),
+            None => String::new(),
+        };
+        let headers: &[(&str, &str)] = if token.is_some() {
+            &[("Content-Type", "application/json")]
+        } else {
+            &[]
+        };
+        let r = node.http("POST", &format!("/api/spaces/{id}/join"), headers, body.as_bytes());
+        (r.status, serde_json::from_str(&r.body).unwrap_or_default())
+    };
+    let mut waiting: Vec<(usize, String)> = Vec::new();
+    let mut admitted = [0u32; 2];
+    let nodes = [&a, &b];
+    let start = std::time::Instant::now();
+    for (n, node) in nodes.iter().enumerate() {
+        for _ in 0..30 {
+            match join(node, None) {
+                (200, _) => admitted[n] += 1,
+                (202, v) => waiting.push((n, v["queue"]["token"].as_str().unwrap().to_owned())),
+                (s, v) => panic!("join answered {s}: {v}"),
+            }
+        }
+    }
+    while start.elapsed() < Duration::from_secs(6) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut still = Vec::new();
+        for (n, token) in waiting {
+            match join(nodes[n], Some(&token)) {
+                (200, _) => admitted[n] += 1,
+                (202, v) => still.push((n, v["queue"]["token"].as_str().unwrap().to_owned())),
+                (s, v) => panic!("asking again answered {s}: {v}"),
+            }
+        }
+        waiting = still;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let total = admitted[0] + admitted[1];
+    // One line of 4 a second with a burst of 2 admits 2 + 4 × secs; two nodes each at the
+    // whole rate would admit twice that. The shares follow demand once a second.
+    let one_line = 2.0 + 4.0 * secs;
+    assert!(
+        (total as f64) <= one_line * 1.3 && (total as f64) >= one_line * 0.6,
+        "admitted {admitted:?} in {secs:.1} s: one line admits about {one_line:.0}"
+    );
+    assert!(admitted.iter().all(|&n| n >= 3), "both nodes admit: {admitted:?}");
+    // A place taken on A and presented on B keeps the wait it had left, on B's line.
+    let (_, v) = join(&a, None);
+    let token = v["queue"]["token"].as_str().expect("still a line on A").to_owned();
+    let (status, moved) = join(&b, Some(&token));
+    assert!(matches!(status, 200 | 202), "{status} {moved}");
+    if status == 202 {
+        let back = moved["queue"]["position"].as_u64().unwrap();
+        let line_b = waiting.iter().filter(|(n, _)| *n == 1).count() as u64;
+        assert!(back <= line_b + 1, "placed {back} behind on B, whose line holds {line_b}");
+    }
+    assert!(b.metric("levee_join_queue_moved_total") >= 1.0);
+}
+
 #[test]
 fn a_node_that_cannot_reach_nats_does_not_start() {
     let out = Command::new(env!("CARGO_BIN_EXE_levee"))

@@ -57,6 +57,10 @@ pub const LOAD_SUBJECT: &str = "levee.load";
 /// JetStream leader in the first seconds).
 pub const OPEN_BUCKET_FOR: Duration = Duration::from_secs(15);
 
+/// Bytes the registry bucket holds at most (JetStream refuses writes beyond, and a space
+/// being created is then refused): about 300,000 spaces of a typical record, 32,768 of the
+/// largest ([`levee_core::bus::MAX_RECORD`]).
+pub const MAX_REGISTRY_BYTES: i64 = 64 << 20;
 /// How long a registry write may take before it counts as failed (a space being created
 /// is then refused).
 pub const REGISTRY_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -343,13 +347,20 @@ pub async fn join(hub: &Arc<Hub>, cfg: &ClusterConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// Other nodes' listeners per space: (node, space) → (listeners, when reported).
-type Remote = HashMap<(u64, String), (u32, tokio::time::Instant)>;
+/// Other nodes' figures per space: (node, space) → (listeners, line demand, when reported).
+type Remote = HashMap<(u64, String), (u32, u32, tokio::time::Instant)>;
 
-/// Reports this node's listeners per space once a [`LOAD_EVERY`], takes the others' reports,
-/// and keeps each space's count on the other nodes ([`Space::remote_listeners`]) current.
+/// A line's share is changed only when the new one differs by more than this (relative).
+const SHARE_STEP: f64 = 0.02;
+
+/// Reports this node's listeners and line demand per space once a [`LOAD_EVERY`] (an empty
+/// report when it has none: every node knows how many are alive), takes the others' reports,
+/// and keeps each space's count on the other nodes ([`Space::remote_listeners`]) and this
+/// node's share of its admission rate (`admission::share_of`) current.
 async fn exchange_load(cluster: Arc<Cluster>, mut reports: async_nats::Subscriber) {
     let mut remote: Remote = HashMap::new();
+    // Other nodes heard from, and when.
+    let mut nodes: HashMap<u64, tokio::time::Instant> = HashMap::new();
     let mut every = tokio::time::interval(LOAD_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -359,13 +370,16 @@ async fn exchange_load(cluster: Arc<Cluster>, mut reports: async_nats::Subscribe
                 match bus::decode_load(&msg.payload) {
                     Ok(r) if r.node != cluster.id => {
                         let now = tokio::time::Instant::now();
-                        for (id, n) in r.spaces {
-                            let key = (r.node, id);
+                        if nodes.len() < MAX_REMOTE_ENTRIES || nodes.contains_key(&r.node) {
+                            nodes.insert(r.node, now);
+                        }
+                        for sp in r.spaces {
+                            let key = (r.node, sp.id);
                             if remote.len() >= MAX_REMOTE_ENTRIES && !remote.contains_key(&key) {
                                 cluster.counters.load_dropped.fetch_add(1, Relaxed);
                                 continue;
                             }
-                            remote.insert(key, (n, now));
+                            remote.insert(key, (sp.listeners, sp.demand, now));
                         }
                     }
                     Ok(_) => {}
@@ -377,21 +391,43 @@ async fn exchange_load(cluster: Arc<Cluster>, mut reports: async_nats::Subscribe
             _ = every.tick() => {
                 let Some(hub) = cluster.hub.upgrade() else { break };
                 let now = tokio::time::Instant::now();
-                remote.retain(|_, (_, at)| now.duration_since(*at) < LOAD_TTL);
-                let mut sums: HashMap<&str, u64> = HashMap::new();
-                for ((_, id), (n, _)) in &remote {
-                    *sums.entry(id.as_str()).or_default() += *n as u64;
+                remote.retain(|_, (_, _, at)| now.duration_since(*at) < LOAD_TTL);
+                nodes.retain(|_, at| now.duration_since(*at) < LOAD_TTL);
+                let mut sums: HashMap<&str, (u64, Vec<u64>)> = HashMap::new();
+                for ((_, id), (n, d, _)) in &remote {
+                    let e = sums.entry(id.as_str()).or_default();
+                    e.0 += *n as u64;
+                    e.1.push(*d as u64);
                 }
-                let mine: Vec<(String, u32)> = hub
+                let alive = nodes.len() + 1;
+                let mono = crate::clock::mono_us();
+                let mine: Vec<bus::SpaceLoad> = hub
                     .list()
                     .into_iter()
                     .filter_map(|s| {
                         let id = s.snapshot().id;
-                        s.remote_listeners.store(sums.get(id.as_str()).copied().unwrap_or(0), Relaxed);
+                        let (theirs, demands) = sums.get(id.as_str()).map_or((0, &[][..]), |(n, d)| (*n, &d[..]));
+                        s.remote_listeners.store(theirs, Relaxed);
                         let n = s.track.listeners();
-                        (n > 0).then(|| (id, n.min(u32::MAX as u64) as u32))
+                        let demand = {
+                            let mut line = s.shield.line.lock().expect("line lock");
+                            let demand = line.demand();
+                            let share = levee_core::admission::share_of(demand, demands, alive);
+                            if (share - line.share()).abs() > SHARE_STEP * line.share() {
+                                line.set_share(share, mono, s.cluster_listeners());
+                            }
+                            demand
+                        };
+                        (n > 0 || demand > 0).then(|| bus::SpaceLoad {
+                            id,
+                            listeners: n.min(u32::MAX as u64) as u32,
+                            demand: demand.min(u32::MAX as u64) as u32,
+                        })
                     })
                     .collect();
+                if mine.is_empty() {
+                    let _ = cluster.client.publish(LOAD_SUBJECT, bus::encode_load(cluster.id, &[])).await;
+                }
                 for part in mine.chunks(bus::MAX_LOAD_ENTRIES) {
                     let _ = cluster.client.publish(LOAD_SUBJECT, bus::encode_load(cluster.id, part)).await;
                 }
@@ -431,6 +467,7 @@ async fn open_bucket_once(
         description: "levee's spaces".to_owned(),
         history: 1,
         max_value_size: bus::MAX_RECORD as i32,
+        max_bytes: MAX_REGISTRY_BYTES,
         num_replicas,
         ..Default::default()
     };

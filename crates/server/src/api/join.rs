@@ -15,7 +15,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bytes::Bytes;
-use levee_core::admission::Decision;
+use levee_core::admission::{self, Decision};
 use levee_core::replay::ReplayError;
 use levee_core::source::{wide_prefix, Cidr};
 use levee_core::space::SpaceState;
@@ -190,7 +190,8 @@ pub(crate) async fn join(
 ) -> Response {
     // Rates, strikes and the line run on the monotonic clock; tokens carry wall time.
     let now = mono_us();
-    let now_s = wall_us() / 1_000_000;
+    let now_ms = wall_us() / 1_000;
+    let now_s = now_ms / 1_000;
     let shield = &hub.shield;
     let ip = shield.source_ip(
         peer.ip(),
@@ -231,12 +232,16 @@ pub(crate) async fn join(
     let (decision, listener) = match &req.queue_token {
         Some(token) => match QueueToken::verify(&shield.signer, token, &id, now_s) {
             Ok(q) => {
-                let d = ss.line.lock().expect("line lock").recheck(
-                    q.number,
-                    now,
-                    listeners,
-                    random::unit(),
-                );
+                let mut line = ss.line.lock().expect("line lock");
+                let d = if q.line == shield.origin() || q.number & admission::LOTTERY != 0 {
+                    line.recheck(q.number, now, listeners, random::unit())
+                } else {
+                    // Another node's place in the space's line (a cluster): keep the wait
+                    // that was left, in this node's line.
+                    let remaining_us = q.due_ms.saturating_sub(now_ms).saturating_mul(1000);
+                    shield.counters.queue_moved.fetch_add(1, Relaxed);
+                    line.adopt(remaining_us, now, listeners, random::unit())
+                };
                 (d, q.listener)
             }
             Err(e) => {
@@ -299,6 +304,8 @@ pub(crate) async fn join(
                 number,
                 listener,
                 expires_s: now_s + cfg.queue_token_ttl_s,
+                line: shield.origin(),
+                due_ms: now_ms + eta_ms,
             }
             .sign(&shield.signer, now_s);
             shield.counters.queued.fetch_add(1, Relaxed);
@@ -363,11 +370,14 @@ pub(crate) async fn shield_status(State(hub): State<Arc<Hub>>, headers: HeaderMa
         .list()
         .iter()
         .map(|s| {
+            let line = s.shield.line.lock().expect("line lock");
             json!({
                 "id": s.snapshot().id,
                 "access": Shield::load_access(&s.shield.access).as_str(),
                 "difficulty": s.shield.difficulty.load(Relaxed),
-                "queue_waiting": s.shield.line.lock().expect("line lock").waiting(),
+                "queue_waiting": line.waiting(),
+                "admission_share": line.share(),
+                "admission_rate": line.config().rate_per_s,
             })
         })
         .collect();
@@ -377,6 +387,7 @@ pub(crate) async fn shield_status(State(hub): State<Arc<Hub>>, headers: HeaderMa
         "join_requests": c.join_requests.load(Relaxed),
         "tickets": c.tickets.load(Relaxed),
         "queued": c.queued.load(Relaxed),
+        "queue_moved": c.queue_moved.load(Relaxed),
         "challenges": c.challenges.load(Relaxed),
         "bans_imposed": c.bans.load(Relaxed),
         "limiter_bytes": hub.shield.limiter_bytes(),

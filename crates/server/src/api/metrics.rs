@@ -159,6 +159,13 @@ pub fn render(hub: &Hub) -> String {
     );
     scalar(
         &mut out,
+        "levee_join_queue_moved_total",
+        "counter",
+        "Callers who brought a place in another node's line and were placed by the wait left.",
+        sc.queue_moved.load(Relaxed),
+    );
+    scalar(
+        &mut out,
         "levee_challenges_issued_total",
         "counter",
         "Proof-of-work challenges handed out.",

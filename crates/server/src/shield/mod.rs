@@ -77,6 +77,9 @@ pub struct ShieldCounters {
     pub tickets: AtomicU64,
     /// Callers told to wait in line.
     pub queued: AtomicU64,
+    /// Callers who brought a place in another node's line of the space (a cluster) and were
+    /// placed in this node's by the wait they had left.
+    pub queue_moved: AtomicU64,
     /// Challenges handed out.
     pub challenges: AtomicU64,
     /// Automatic bans imposed.
