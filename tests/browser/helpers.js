@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -49,16 +50,17 @@ export function serverNote() {
 }
 
 /**
- * Starts `levee serve` on a free loopback port with `extraArgs`; resolves with
- * { proc, base, adminKey, log, exited, args, stop() }. Only this process's own child is ever
- * killed (by its handle), never anything found by name.
+ * Starts `levee serve` on a free loopback port (or on `listen`, an address nodes may share with
+ * `--reuse-port`) with `extraArgs`; resolves with { proc, base, adminKey, log, exited, args,
+ * stop() }. Only this process's own child is ever killed (by its handle), never anything found
+ * by name.
  */
-export function startServer(extraArgs = []) {
+export function startServer(extraArgs = [], { listen = '127.0.0.1:0' } = {}) {
   if (!fs.existsSync(LEVEE_BIN)) {
     throw new Error(`levee binary not found at ${LEVEE_BIN}: build it with \`cargo build -p levee\` ` +
       'or point LEVEE_BIN at it');
   }
-  const args = ['serve', '--listen', '127.0.0.1:0', ...extraArgs];
+  const args = ['serve', '--listen', listen, ...extraArgs];
   const proc = spawn(LEVEE_BIN, args, {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn' },
@@ -128,6 +130,80 @@ export function startServer(extraArgs = []) {
       resolve(server);
     });
   });
+}
+
+/** A loopback TCP port that was free a moment ago. */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Resolves once something accepts TCP connections on 127.0.0.1:`port`; fails after `ms`. */
+async function acceptsOn(port, ms, what) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const ok = await new Promise((resolve) => {
+      const c = net.connect(port, '127.0.0.1', () => { c.destroy(); resolve(true); });
+      c.on('error', () => resolve(false));
+    });
+    if (ok) return;
+    if (Date.now() > deadline) throw new Error(`${what} did not accept connections on port ${port} within ${ms} ms`);
+    await delay(100);
+  }
+}
+
+/** Spawns `cmd` with `args`, killed when the test process exits; fails loudly if missing. */
+function spawnTool(cmd, args, install) {
+  const proc = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  const log = [];
+  proc.stderr.on('data', (c) => { log.push(c.toString()); while (log.length > 50) log.shift(); });
+  const killOnExit = () => proc.kill('SIGKILL');
+  process.once('exit', killOnExit);
+  proc.on('error', (e) => {
+    throw new Error(`cannot run ${cmd} (${install}): ${e.message}`);
+  });
+  return {
+    proc,
+    log,
+    stop() {
+      process.removeListener('exit', killOnExit);
+      proc.kill('SIGKILL');
+    },
+  };
+}
+
+/** A NATS server with JetStream on a free loopback port: { url, stop() }. */
+export async function startNats() {
+  const port = await freePort();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'levee-nats-'));
+  const t = spawnTool('nats-server', ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', dir],
+    "Debian's nats-server package");
+  await acceptsOn(port, 10000, 'nats-server');
+  return {
+    url: `nats://127.0.0.1:${port}`,
+    stop() {
+      t.stop();
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/**
+ * A real ffmpeg publishing a `freq` Hz sine as Opus in 20-ms Ogg pages, in real time, to an
+ * `icecast://` source URL for `seconds` at most: { stop() }.
+ */
+export function publishSine(sourceUrl, freq = 440, seconds = 120) {
+  return spawnTool('ffmpeg', [
+    '-hide_banner', '-loglevel', 'error', '-nostdin', '-re', '-f', 'lavfi',
+    '-i', `sine=frequency=${freq}:sample_rate=48000:duration=${seconds}`,
+    '-c:a', 'libopus', '-b:a', '32k', '-page_duration', '20000', '-f', 'ogg', sourceUrl,
+  ], "Debian's ffmpeg package");
 }
 
 export async function api(base, method, p, body, headers = {}) {
