@@ -29,6 +29,7 @@ pub mod audit;
 pub mod bus;
 pub mod cadence;
 pub mod cidrmap;
+pub mod hls;
 pub mod ingest;
 pub mod mux;
 pub mod packet;

@@ -565,7 +565,7 @@ async fn feed(cluster: Arc<Cluster>, space: Arc<Space>) {
                 if space.track.ended() {
                     break;
                 }
-                if space.track.listeners() > 0 {
+                if space.track.in_demand() {
                     idle_since = None;
                 } else if idle_since.get_or_insert_with(tokio::time::Instant::now).elapsed() >= FEED_IDLE {
                     break;

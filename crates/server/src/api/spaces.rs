@@ -22,6 +22,7 @@ fn space_json(space: &Space, base: &str, authority: &str, with_key: bool) -> Val
     let mut urls = json!({
         "ogg": format!("{base}/live/{id}.ogg"),
         "ws": format!("{ws_base}/live/{id}/ws"),
+        "hls": format!("{base}/live/{id}/hls/index.m3u8"),
         "publish": format!("{ws_base}/live/{id}/publish"),
         "page": format!("{base}/space/{id}"),
         "host_page": format!("{base}/space/{id}/host"),

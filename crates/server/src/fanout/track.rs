@@ -10,6 +10,7 @@
 use super::{Fanout, Format};
 use bytes::Bytes;
 use levee_core::cadence::Cadence;
+use levee_core::hls::Hls;
 use levee_core::mux::{Chunk, Muxer, OggMux, WsMux};
 use levee_core::packet::{AudioPacket, Packet, PacketStream, Tap};
 use levee_core::ring::{Read, Ring, Window};
@@ -88,6 +89,24 @@ pub struct Track {
     fanout: Arc<Fanout>,
     /// Woken after packets went to the taps (their readers wait on it).
     pub tapped: tokio::sync::Notify,
+    /// The space's LL-HLS packaging (fed under `inner`'s lock, read under its own).
+    hls: Mutex<HlsState>,
+    /// Woken after an HLS part was sealed (blocking playlist reloads and part requests wait
+    /// on it).
+    pub hls_sealed: tokio::sync::Notify,
+    /// When HLS of this track was last requested, monotonic µs (0: never).
+    hls_read_us: AtomicU64,
+}
+
+/// How long an HLS request keeps a track in demand on this node (so that an edge keeps
+/// hearing the space from the bus between a player's requests).
+pub const HLS_INTEREST_US: u64 = 10_000_000;
+
+/// The HLS packaging and its playlist as last rendered (once per sealed part, not per
+/// request).
+struct HlsState {
+    hls: Hls,
+    playlist: Bytes,
 }
 
 impl Track {
@@ -96,6 +115,8 @@ impl Track {
     pub fn new(head: OpusHead, serial: u32, title: &str, fanout: Arc<Fanout>) -> Arc<Self> {
         let ogg = OggMux::new(&head, serial, &[format!("TITLE={title}")]);
         let ws = WsMux::new(&head);
+        let hls = Hls::new(&head);
+        let playlist = Bytes::from(hls.playlist());
         let ring_chunks = fanout.limits.ring_chunks;
         Arc::new(Track {
             headers: [ogg.headers(), ws.headers()],
@@ -119,7 +140,46 @@ impl Track {
             next_shard: AtomicU32::new(0),
             fanout,
             tapped: tokio::sync::Notify::new(),
+            hls: Mutex::new(HlsState { hls, playlist }),
+            hls_sealed: tokio::sync::Notify::new(),
+            hls_read_us: AtomicU64::new(0),
         })
+    }
+
+    /// An HLS request of this track arrived.
+    pub fn hls_requested(&self) {
+        self.hls_read_us
+            .store(crate::clock::mono_us().max(1), Ordering::Relaxed);
+    }
+
+    /// Whether anyone here wants this track: a listener, or an HLS request in the last
+    /// [`HLS_INTEREST_US`].
+    pub fn in_demand(&self) -> bool {
+        let read = self.hls_read_us.load(Ordering::Relaxed);
+        self.listeners() > 0
+            || (read > 0 && crate::clock::mono_us().saturating_sub(read) < HLS_INTEREST_US)
+    }
+
+    /// Reads the space's HLS packaging and its current playlist.
+    pub fn hls<R>(&self, f: impl FnOnce(&Hls, &Bytes) -> R) -> R {
+        let st = self.hls.lock().expect("hls lock");
+        f(&st.hls, &st.playlist)
+    }
+
+    /// Runs `f` on the HLS packaging (under the track's lock, so in stream order); when it
+    /// sealed a part, renders the playlist again and wakes who waits for one.
+    fn with_hls(&self, f: impl FnOnce(&mut Hls) -> bool) {
+        let sealed = {
+            let mut st = self.hls.lock().expect("hls lock");
+            let sealed = f(&mut st.hls);
+            if sealed {
+                st.playlist = Bytes::from(st.hls.playlist());
+            }
+            sealed
+        };
+        if sealed {
+            self.hls_sealed.notify_waiters();
+        }
     }
 
     /// The stream headers for `format`, written to every listener first.
@@ -272,6 +332,7 @@ impl Track {
                 }
                 let packet = inner.stream.push(p);
                 offer(&mut inner.taps, &packet);
+                self.with_hls(|h| h.push(&packet));
                 inner.ogg.push(&packet, targets[0], &mut inner.sealed);
                 sealed[0] |= self.commit(inner, Format::Ogg);
                 inner.ws.push(&packet, targets[1], &mut inner.sealed);
@@ -293,6 +354,7 @@ impl Track {
             let mut inner = self.inner.lock().expect("track lock");
             let inner = &mut *inner;
             inner.ogg.flush(&mut inner.sealed);
+            self.with_hls(Hls::flush);
             let a = self.commit(inner, Format::Ogg);
             inner.ws.flush(&mut inner.sealed);
             a | self.commit(inner, Format::Ws)
@@ -305,6 +367,10 @@ impl Track {
     /// Ends the track: what is pending is sealed, then listeners finish and leave.
     pub fn end(self: &Arc<Self>) {
         self.flush();
+        self.with_hls(|h| {
+            h.end();
+            true
+        });
         self.ended.store(true, Ordering::Release);
         self.notify();
     }
