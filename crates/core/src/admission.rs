@@ -284,7 +284,13 @@ impl Line {
     /// `remaining_us` of its wait left: it takes the place as far from this line's head as
     /// this line admits in that time (at least the head, at most the end of the line), not the
     /// end. Numbers are not identities: two callers may share one and are admitted together.
-    pub fn adopt(&mut self, remaining_us: u64, now_us: u64, listeners: u64, rand01: f64) -> Decision {
+    pub fn adopt(
+        &mut self,
+        remaining_us: u64,
+        now_us: u64,
+        listeners: u64,
+        rand01: f64,
+    ) -> Decision {
         self.advance(now_us, listeners);
         if self.pre_queue_open(now_us) {
             // Before the start every caller of this line draws; this one too.
@@ -356,9 +362,23 @@ mod tests {
     fn a_share_of_the_outflow_admits_that_share() {
         // Two nodes of a cluster, each with half of 100 a second and half of the burst of 10:
         // together they admit what one line of 100 a second admits.
-        let mut whole = Line::new(LineConfig { max_waiting: u64::MAX, ..cfg(100.0, 10) }, 0, None);
+        let mut whole = Line::new(
+            LineConfig {
+                max_waiting: u64::MAX,
+                ..cfg(100.0, 10)
+            },
+            0,
+            None,
+        );
         let mut halves = [0, 1].map(|_| {
-            let mut l = Line::new(LineConfig { max_waiting: u64::MAX, ..cfg(100.0, 10) }, 0, None);
+            let mut l = Line::new(
+                LineConfig {
+                    max_waiting: u64::MAX,
+                    ..cfg(100.0, 10)
+                },
+                0,
+                None,
+            );
             l.set_share(0.5, 0, 0);
             l
         });
@@ -366,8 +386,14 @@ mod tests {
         assert_eq!(halves[0].share(), 0.5);
         let one = admitted(&mut whole, 0, 10 * S);
         let two: u64 = halves.iter_mut().map(|l| admitted(l, 0, 10 * S)).sum();
-        assert!((1_000..=1_020).contains(&one), "one line admitted {one} in 10 s");
-        assert!(two.abs_diff(one) <= 10, "two half lines admitted {two}, one whole {one}");
+        assert!(
+            (1_000..=1_020).contains(&one),
+            "one line admitted {one} in 10 s"
+        );
+        assert!(
+            two.abs_diff(one) <= 10,
+            "two half lines admitted {two}, one whole {one}"
+        );
     }
 
     #[test]
@@ -382,8 +408,14 @@ mod tests {
         // 1 s at the full rate, then a quarter share: number 100 is in, 150 needs 2 s more.
         assert_eq!(l.recheck(numbers[99], S, 0, 0.5), Decision::Admit);
         l.set_share(0.25, S, 0);
-        assert!(matches!(l.recheck(numbers[149], 2 * S, 0, 0.5), Decision::Wait { .. }));
-        assert_eq!(l.recheck(numbers[149], 3 * S + 10_000, 0, 0.5), Decision::Admit);
+        assert!(matches!(
+            l.recheck(numbers[149], 2 * S, 0, 0.5),
+            Decision::Wait { .. }
+        ));
+        assert_eq!(
+            l.recheck(numbers[149], 3 * S + 10_000, 0, 0.5),
+            Decision::Admit
+        );
         // The burst is at least one caller, and a share is clamped.
         l.set_share(0.0, 3 * S, 0);
         assert_eq!(l.share(), MIN_SHARE);
@@ -425,7 +457,11 @@ mod tests {
         }
         assert_eq!(l.demand(), 15, "15 waiting, no whole second yet");
         l.recheck(0, S, 0, 0.5);
-        assert_eq!(l.demand(), 5 + 20, "5 still waiting, 20 arrived in the last second");
+        assert_eq!(
+            l.demand(),
+            5 + 20,
+            "5 still waiting, 20 arrived in the last second"
+        );
         l.recheck(0, 5 * S, 0, 0.5);
         assert_eq!(l.demand(), 0, "nobody waits or came");
         assert_eq!(share_of(30, &[10, 0], 3), 0.75);

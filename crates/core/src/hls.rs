@@ -141,7 +141,7 @@ impl Hls {
         let part = part_of(p.pts);
         if !self.started {
             self.started = true;
-            if p.pts % PART_SAMPLES != 0 {
+            if !p.pts.is_multiple_of(PART_SAMPLES) {
                 self.skip_part = Some(part);
             }
         }
@@ -235,7 +235,11 @@ impl Hls {
             return false;
         };
         let complete = |m: u64| {
-            m < last_msn || self.segments.iter().any(|s| s.msn == m && s.bytes.is_some())
+            m < last_msn
+                || self
+                    .segments
+                    .iter()
+                    .any(|s| s.msn == m && s.bytes.is_some())
         };
         match part {
             None => complete(msn),
@@ -417,7 +421,10 @@ pub fn blocking_params(query: &str) -> Result<Option<(u64, Option<u64>)>, &'stat
     let (mut msn, mut part) = (None, None);
     for kv in query.split('&').filter(|s| !s.is_empty()) {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        let num = || v.parse::<u64>().map_err(|_| "_HLS_msn and _HLS_part are numbers");
+        let num = || {
+            v.parse::<u64>()
+                .map_err(|_| "_HLS_msn and _HLS_part are numbers")
+        };
         match k {
             "_HLS_msn" => msn = Some(num()?),
             "_HLS_part" => part = Some(num()?),
@@ -505,7 +512,9 @@ mod tests {
         assert_eq!(h.part(3, 0), Lookup::Future);
         assert_eq!(h.part(0, 9), Lookup::Gone);
         // A segment is its parts' bytes.
-        let Lookup::Ready(seg) = h.segment(1) else { unreachable!() };
+        let Lookup::Ready(seg) = h.segment(1) else {
+            unreachable!()
+        };
         let parts: Vec<u8> = (0..4)
             .flat_map(|i| match h.part(1, i) {
                 Lookup::Ready(b) => b.to_vec(),
@@ -537,7 +546,10 @@ mod tests {
         }
         assert!(!pl.contains("s2.m4s") && !pl.contains("p2.0.m4s\","));
         // Segment 1 starts 48 packets (960 ms) after segment 0.
-        assert!(pl.contains(&format!("#EXT-X-PROGRAM-DATE-TIME:{}", rfc3339_ms(T0 + 960_000))));
+        assert!(pl.contains(&format!(
+            "#EXT-X-PROGRAM-DATE-TIME:{}",
+            rfc3339_ms(T0 + 960_000)
+        )));
     }
 
     #[test]
@@ -547,7 +559,10 @@ mod tests {
         assert_eq!(h.segments.len(), WINDOW_SEGMENTS);
         // 20 segments sealed (packet 960 opened segment 20): the window holds the last 8.
         let first = 20 - WINDOW_SEGMENTS as u64;
-        assert!(pl.contains(&format!("#EXT-X-MEDIA-SEQUENCE:{first}\n")), "{pl}");
+        assert!(
+            pl.contains(&format!("#EXT-X-MEDIA-SEQUENCE:{first}\n")),
+            "{pl}"
+        );
         assert_eq!(h.segment(first - 1), Lookup::Gone);
         assert_eq!(h.part(3, 0), Lookup::Gone);
         // Parts only for the last PART_SEGMENTS segments.
@@ -572,7 +587,10 @@ mod tests {
         assert!(h.has(2, Some(0)));
         assert!(!h.has(2, Some(1)));
         assert_eq!(blocking_params(""), Ok(None));
-        assert_eq!(blocking_params("_HLS_msn=5&_HLS_part=2"), Ok(Some((5, Some(2)))));
+        assert_eq!(
+            blocking_params("_HLS_msn=5&_HLS_part=2"),
+            Ok(Some((5, Some(2))))
+        );
         assert_eq!(blocking_params("_HLS_msn=5"), Ok(Some((5, None))));
         assert!(blocking_params("_HLS_part=2").is_err());
         assert!(blocking_params("_HLS_msn=x").is_err());

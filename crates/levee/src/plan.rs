@@ -3,7 +3,8 @@
 //!
 //! Pure arithmetic over the figures:
 //! - chunk duration from the latency asked for (e2e p99 ≈ `e2e_p99_per_chunk` × chunk, within
-//!   levee's 20–500 ms);
+//!   20–1,000 ms; 500 ms, levee's longest by default, when none is asked for; beyond 500 ms the
+//!   nodes need `--chunk-max-ms`);
 //! - CPU per listener-second at that chunk, interpolating the measured cost of one write
 //!   between the measured chunk durations;
 //! - per edge node: the listeners each resource allows at `headroom` (CPU, network, memory), the
@@ -193,13 +194,20 @@ pub fn cpu_at(points: &[WriteCost], chunk_ms: f64) -> f64 {
     per_write * 1000.0 / chunk_ms
 }
 
+/// Longest chunk levee serves by default (`--chunk-max-ms`), ms.
+pub const DEFAULT_MAX_CHUNK_MS: f64 = 500.0;
+/// Longest chunk a plan uses (a latency that allows more still gets this), ms.
+pub const MAX_CHUNK_MS: f64 = 1000.0;
+
 /// The fleet for `listeners` at `bitrate_bps`, with e2e p99 about `latency_ms` at most (the
-/// cheapest chunk, 500 ms, when `None`).
+/// default cadence's longest chunk, 500 ms, when `None`).
 pub fn plan(c: &Capacity, listeners: f64, bitrate_bps: f64, latency_ms: Option<f64>) -> Fleet {
     let m = &c.measured;
     let chunk_ms = latency_ms
-        .map_or(500.0, |l| ((l / m.e2e_p99_per_chunk) / 20.0).floor() * 20.0)
-        .clamp(20.0, 500.0);
+        .map_or(DEFAULT_MAX_CHUNK_MS, |l| {
+            ((l / m.e2e_p99_per_chunk) / 20.0).floor() * 20.0
+        })
+        .clamp(20.0, MAX_CHUNK_MS);
     let cpu_us = cpu_at(&m.write_cost, chunk_ms);
     let wire_bps = m.wire_bytes_per_listener_s * bitrate_bps / m.bitrate_bps;
     let kib = m.user_kib_per_listener + m.kernel_kib_per_listener;
@@ -262,7 +270,7 @@ pub fn render(c: &Capacity, f: &Fleet) -> String {
     let n = &c.node;
     format!(
         "{listeners} listeners: {nodes} edge node{s}, {nats} NATS servers\n\
-         \x20 cadence: {chunk:.0} ms chunks, e2e p99 about {e2e:.0} ms\n\
+         \x20 cadence: {chunk:.0} ms chunks, e2e p99 about {e2e:.0} ms{flag}\n\
          \x20 per listener: {cpu:.1} µs of CPU a second, {wire:.0} B/s on the wire, {kib:.2} KiB of memory, 1 file descriptor\n\
          \x20 edge node ({cores:.0} cores, {mem:.0} GiB, {nic:.0} Gbit/s, {head:.0} % used): {node} listeners; CPU would allow {pc}, network {pn}, memory {pm}\n\
          \x20 limited by: {limit}\n\
@@ -275,6 +283,11 @@ pub fn render(c: &Capacity, f: &Fleet) -> String {
         nats = f.nats_servers,
         chunk = f.chunk_ms,
         e2e = f.e2e_p99_ms,
+        flag = if f.chunk_ms > DEFAULT_MAX_CHUNK_MS {
+            format!(" (serve with --chunk-max-ms {:.0})", f.chunk_ms)
+        } else {
+            String::new()
+        },
         cpu = f.cpu_us,
         wire = f.wire_bps,
         kib = f.kib,
@@ -315,8 +328,13 @@ mod tests {
         // Between 360 and 500 ms the cost per write lies between the two measured ones.
         let mid = cpu_at(pts, 420.0) * 0.42;
         assert!(mid > 26.4 * 0.36 && mid < 20.2 * 0.5, "{mid}");
-        // Beyond the last point the cost per write is held.
-        assert!((cpu_at(pts, 1000.0) - 20.2 * 0.5).abs() < 1e-9);
+        // Beyond the last point (1,000 ms, measured in the cluster rehearsal) the cost per
+        // write is held.
+        let last = pts
+            .iter()
+            .find(|p| p.chunk_ms == 1000.0)
+            .expect("a 1,000-ms point");
+        assert!((cpu_at(pts, 2000.0) * 2.0 - last.cpu_us_per_listener_s).abs() < 1e-9);
     }
 
     #[test]
@@ -345,6 +363,13 @@ mod tests {
         assert_eq!(fast.chunk_ms, 60.0);
         assert!(fast.cpu_us > f.cpu_us * 3.0);
         assert!(render(&c, &f).contains("limited by: network"));
+        assert!(!render(&c, &f).contains("--chunk-max-ms"));
+        // A looser latency allows chunks past the default cadence, up to a second.
+        let slow = plan(&c, 8_000_000.0, 32_000.0, Some(1_500.0));
+        assert_eq!(slow.chunk_ms, 1000.0);
+        assert!(slow.cpu_us < f.cpu_us);
+        assert!(render(&c, &slow).contains("(serve with --chunk-max-ms 1000)"));
+        assert_eq!(plan(&c, 1e6, 32_000.0, Some(60_000.0)).chunk_ms, 1000.0);
     }
 
     #[test]

@@ -587,7 +587,11 @@ async fn a_space_is_found_on_every_node_the_moment_its_creation_is_answered() {
         let space = a.create_space(&format!("found at once {i}"));
         let id = space["id"].as_str().unwrap();
         let r = b.http("GET", &format!("/api/spaces/{id}"), &[], b"");
-        assert_eq!(r.status, 200, "space {i} on B right after its creation: {}", r.body);
+        assert_eq!(
+            r.status, 200,
+            "space {i} on B right after its creation: {}",
+            r.body
+        );
         let join = b.http("POST", &format!("/api/spaces/{id}/join"), &[], b"");
         assert_eq!(join.status, 200, "join on B: {}", join.body);
     }
@@ -598,7 +602,10 @@ async fn a_space_is_found_on_every_node_the_moment_its_creation_is_answered() {
     assert_eq!(r.status, 404, "{}", r.body);
     let r = b.http("GET", "/live/NOT_AN_ID.ogg", &[], b"");
     assert_eq!(r.status, 404, "{}", r.body);
-    assert_eq!(b.metric("levee_cluster_registry_lookups_total"), before + 1.0);
+    assert_eq!(
+        b.metric("levee_cluster_registry_lookups_total"),
+        before + 1.0
+    );
     assert_eq!(b.metric("levee_cluster_registry_errors_total"), 0.0);
 }
 
@@ -658,7 +665,12 @@ async fn a_spaces_admission_rate_holds_for_the_whole_cluster() {
         } else {
             &[]
         };
-        let r = node.http("POST", &format!("/api/spaces/{id}/join"), headers, body.as_bytes());
+        let r = node.http(
+            "POST",
+            &format!("/api/spaces/{id}/join"),
+            headers,
+            body.as_bytes(),
+        );
         (r.status, serde_json::from_str(&r.body).unwrap_or_default())
     };
     let mut waiting: Vec<(usize, String)> = Vec::new();
@@ -695,16 +707,25 @@ async fn a_spaces_admission_rate_holds_for_the_whole_cluster() {
         (total as f64) <= one_line * 1.3 && (total as f64) >= one_line * 0.6,
         "admitted {admitted:?} in {secs:.1} s: one line admits about {one_line:.0}"
     );
-    assert!(admitted.iter().all(|&n| n >= 3), "both nodes admit: {admitted:?}");
+    assert!(
+        admitted.iter().all(|&n| n >= 3),
+        "both nodes admit: {admitted:?}"
+    );
     // A place taken on A and presented on B keeps the wait it had left, on B's line.
     let (_, v) = join(&a, None);
-    let token = v["queue"]["token"].as_str().expect("still a line on A").to_owned();
+    let token = v["queue"]["token"]
+        .as_str()
+        .expect("still a line on A")
+        .to_owned();
     let (status, moved) = join(&b, Some(&token));
     assert!(matches!(status, 200 | 202), "{status} {moved}");
     if status == 202 {
         let back = moved["queue"]["position"].as_u64().unwrap();
         let line_b = waiting.iter().filter(|(n, _)| *n == 1).count() as u64;
-        assert!(back <= line_b + 1, "placed {back} behind on B, whose line holds {line_b}");
+        assert!(
+            back <= line_b + 1,
+            "placed {back} behind on B, whose line holds {line_b}"
+        );
     }
     assert!(b.metric("levee_join_queue_moved_total") >= 1.0);
 }

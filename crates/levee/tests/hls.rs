@@ -15,7 +15,11 @@ fn hint(pl: &str) -> (u64, u64) {
         .lines()
         .find(|l| l.starts_with("#EXT-X-PRELOAD-HINT:"))
         .unwrap_or_else(|| panic!("no preload hint in\n{pl}"));
-    let uri = line.split("URI=\"p").nth(1).unwrap().trim_end_matches(".m4s\"");
+    let uri = line
+        .split("URI=\"p")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(".m4s\"");
     let (m, p) = uri.split_once('.').unwrap();
     (m.parse().unwrap(), p.parse().unwrap())
 }
@@ -35,12 +39,20 @@ fn a_live_space_is_low_latency_hls_that_ffmpeg_plays() {
     let space = levee.create_space("hls");
     let id = space["id"].as_str().unwrap().to_owned();
     let url = space["urls"]["hls"].as_str().unwrap().to_owned();
-    assert!(url.ends_with(&format!("/live/{id}/hls/index.m3u8")), "{url}");
+    assert!(
+        url.ends_with(&format!("/live/{id}/hls/index.m3u8")),
+        "{url}"
+    );
     let _source = publish_sine(space["urls"]["source"].as_str().unwrap(), 1000, "32k", 30);
     levee.wait_live(&id, Duration::from_secs(10));
     let path = format!("/live/{id}/hls/index.m3u8");
     wait_until(Duration::from_secs(10), "two whole segments", || {
-        levee.http("GET", &path, &[], b"").body.matches("#EXTINF:").count() >= 2
+        levee
+            .http("GET", &path, &[], b"")
+            .body
+            .matches("#EXTINF:")
+            .count()
+            >= 2
     });
 
     let r = levee.http("GET", &path, &[], b"");
@@ -78,10 +90,18 @@ fn a_live_space_is_low_latency_hls_that_ffmpeg_plays() {
     assert!(waited < Duration::from_millis(1_000), "blocked {waited:?}");
     assert_eq!(header(&b, "cache-control"), "public, max-age=6");
     // The part and its cache headers; the same ETag gets 304.
-    let p = levee.http("GET", &format!("/live/{id}/hls/p{msn}.{part}.m4s"), &[], b"");
+    let p = levee.http(
+        "GET",
+        &format!("/live/{id}/hls/p{msn}.{part}.m4s"),
+        &[],
+        b"",
+    );
     assert_eq!(p.status, 200);
     assert_eq!(header(&p, "content-type"), "audio/mp4");
-    assert_eq!(header(&p, "cache-control"), "public, max-age=86400, immutable");
+    assert_eq!(
+        header(&p, "cache-control"),
+        "public, max-age=86400, immutable"
+    );
     let etag = header(&p, "etag").to_owned();
     let again = levee.http(
         "GET",
@@ -109,17 +129,33 @@ fn a_live_space_is_low_latency_hls_that_ffmpeg_plays() {
     }
     let r = levee.http("GET", &format!("{path}?_HLS_part=1"), &[], b"");
     assert_eq!(r.status, 400, "{}", r.body);
-    assert!(t.elapsed() < Duration::from_secs(1), "refusals took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "refusals took {:?}",
+        t.elapsed()
+    );
     let r = levee.http("GET", "/live/no-such-space/hls/index.m3u8", &[], b"");
     assert_eq!(r.status, 404);
 
     // ffprobe: one Opus stream at 48 kHz, two channels.
     let probe = Command::new("timeout")
-        .args(["20", "ffprobe", "-v", "error", "-show_streams", "-of", "json"])
+        .args([
+            "20",
+            "ffprobe",
+            "-v",
+            "error",
+            "-show_streams",
+            "-of",
+            "json",
+        ])
         .arg(&url)
         .output()
         .expect("ffprobe runs");
-    assert!(probe.status.success(), "{}", String::from_utf8_lossy(&probe.stderr));
+    assert!(
+        probe.status.success(),
+        "{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&probe.stdout).unwrap();
     let s = &v["streams"][0];
     assert_eq!(s["codec_name"], "opus", "{v}");
@@ -129,13 +165,24 @@ fn a_live_space_is_low_latency_hls_that_ffmpeg_plays() {
     // ffmpeg records 3 s of the tone from the playlist.
     let out = std::env::temp_dir().join(format!("levee-hls-{}.wav", std::process::id()));
     let status = Command::new("timeout")
-        .args(["30", "ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-i"])
+        .args([
+            "30",
+            "ffmpeg",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-nostdin",
+            "-i",
+        ])
         .arg(&url)
         .args(["-t", "3", "-ac", "1", "-ar", "48000", "-y"])
         .arg(&out)
         .status()
         .expect("ffmpeg runs");
-    assert!(status.success(), "ffmpeg could not record the HLS stream: {status}");
+    assert!(
+        status.success(),
+        "ffmpeg could not record the HLS stream: {status}"
+    );
     let (rate, _, samples) = read_wav(&std::fs::read(&out).unwrap());
     let _ = std::fs::remove_file(&out);
     let seconds = samples.len() as f64 / rate as f64;
@@ -181,7 +228,12 @@ fn a_ticketed_space_has_no_hls_and_a_silent_one_answers_in_bounded_time() {
     assert_eq!(r.status, 200);
     assert!(!r.body.contains("#EXTINF"), "{}", r.body);
     let t = Instant::now();
-    let r = levee.http("GET", &format!("/live/{id}/hls/index.m3u8?_HLS_msn=0"), &[], b"");
+    let r = levee.http(
+        "GET",
+        &format!("/live/{id}/hls/index.m3u8?_HLS_msn=0"),
+        &[],
+        b"",
+    );
     assert_eq!(r.status, 503, "{}", r.body);
     let waited = t.elapsed();
     assert!(

@@ -27,7 +27,13 @@ fn bx(out: &mut Vec<u8>, kind: &[u8; 4], body: impl FnOnce(&mut Vec<u8>)) {
 }
 
 /// A full box: version and 24-bit flags, then `body`.
-fn full(out: &mut Vec<u8>, kind: &[u8; 4], version: u8, flags: u32, body: impl FnOnce(&mut Vec<u8>)) {
+fn full(
+    out: &mut Vec<u8>,
+    kind: &[u8; 4],
+    version: u8,
+    flags: u32,
+    body: impl FnOnce(&mut Vec<u8>),
+) {
     bx(out, kind, |o| {
         o.push(version);
         o.extend_from_slice(&flags.to_be_bytes()[1..]);
@@ -211,7 +217,11 @@ mod tests {
         let mut out = Vec::new();
         while !b.is_empty() {
             let size = u32::from_be_bytes(b[..4].try_into().unwrap()) as usize;
-            assert!(size >= 8 && size <= b.len(), "box size {size} of {}", b.len());
+            assert!(
+                size >= 8 && size <= b.len(),
+                "box size {size} of {}",
+                b.len()
+            );
             out.push((b[4..8].try_into().unwrap(), &b[8..size]));
             b = &b[size..];
         }
@@ -236,19 +246,31 @@ mod tests {
         let init = init_segment(&head);
         let top: Vec<_> = boxes(&init).into_iter().map(|(k, _)| k).collect();
         assert_eq!(top, [*b"ftyp", *b"moov"]);
-        let stsd = child(&init, &[b"moov", b"trak", b"mdia", b"minf", b"stbl", b"stsd"]);
+        let stsd = child(
+            &init,
+            &[b"moov", b"trak", b"mdia", b"minf", b"stbl", b"stsd"],
+        );
         // Version/flags and entry count, then the Opus sample entry.
         let entry = boxes(&stsd[8..]);
         assert_eq!(entry[0].0, *b"Opus");
         let body = entry[0].1;
         assert_eq!(u16::from_be_bytes([body[16], body[17]]), 2, "channels");
-        assert_eq!(u32::from_be_bytes(body[24..28].try_into().unwrap()), 48_000 << 16);
+        assert_eq!(
+            u32::from_be_bytes(body[24..28].try_into().unwrap()),
+            48_000 << 16
+        );
         let dops = boxes(&body[28..]);
         assert_eq!(dops[0].0, *b"dOps");
         assert_eq!(dops[0].1[1], 2);
-        assert_eq!(u16::from_be_bytes([dops[0].1[2], dops[0].1[3]]), head.pre_skip);
+        assert_eq!(
+            u16::from_be_bytes([dops[0].1[2], dops[0].1[3]]),
+            head.pre_skip
+        );
         let mdhd = child(&init, &[b"moov", b"trak", b"mdia", b"mdhd"]);
-        assert_eq!(u32::from_be_bytes(mdhd[12..16].try_into().unwrap()), TIMESCALE);
+        assert_eq!(
+            u32::from_be_bytes(mdhd[12..16].try_into().unwrap()),
+            TIMESCALE
+        );
         // Every node writes the same bytes for the same stream.
         assert_eq!(init, init_segment(&head));
     }
