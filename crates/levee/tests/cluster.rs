@@ -476,6 +476,107 @@ async fn a_listener_whose_node_dies_resumes_on_another_through_the_shared_port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storm_listeners_whose_edge_dies_move_to_the_other_edge() {
+    let nats = Nats::start();
+    let origin = Levee::start(&["--nats", &nats.url, "--node", "origin"]);
+    let shared = format!("127.0.0.1:{}", free_port());
+    let mut edges: Vec<Levee> = ["storm-edge-1", "storm-edge-2"]
+        .iter()
+        .map(|name| {
+            Levee::start(&[
+                "--listen",
+                &shared,
+                "--reuse-port",
+                "--nats",
+                &nats.url,
+                "--node",
+                name,
+            ])
+        })
+        .collect();
+    let space = origin.create_space("storm through two edges");
+    let id = space["id"].as_str().unwrap().to_owned();
+    let _source = on_air(&origin, &space);
+    // 120 storm listeners through the shared address; dropped ones reconnect at once.
+    let json = std::env::temp_dir().join(format!("levee-storm-edge-{}.json", std::process::id()));
+    let mut storm = Command::new(env!("CARGO_BIN_EXE_levee"))
+        .args(["storm", "churn", "--server"])
+        .arg(format!("http://{shared}"))
+        .args([
+            "--space",
+            &id,
+            "--listeners",
+            "120",
+            "--ramp",
+            "1s",
+            "--waves",
+            "1",
+        ])
+        .args(["--wave-every", "7s", "--wave-fraction", "0", "--hold", "2s"])
+        .args([
+            "--reconnect",
+            "naive",
+            "--ogg-share",
+            "0.5",
+            "--sources",
+            "127.9.0.0/16",
+        ])
+        .args(["--quiet", "--json"])
+        .arg(&json)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("storm starts");
+    // Both edges hold listeners once the ramp is over; the one with more dies.
+    let open_files = |e: &Levee| {
+        std::fs::read_dir(format!("/proc/{}/fd", e.pid()))
+            .unwrap()
+            .count()
+    };
+    let base: Vec<usize> = edges.iter().map(open_files).collect();
+    let mut held = vec![0; 2];
+    wait_until(
+        Duration::from_secs(10),
+        "all 120 listeners on the edges",
+        || {
+            held = edges
+                .iter()
+                .zip(&base)
+                .map(|(e, b)| open_files(e).saturating_sub(*b))
+                .collect();
+            held.iter().sum::<usize>() >= 120
+        },
+    );
+    let victim = if held[0] >= held[1] { 0 } else { 1 };
+    drop(edges.remove(victim)); // SIGKILL
+    let living = &edges[0];
+    wait_until(
+        Duration::from_secs(5),
+        "the living edge to hold all 120",
+        || living.space(&id)["listeners_here"] == 120,
+    );
+    let status = storm.wait().expect("storm ends");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("storm's report")).unwrap();
+    let _ = std::fs::remove_file(&json);
+    let (l, s) = (&report["listeners"], &report["sessions"]);
+    println!(
+        "edge killed under {} of 120 storm listeners: sessions {s}, ttfa ms {}",
+        held[victim], report["ttfa_ms"]
+    );
+    assert!(status.code().is_some(), "storm ended by itself: {status}");
+    assert_eq!(l["joined"], 120, "{l}");
+    assert_eq!(l["failed"], 0, "{l}");
+    // Every listener of the dead edge was dropped once and joined again on the living one.
+    let dropped = s["dropped"].as_u64().unwrap();
+    assert!(
+        dropped >= held[victim] as u64 && dropped <= held[victim] as u64 + 5,
+        "{dropped} dropped, {} were on the dead edge",
+        held[victim]
+    );
+    assert!(s["joined"].as_u64().unwrap() >= 120 + dropped, "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listeners_elsewhere_wait_out_the_source_and_the_origin_node_dying() {
     let nats = Nats::start();
     let (a, b, space) = two_nodes(&nats.url, &[], "losing the origin");

@@ -122,3 +122,62 @@ pause_for = "1s"
     let _ = std::fs::remove_file(scenario);
     let _ = std::fs::remove_file(json);
 }
+
+#[test]
+fn every_listener_sees_its_server_die_batched_or_timed() {
+    // The server's end of the stream can come with the last bytes of a batched read; no
+    // listener may miss it (it would be counted as still listening, in silence).
+    let server = common::Levee::start(&[]);
+    let space = server.create_space("dies under its listeners");
+    let id = space["id"].as_str().unwrap().to_owned();
+    let _source = common::publish_sine(space["urls"]["source"].as_str().unwrap(), 1000, "32k", 30);
+    server.wait_live(&id, Duration::from_secs(10));
+    let json = temp("storm-dies.json");
+    let mut child = Command::new(LEVEE)
+        .args(["storm", "churn", "--server", &server.base, "--space", &id])
+        .args([
+            "--listeners",
+            "40",
+            "--ramp",
+            "1s",
+            "--waves",
+            "1",
+            "--wave-every",
+            "4s",
+        ])
+        .args([
+            "--wave-fraction",
+            "0",
+            "--hold",
+            "1s",
+            "--reconnect",
+            "naive",
+        ])
+        .args([
+            "--ogg-share",
+            "0.5",
+            "--sources",
+            "127.10.0.0/16",
+            "--quiet",
+            "--json",
+        ])
+        .arg(&json)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("storm starts");
+    common::wait_until(Duration::from_secs(10), "40 listeners", || {
+        server.space(&id)["listeners"] == 40
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    drop(server); // SIGKILL: only the kernel's FIN tells the listeners
+    let _ = child.wait();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("storm's report")).unwrap();
+    let _ = std::fs::remove_file(&json);
+    assert_eq!(report["listeners"]["joined"], 40, "{}", report["listeners"]);
+    assert_eq!(
+        report["sessions"]["dropped"], 40,
+        "every listener saw the server go: {}",
+        report["sessions"]
+    );
+}

@@ -430,8 +430,9 @@ pub struct Worker {
     joining: usize,
     timers: BinaryHeap<Reverse<(u64, u32, u32)>>,
     buf: Vec<u8>,
-    /// Keys read in one batched drain (kept to reuse its memory).
-    ready: Vec<u32>,
+    /// Keys read in one batched drain, and whether the peer's end came (kept to reuse its
+    /// memory).
+    ready: Vec<(u32, bool)>,
     shared: Arc<Mutex<Shard>>,
     agg: Aggregate,
     lag: Hist,
@@ -549,7 +550,7 @@ impl Worker {
                 if ev.token() == WAKER {
                     self.take_joins(&mut sh);
                 } else {
-                    self.on_event(ev.token().0 as u32, &mut sh);
+                    self.on_event(ev.token().0 as u32, ev.is_read_closed(), &mut sh);
                 }
             }
         }
@@ -781,7 +782,9 @@ impl Worker {
         }
     }
 
-    fn on_event(&mut self, key: u32, sh: &mut Shard) {
+    /// A readiness event of listener `key`; `closed`: the peer's end of the stream came with
+    /// it.
+    fn on_event(&mut self, key: u32, closed: bool, sh: &mut Shard) {
         let now = now_us();
         let ep = &self.ctx.ep;
         let Some(l) = self.table[key as usize].as_mut() else {
@@ -825,20 +828,27 @@ impl Worker {
             }
             a.phase = Phase::Head(Vec::new());
         }
-        self.read(key, sh);
+        self.read(key, closed, sh);
     }
 
-    /// Reads what the socket has and feeds it on.
-    fn read(&mut self, key: u32, sh: &mut Shard) {
+    /// Reads what the socket has and feeds it on; with `closed`, on to the end of the stream
+    /// (the event that announced it may have come with the last bytes, and no other follows).
+    fn read(&mut self, key: u32, closed: bool, sh: &mut Shard) {
         let mut buf = std::mem::take(&mut self.buf);
-        let out = self.read_with(key, &mut buf, sh);
+        let out = self.read_with(key, closed, &mut buf, sh);
         self.buf = buf;
         if let Err(f) = out {
             self.end(key, Err(f), sh);
         }
     }
 
-    fn read_with(&mut self, key: u32, buf: &mut [u8], sh: &mut Shard) -> Result<(), Failure> {
+    fn read_with(
+        &mut self,
+        key: u32,
+        closed: bool,
+        buf: &mut [u8],
+        sh: &mut Shard,
+    ) -> Result<(), Failure> {
         for _ in 0..READS_PER_EVENT {
             let Some(a) = attempt_mut(&mut self.table, key) else {
                 return Ok(());
@@ -913,7 +923,9 @@ impl Worker {
             if let Some(done) = self.after_feed(key, sh) {
                 return done;
             }
-            if n < buf.len() {
+            // A short read took everything there was, unless the end of the stream is
+            // pending behind it.
+            if n < buf.len() && !closed {
                 return Ok(());
             }
         }
@@ -975,9 +987,13 @@ impl Worker {
             }
             let mut ready = std::mem::take(&mut self.ready);
             ready.clear();
-            ready.extend(events.iter().map(|e| e.token().0 as u32));
-            for &key in &ready {
-                self.read(key, sh);
+            ready.extend(
+                events
+                    .iter()
+                    .map(|e| (e.token().0 as u32, e.is_read_closed())),
+            );
+            for &(key, closed) in &ready {
+                self.read(key, closed, sh);
             }
             self.ready = ready;
             if events.iter().count() < EVENTS {
