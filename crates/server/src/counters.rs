@@ -28,6 +28,23 @@ pub struct NodeCounters {
     pub bad_requests: AtomicU64,
     /// Ingest errors by reason (`levee_ingest_errors_total{reason}`).
     pub ingest_errors: IngestErrorCounters,
+    /// HLS requests answered, by kind (`levee_hls_requests_total{kind}`).
+    pub hls: HlsCounters,
+}
+
+/// HLS requests this node answered, by kind: what reaches the origin behind a cache.
+#[derive(Debug, Default)]
+pub struct HlsCounters {
+    /// Playlists without blocking.
+    pub playlist: AtomicU64,
+    /// Blocking playlist reloads (`_HLS_msn`).
+    pub blocking: AtomicU64,
+    /// Parts.
+    pub part: AtomicU64,
+    /// Whole segments.
+    pub segment: AtomicU64,
+    /// Init segments.
+    pub init: AtomicU64,
 }
 
 /// One counter per ingest refusal reason, indexed by the reason (no string lookup).

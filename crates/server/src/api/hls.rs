@@ -15,6 +15,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use levee_core::hls::{self, File, Hls, Lookup};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -112,6 +113,11 @@ pub(super) async fn playlist(
         Ok(b) => b,
         Err(why) => return not_there(StatusCode::BAD_REQUEST, why),
     };
+    let c = &hub.node.hls;
+    match blocking {
+        Some(_) => c.blocking.fetch_add(1, Relaxed),
+        None => c.playlist.fetch_add(1, Relaxed),
+    };
     if let Some((msn, part)) = blocking {
         if space.track.hls(|h, _| h.too_far(msn)) {
             return not_there(
@@ -171,6 +177,12 @@ pub(super) async fn file(
     let space = match space_of(&hub, &id).await {
         Ok(s) => s,
         Err(r) => return r,
+    };
+    let c = &hub.node.hls;
+    match f {
+        File::Init => c.init.fetch_add(1, Relaxed),
+        File::Part(..) => c.part.fetch_add(1, Relaxed),
+        File::Segment(_) => c.segment.fetch_add(1, Relaxed),
     };
     let look = |h: &Hls| match f {
         File::Init => Lookup::Ready(h.init()),

@@ -71,6 +71,21 @@ pub fn render(hub: &Hub) -> String {
             node.ingest_errors.get(r)
         );
     }
+    let _ = writeln!(out, "# HELP levee_hls_requests_total HLS requests answered, by kind.\n# TYPE levee_hls_requests_total counter");
+    let h = &node.hls;
+    for (kind, v) in [
+        ("playlist", &h.playlist),
+        ("blocking", &h.blocking),
+        ("part", &h.part),
+        ("segment", &h.segment),
+        ("init", &h.init),
+    ] {
+        let _ = writeln!(
+            out,
+            "levee_hls_requests_total{{kind=\"{kind}\"}} {}",
+            v.load(Relaxed)
+        );
+    }
     type Field = fn(&TrackCounters) -> &[AtomicU64; 2];
     let per_format: [(&str, &str, &str, Field); 7] = [
         (

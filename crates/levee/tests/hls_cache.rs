@@ -1,0 +1,205 @@
+//! LL-HLS through a real nginx cache (`deploy/nginx/nginx.conf`, as shipped): hundreds of
+//! players following the live edge with blocking reloads get every part, while what reaches
+//! levee stays about one request per part and per playlist state, and does not grow with the
+//! players.
+
+mod common;
+use common::*;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// nginx running the shipped configuration in front of `levee`, killed when dropped.
+struct Nginx {
+    child: Child,
+    addr: SocketAddr,
+    prefix: std::path::PathBuf,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.prefix);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Nginx {
+    fn start(levee: SocketAddr) -> Nginx {
+        require_tool("nginx");
+        let prefix = std::env::temp_dir().join(format!("levee-nginx-{}", std::process::id()));
+        std::fs::create_dir_all(&prefix).unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/nginx/nginx.conf");
+        let conf = std::fs::read_to_string(shipped)
+            .expect("deploy/nginx/nginx.conf")
+            .replace("@LISTEN@", &addr.to_string())
+            .replace("@LEVEE@", &levee.to_string())
+            .replace("@PREFIX@", prefix.to_str().unwrap());
+        std::fs::write(prefix.join("nginx.conf"), conf).unwrap();
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(&prefix)
+            .arg("-c")
+            .arg(prefix.join("nginx.conf"))
+            .args(["-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("nginx starts");
+        let n = Nginx {
+            child,
+            addr,
+            prefix,
+        };
+        wait_until(Duration::from_secs(10), "nginx accepts", || {
+            std::net::TcpStream::connect(addr).is_ok()
+        });
+        n
+    }
+}
+
+/// The (msn, part) of the preload hint of a playlist.
+fn hint(pl: &str) -> Option<(u64, u64)> {
+    let line = pl.lines().find(|l| l.starts_with("#EXT-X-PRELOAD-HINT:"))?;
+    let uri = line.split("URI=\"p").nth(1)?.trim_end_matches(".m4s\"");
+    let (m, p) = uri.split_once('.')?;
+    Some((m.parse().ok()?, p.parse().ok()?))
+}
+
+#[derive(Default)]
+struct Seen {
+    parts: HashSet<(u64, u64)>,
+    reloads: HashSet<(u64, u64)>,
+    answers: u64,
+    failures: Vec<String>,
+    hits: u64,
+}
+
+/// `players` players through `cache` for `secs`: each reloads the playlist for the hinted part
+/// (blocking), then fetches that part, as an LL-HLS player at the live edge does.
+fn play(players: usize, secs: u64, cache: SocketAddr, id: &str) -> Seen {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let end = Instant::now() + Duration::from_secs(secs);
+    let threads: Vec<_> = (0..players)
+        .map(|i| {
+            let (seen, id) = (seen.clone(), id.to_owned());
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis((i as u64 * 7) % 250));
+                let path = format!("/live/{id}/hls/index.m3u8");
+                let first = http(cache, "GET", &path, &[], b"");
+                let mut next = hint(&first.body);
+                while Instant::now() < end {
+                    let Some((m, p)) = next else { break };
+                    let r = http(
+                        cache,
+                        "GET",
+                        &format!("{path}?_HLS_msn={m}&_HLS_part={p}"),
+                        &[],
+                        b"",
+                    );
+                    let part = http(
+                        cache,
+                        "GET",
+                        &format!("/live/{id}/hls/p{m}.{p}.m4s"),
+                        &[],
+                        b"",
+                    );
+                    let mut s = seen.lock().unwrap();
+                    s.answers += 2;
+                    s.hits += [&r, &part]
+                        .iter()
+                        .filter(|x| x.head.contains("X-Cache-Status: HIT"))
+                        .count() as u64;
+                    if r.status != 200 || part.status != 200 {
+                        s.failures
+                            .push(format!("{m}.{p}: {} {}", r.status, part.status));
+                        next = None;
+                        continue;
+                    }
+                    s.reloads.insert((m, p));
+                    s.parts.insert((m, p));
+                    next = hint(&r.body);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    Arc::try_unwrap(seen).ok().unwrap().into_inner().unwrap()
+}
+
+/// What reached levee: (blocking reloads, parts).
+fn origin(levee: &Levee) -> (f64, f64) {
+    (
+        levee.metric("levee_hls_requests_total{kind=\"blocking\"}"),
+        levee.metric("levee_hls_requests_total{kind=\"part\"}"),
+    )
+}
+
+#[test]
+fn through_nginx_the_origin_load_stays_flat_as_players_grow() {
+    let levee = Levee::start(&[]);
+    let space = levee.create_space("hls behind a cache");
+    let id = space["id"].as_str().unwrap().to_owned();
+    let _source = publish_sine(space["urls"]["source"].as_str().unwrap(), 1000, "32k", 60);
+    levee.wait_live(&id, Duration::from_secs(10));
+    wait_until(Duration::from_secs(10), "a whole segment", || {
+        levee
+            .http("GET", &format!("/live/{id}/hls/index.m3u8"), &[], b"")
+            .body
+            .contains("#EXTINF:")
+    });
+    let nginx = Nginx::start(levee.addr);
+    let mut per_part = Vec::new();
+    for players in [50, 200] {
+        let before = origin(&levee);
+        let seen = play(players, 4, nginx.addr, &id);
+        let after = origin(&levee);
+        let (reloads, parts) = (after.0 - before.0, after.1 - before.1);
+        println!(
+            "{players} players through nginx: {} answers ({} cache hits), {} parts and {} playlist states seen; levee served {parts} part and {reloads} blocking-reload requests",
+            seen.answers,
+            seen.hits,
+            seen.parts.len(),
+            seen.reloads.len()
+        );
+        assert!(
+            seen.failures.len() as u64 * 100 <= seen.answers,
+            "{players} players: {:?}",
+            &seen.failures[..seen.failures.len().min(10)]
+        );
+        assert!(
+            seen.parts.len() >= 10,
+            "{players} players saw {} parts",
+            seen.parts.len()
+        );
+        // About one request per object reaches levee, whatever the players.
+        let distinct = seen.parts.len() as f64;
+        assert!(
+            parts <= distinct * 1.5 + 2.0,
+            "{players} players: levee served {parts} part requests for {distinct} parts"
+        );
+        assert!(
+            reloads <= seen.reloads.len() as f64 * 1.5 + 2.0,
+            "{players} players: levee held {reloads} reloads for {} states",
+            seen.reloads.len()
+        );
+        per_part.push((parts + reloads) / distinct);
+    }
+    assert!(
+        per_part[1] <= per_part[0] * 1.5 + 0.5,
+        "origin requests per part grew with the players: {per_part:?}"
+    );
+}
