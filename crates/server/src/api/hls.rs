@@ -31,6 +31,14 @@ const PLAYLIST_TYPE: &str = "application/vnd.apple.mpegurl";
 const MEDIA_TYPE: &str = "audio/mp4";
 const IMMUTABLE: &str = "public, max-age=86400, immutable";
 
+/// HLS of an open space is public: players on any site (and caches) may read it.
+fn public(r: &mut Response) {
+    r.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+}
+
 async fn space_of(hub: &Hub, id: &str) -> Result<Arc<Space>, Response> {
     let space = hub
         .find(id)
@@ -87,6 +95,7 @@ fn media(bytes: Bytes, etag: String, headers: &HeaderMap) -> Response {
     if let Ok(v) = HeaderValue::from_str(&etag) {
         h.insert(header::ETAG, v);
     }
+    public(&mut r);
     r
 }
 
@@ -95,6 +104,7 @@ fn not_there(status: StatusCode, why: &str) -> Response {
     // A miss may be there a moment later: caches must not keep it.
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    public(&mut r);
     r
 }
 
@@ -162,6 +172,7 @@ pub(super) async fn playlist(
     if let Ok(v) = HeaderValue::from_str(&etag) {
         h.insert(header::ETAG, v);
     }
+    public(&mut r);
     r
 }
 
