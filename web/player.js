@@ -61,12 +61,15 @@
   const parts = location.pathname.split('/').filter(Boolean); // ["space", id, ...]
   const spaceId = decodeURIComponent(parts[1] || '');
   const apiUrl = `/api/spaces/${encodeURIComponent(spaceId)}`;
+  // ?via=hls: play LL-HLS (what a cache or CDN carries) instead of the WebSocket.
+  const VIA = new URLSearchParams(location.search).get('via');
 
   // Numbers exposed for tests and curious people.
   const levee = {
     state: 'idle',          // idle | connecting | buffering | playing | waiting | reconnecting | ended | error
     spaceState: null,       // scheduled | live | ended, from the API
-    mode: null,             // "websocket" (WebCodecs) or "ogg" (<audio> fallback)
+    mode: null,             // "websocket" (WebCodecs), "hls" (LL-HLS through Media Source) or "ogg" (<audio>)
+    hlsParts: 0,            // LL-HLS parts appended (mode "hls")
     framesReceived: 0,
     framesDecoded: 0,
     framesScheduled: 0,
@@ -105,7 +108,7 @@
     enumerable: true,
     get() {
       if (ctx) return ctx.currentTime;
-      if (levee.mode === 'ogg') return ui.audio.currentTime;
+      if (levee.mode === 'ogg' || levee.mode === 'hls') return ui.audio.currentTime;
       return 0;
     },
   });
@@ -207,6 +210,7 @@
     ui.pow.textContent = fmt(levee.powMs);
     ui.mode.textContent = levee.mode === 'websocket'
       ? 'WebSocket + WebCodecs'
+      : levee.mode === 'hls' ? 'LL-HLS (fMP4/Opus) through Media Source'
       : levee.mode === 'ogg' ? 'Ogg/Opus stream in <audio>' : '–';
   }
 
@@ -291,6 +295,10 @@
     levee.lastSeq = null; // what was missed while stopped is not a gap
     latencyEma = null;
     renderButton();
+    if (VIA === 'hls') {
+      startHls('asked for with ?via=hls');
+      return;
+    }
     if (typeof AudioDecoder === 'undefined' || typeof AudioContext === 'undefined') {
       startFallback('This browser has no WebCodecs AudioDecoder');
       return;
@@ -326,6 +334,7 @@
     closeDecoder();
     closeContext();
     stopFallback();
+    stopHls();
     setState('idle', message);
   }
 
@@ -336,6 +345,7 @@
     closeSocket(1000, '');
     closeDecoder();
     stopFallback();
+    stopHls();
     levee.spaceState = 'ended';
     if (info) info.state = 'ended';
     renderSpace();
@@ -392,14 +402,18 @@
     ws = sock;
     sock.onopen = () => {
       if (ws !== sock) return;
+      wsRefusedInARow = 0;
       setState('buffering', 'Connected; waiting for audio…');
     };
     sock.onmessage = (ev) => {
       if (ws !== sock || typeof ev.data === 'string') return;
       onMessage(ev.data);
     };
+    let opened = false;
+    sock.addEventListener('open', () => { opened = true; });
     sock.onclose = (ev) => {
       levee.lastClose = { code: ev.code, reason: ev.reason };
+      if (!opened) wsRefusedInARow += 1;
       if (ws !== sock) return;
       ws = null;
       onClose(ev);
@@ -433,6 +447,12 @@
         ended();
       } else if (levee.mode === 'ogg') {
         playFallback();
+      } else if (levee.mode === 'hls') {
+        playHls();
+      } else if (wsRefusedInARow >= WS_TRIES_BEFORE_HLS && hlsSupported()) {
+        closeDecoder();
+        closeContext();
+        startHls('WebSockets do not get through here');
       } else {
         connect();
       }
@@ -617,6 +637,157 @@
     playhead += buffer.duration;
 
     if (levee.state !== 'playing' && wanted) setState('playing', 'Playing live.');
+  }
+
+  // ---------------------------------------------------------------- LL-HLS (Media Source)
+  //
+  // The space's LL-HLS (docs/protocol.md, "Low-Latency HLS") played through Media Source:
+  // the init segment, then part after part from three parts behind the live edge (the
+  // playlist's PART-HOLD-BACK). levee holds a request for the next part until it is sealed,
+  // so the loop asks for each part as soon as the previous one is in; after the last part of
+  // a segment (the playlist shows how many a segment has) comes the next segment's first part.
+  // Anything else missing
+  // (fell behind, the source was away) goes back to the live edge through the playlist.
+
+  const HLS_TYPE = 'audio/mp4; codecs="opus"';
+  const HLS_START_PARTS = 3;      // parts behind the live edge to start from
+  const HLS_KEEP_S = 30;          // audio kept in the buffer behind the playhead
+  const WS_TRIES_BEFORE_HLS = 3;  // WebSockets that never opened, in a row, before trying HLS
+  let wsRefusedInARow = 0;
+  let hlsGen = 0;                 // bumped by every start and stop: an older loop ends itself
+
+  function hlsSupported() {
+    return typeof MediaSource !== 'undefined' && MediaSource.isTypeSupported(HLS_TYPE);
+  }
+
+  function hlsUrl(name) {
+    return `/live/${encodeURIComponent(spaceId)}/hls/${name}`;
+  }
+
+  /** [msn, part] of the part `back` parts before the playlist's preload hint. */
+  function hlsStart(playlist, back) {
+    const uris = [...playlist.matchAll(/#EXT-X-PART:[^\n]*URI="p(\d+)\.(\d+)\.m4s"/g)]
+      .map((m) => [Number(m[1]), Number(m[2])]);
+    const hint = /#EXT-X-PRELOAD-HINT:[^\n]*URI="p(\d+)\.(\d+)\.m4s"/.exec(playlist);
+    if (uris.length) return uris[Math.max(0, uris.length - back)];
+    return hint ? [Number(hint[1]), Number(hint[2])] : null;
+  }
+
+  /** Parts per segment, from the parts the playlist lists before a whole segment (4). */
+  function hlsPartsPerSegment(playlist) {
+    let run = 0;
+    let most = 0;
+    for (const line of playlist.split('\n')) {
+      if (line.startsWith('#EXT-X-PART:')) run += 1;
+      else if (line.startsWith('#EXTINF:')) { most = Math.max(most, run); run = 0; }
+    }
+    return most || 4;
+  }
+
+  function startHls(why) {
+    if (!hlsSupported()) {
+      startFallback(`${why}, and this browser cannot play LL-HLS`);
+      return;
+    }
+    levee.mode = 'hls';
+    ui.audio.onplaying = () => { if (wanted) setState('playing', `Playing live (${why}; LL-HLS).`); };
+    ui.audio.onwaiting = () => { if (wanted) setState('buffering', 'Buffering…'); };
+    ui.audio.onerror = null;
+    ui.audio.onended = null;
+    playHls();
+  }
+
+  async function playHls() {
+    if (!wanted) return;
+    if (!await join()) return;
+    const gen = ++hlsGen;
+    const live = () => gen === hlsGen && wanted;
+    setState('connecting', 'Connecting…');
+    const ms = new MediaSource();
+    ui.audio.volume = Number(ui.volume.value);
+    ui.audio.src = URL.createObjectURL(ms);
+    ui.audio.play().catch((e) => {
+      if (wanted && e.name === 'NotAllowedError') stop('The browser blocked playback; press Play again.');
+    });
+    try {
+      await new Promise((resolve) => ms.addEventListener('sourceopen', resolve, { once: true }));
+      const sb = ms.addSourceBuffer(HLS_TYPE);
+      const done = (start) => new Promise((resolve, reject) => {
+        const ok = () => { sb.removeEventListener('error', bad); resolve(); };
+        const bad = () => { sb.removeEventListener('updateend', ok); reject(new Error('the audio buffer refused a part')); };
+        sb.addEventListener('updateend', ok, { once: true });
+        sb.addEventListener('error', bad, { once: true });
+        start();
+      });
+      const get = (name) => fetch(hlsUrl(name));
+      const append = (bytes) => done(() => sb.appendBuffer(bytes));
+      const init = await get('init.mp4');
+      if (init.status === 403) {
+        // HLS carries open spaces only: this one needs a ticket, which the Ogg stream takes.
+        stopHls();
+        startFallback('this space needs a ticket, which LL-HLS cannot carry');
+        return;
+      }
+      if (!init.ok) throw new Error(`init.mp4 answered ${init.status}`);
+      await append(await init.arrayBuffer());
+      const first = await get('index.m3u8');
+      if (!first.ok) throw new Error(`the playlist answered ${first.status}`);
+      const text = await first.text();
+      let perSegment = hlsPartsPerSegment(text);
+      let at = hlsStart(text, HLS_START_PARTS);
+      while (live()) {
+        if (!at) {
+          // Nothing on air yet: wait (bounded by the server) for the first part.
+          const r = await get('index.m3u8?_HLS_msn=0');
+          if (!live()) break;
+          at = r.ok ? hlsStart(await r.text(), HLS_START_PARTS) : null;
+          if (!at) await new Promise((res) => setTimeout(res, 1000));
+          continue;
+        }
+        const [msn, part] = at;
+        const r = await get(`p${msn}.${part}.m4s`);
+        if (!live()) break;
+        if (r.ok) {
+          await append(await r.arrayBuffer());
+          levee.hlsParts += 1;
+          if (levee.hlsParts === 1 && sb.buffered.length && ui.audio.currentTime < sb.buffered.start(0)) {
+            // The stream's timeline starts where the space is, not at 0.
+            ui.audio.currentTime = sb.buffered.start(0);
+          }
+          const now = ui.audio.currentTime;
+          if (sb.buffered.length && now - sb.buffered.start(0) > HLS_KEEP_S + 10) {
+            await done(() => sb.remove(0, now - HLS_KEEP_S));
+          }
+          at = part + 1 < perSegment ? [msn, part + 1] : [msn + 1, 0];
+        } else if (r.status === 410 && part > 0) {
+          // Past the last part of its segment (fewer parts than thought).
+          perSegment = part;
+          at = [msn + 1, 0];
+        } else if (r.status === 404 || r.status === 410) {
+          const pl = await get(`index.m3u8?_HLS_msn=${msn}`);
+          if (!live()) break;
+          const text = pl.ok ? await pl.text() : '';
+          if (text.includes('#EXT-X-ENDLIST')) {
+            if (ms.readyState === 'open') ms.endOfStream();
+            break;
+          }
+          at = hlsStart(text, HLS_START_PARTS);
+        } else {
+          throw new Error(`p${msn}.${part}.m4s answered ${r.status}`);
+        }
+      }
+    } catch (e) {
+      if (live()) scheduleRetry(`The HLS stream stopped (${e.message}).`);
+    }
+  }
+
+  function stopHls() {
+    hlsGen += 1;
+    if (levee.mode !== 'hls') return;
+    ui.audio.onplaying = ui.audio.onwaiting = null;
+    ui.audio.pause();
+    ui.audio.removeAttribute('src');
+    ui.audio.load();
   }
 
   // ---------------------------------------------------------------- <audio> fallback

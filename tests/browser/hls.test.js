@@ -78,3 +78,59 @@ describe('LL-HLS in headless chromium', () => {
     await page.close();
   });
 });
+
+describe('the web player over LL-HLS', () => {
+  let server = null;
+  let browser = null;
+  let source = null;
+  let space = null;
+
+  before(async () => {
+    server = await startServer();
+    browser = await launchBrowser([server.base]);
+    space = await createSpace(server.base, 'Web player over HLS');
+    source = publishSine(space.urls.source, 440);
+    const deadline = Date.now() + WAIT_MS;
+    while (!(await (await fetch(space.urls.hls)).text()).includes('#EXTINF:')) {
+      if (Date.now() > deadline) assert.fail(`no segment in the playlist${serverNote()}`);
+      await new Promise((res) => setTimeout(res, 200));
+    }
+  });
+
+  after(async () => {
+    if (browser) await browser.close();
+    if (source) source.stop();
+    if (server) server.stop();
+  });
+
+  /** Plays the space page opened with `query`, `setup` routing its page first. */
+  async function playPage(query, setup) {
+    const page = await browser.openPage(`${server.base}/space/${space.id}${query}`, undefined, setup);
+    await page.locator('#play:not([disabled])').waitFor({ timeout: WAIT_MS });
+    await page.click('#play');
+    return page;
+  }
+
+  test('?via=hls plays the live space through Media Source', async (t) => {
+    const page = await playPage('?via=hls');
+    const a = await waitFor(page, 'levee', (x) => x.mode === 'hls' && x.state === 'playing' && x.hlsParts >= 4,
+      'the page to play LL-HLS');
+    const b = await waitFor(page, 'levee', (x) => x.playbackClock - a.playbackClock >= 1.0 && x.hlsParts > a.hlsParts + 3,
+      'the playback clock to advance 1 s on new parts', 5000);
+    assert.match(await page.locator('#stat-mode').textContent(), /LL-HLS/);
+    assert.deepEqual(page.leveeErrors, [], 'no errors on the page');
+    t.diagnostic(`hls page: ${JSON.stringify({ parts: b.hlsParts, clock: b.playbackClock, state: b.state })}`);
+    await page.close();
+  });
+
+  test('where WebSockets do not get through, the page falls back to LL-HLS', async () => {
+    const page = await playPage('', async (p) => {
+      // A network that drops every WebSocket before it opens.
+      await p.routeWebSocket(/\/live\//, (ws) => ws.close({ code: 1006, reason: 'blocked' }));
+    });
+    const s = await waitFor(page, 'levee', (x) => x.mode === 'hls' && x.state === 'playing' && x.hlsParts >= 4,
+      'the page to fall back to LL-HLS and play', 30000);
+    assert.ok(s.reconnects >= 3, `it tried the WebSocket first: ${JSON.stringify(s)}`);
+    await page.close();
+  });
+});
