@@ -1,7 +1,8 @@
 //! LL-HLS through a real nginx cache (`deploy/nginx/nginx.conf`, as shipped): hundreds of
 //! players following the live edge with blocking reloads get every part, while what reaches
 //! levee stays about one request per part and per playlist state, and does not grow with the
-//! players.
+//! players. Also measures how late each part reaches a player, from the capture of its first
+//! packet (the playlist's program date time), directly and through nginx.
 
 mod common;
 use common::*;
@@ -84,11 +85,33 @@ struct Seen {
     answers: u64,
     failures: Vec<String>,
     hits: u64,
+    /// Capture of each fetched part's first packet to its arrival at the player, ms.
+    late_ms: Vec<f64>,
+}
+
+/// Capture time of part `part` of segment `msn`: its segment's program date time plus the
+/// parts before it (240 ms each; the test's source never pauses).
+fn captured(pl: &str, msn: u64, part: u64) -> Option<std::time::SystemTime> {
+    let mut pdt = None;
+    for line in pl.lines() {
+        if let Some(t) = line.strip_prefix("#EXT-X-PROGRAM-DATE-TIME:") {
+            pdt = humantime::parse_rfc3339(t).ok();
+        } else if line.contains(&format!("URI=\"p{msn}.")) {
+            return pdt.map(|t| t + Duration::from_millis(240 * part));
+        }
+    }
+    None
+}
+
+/// The `q`-quantile of `v` (sorted here).
+fn quantile(v: &mut [f64], q: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * q).round() as usize]
 }
 
 /// `players` players through `cache` for `secs`: each reloads the playlist for the hinted part
 /// (blocking), then fetches that part, as an LL-HLS player at the live edge does.
-fn play(players: usize, secs: u64, cache: SocketAddr, id: &str) -> Seen {
+fn play(players: usize, secs: u64, cache: SocketAddr, id: &str, direct: bool) -> Seen {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let end = Instant::now() + Duration::from_secs(secs);
     let threads: Vec<_> = (0..players)
@@ -96,6 +119,16 @@ fn play(players: usize, secs: u64, cache: SocketAddr, id: &str) -> Seen {
             let (seen, id) = (seen.clone(), id.to_owned());
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis((i as u64 * 7) % 250));
+                // Players straight at levee come from addresses of their own, as an audience
+                // does (levee limits what one address may ask).
+                let src: Option<std::net::IpAddr> = direct.then(|| {
+                    format!("127.11.{}.{}", i / 200, 1 + i % 200)
+                        .parse()
+                        .unwrap()
+                });
+                let http = |a: SocketAddr, m: &str, p: &str, h: &[(&str, &str)], b: &[u8]| {
+                    http_via(src, a, m, p, h, b)
+                };
                 let path = format!("/live/{id}/hls/index.m3u8");
                 let first = http(cache, "GET", &path, &[], b"");
                 let mut next = hint(&first.body);
@@ -115,7 +148,13 @@ fn play(players: usize, secs: u64, cache: SocketAddr, id: &str) -> Seen {
                         &[],
                         b"",
                     );
+                    let arrived = std::time::SystemTime::now();
                     let mut s = seen.lock().unwrap();
+                    if let Some(late) =
+                        captured(&r.body, m, p).and_then(|c| arrived.duration_since(c).ok())
+                    {
+                        s.late_ms.push(late.as_secs_f64() * 1e3);
+                    }
                     s.answers += 2;
                     s.hits += [&r, &part]
                         .iter()
@@ -162,18 +201,42 @@ fn through_nginx_the_origin_load_stays_flat_as_players_grow() {
             .contains("#EXTINF:")
     });
     let nginx = Nginx::start(levee.addr);
+    // Straight at levee first: every request reaches it.
+    let mut direct = play(50, 4, levee.addr, &id, true);
+    assert!(
+        direct.failures.is_empty(),
+        "{:?}",
+        &direct.failures[..direct.failures.len().min(10)]
+    );
+    let (p50, p99) = (
+        quantile(&mut direct.late_ms, 0.5),
+        quantile(&mut direct.late_ms, 0.99),
+    );
+    println!(
+        "50 players straight at levee: {} parts; a part reaches its player {p50:.0} ms (p50), {p99:.0} ms (p99) after its first packet's capture",
+        direct.parts.len()
+    );
+    assert!(p99 < 1_500.0, "parts came late: p99 {p99:.0} ms");
     let mut per_part = Vec::new();
     for players in [50, 200] {
         let before = origin(&levee);
-        let seen = play(players, 4, nginx.addr, &id);
+        let mut seen = play(players, 4, nginx.addr, &id, false);
         let after = origin(&levee);
         let (reloads, parts) = (after.0 - before.0, after.1 - before.1);
+        let (p50, p99) = (
+            quantile(&mut seen.late_ms, 0.5),
+            quantile(&mut seen.late_ms, 0.99),
+        );
         println!(
-            "{players} players through nginx: {} answers ({} cache hits), {} parts and {} playlist states seen; levee served {parts} part and {reloads} blocking-reload requests",
+            "{players} players through nginx: {} answers ({} cache hits), {} parts and {} playlist states seen; levee served {parts} part and {reloads} blocking-reload requests; parts reach players {p50:.0} ms (p50), {p99:.0} ms (p99) after capture",
             seen.answers,
             seen.hits,
             seen.parts.len(),
             seen.reloads.len()
+        );
+        assert!(
+            p99 < 1_500.0,
+            "{players} players: parts came late: p99 {p99:.0} ms"
         );
         assert!(
             seen.failures.len() as u64 * 100 <= seen.answers,
