@@ -48,7 +48,7 @@ NATS="nats://127.0.0.1:${NP[0]},nats://127.0.0.1:${NP[1]},nats://127.0.0.1:${NP[
 PORT=$(free_port)
 declare -a EP
 for e in $(seq 1 "$EDGES"); do
-  "$BIN" serve --listen "127.0.0.1:$PORT" --reuse-port --nats "$NATS" --nats-replicas 3 \
+  "$BIN" serve --no-record --listen "127.0.0.1:$PORT" --reuse-port --nats "$NATS" --nats-replicas 3 \
     --node "edge-$e" --max-listeners-per-space 200000 --max-connections 19000 \
     --chunk-min-ms "$CHUNK" --chunk-max-ms "$((CHUNK > 500 ? CHUNK : 500))" \
     --ticket-secret rehearsal >"$OUT/edge$e.out" 2>"$OUT/edge$e.err" &

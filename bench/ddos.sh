@@ -44,7 +44,7 @@ for run in $(seq 1 "$RUNS"); do
     port=$((PORT + run * 10 + off))
     log="$OUT/server-$run-$mode.log"
     # shellcheck disable=SC2086
-    "$BIN" serve --listen "127.0.0.1:$port" --admin-key bench $SERVER_ARGS >"$log" 2>&1 &
+    "$BIN" serve --no-record --listen "127.0.0.1:$port" --admin-key bench $SERVER_ARGS >"$log" 2>&1 &
     server=$!
     for _ in $(seq 1 100); do
       grep -q "levee listening on" "$log" 2>/dev/null && break

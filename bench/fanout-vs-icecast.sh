@@ -75,7 +75,7 @@ wait_http() {
 }
 
 start_levee() {
-  "$BIN" serve --listen "127.0.0.1:$LEVEE_PORT" --max-listeners-per-space 20000 \
+  "$BIN" serve --no-record --listen "127.0.0.1:$LEVEE_PORT" --max-listeners-per-space 20000 \
     >"$OUT/levee.out" 2>"$OUT/levee.err" &
   SERVER=$!
   wait_http "$LEVEE_PORT" || { cat "$OUT/levee.err" >&2; return 1; }

@@ -33,7 +33,7 @@ printf '|---|---|---|---|---|---|---|---|---|---|---|\n'
 for N in "${COUNTS[@]}"; do
   RAMP=$(( N >= 5000 ? 10 : 5 ))
   HOLD=40
-  "$BIN" serve --listen "127.0.0.1:$PORT" --max-listeners-per-space 20000 >"$OUT/server.out" 2>"$OUT/server.err" &
+  "$BIN" serve --no-record --listen "127.0.0.1:$PORT" --max-listeners-per-space 20000 >"$OUT/server.out" 2>"$OUT/server.err" &
   SERVER=$!
   for _ in $(seq 100); do grep -q "listening" "$OUT/server.out" 2>/dev/null && break; sleep 0.1; done
   sleep 1

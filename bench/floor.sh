@@ -161,7 +161,7 @@ start_floor() {
 
 start_levee() {
   local space id key
-  "$BIN" serve --listen "127.0.0.1:$LEVEE_PORT" --max-listeners-per-space 20000 \
+  "$BIN" serve --no-record --listen "127.0.0.1:$LEVEE_PORT" --max-listeners-per-space 20000 \
     --chunk-min-ms "$1" --chunk-max-ms "$1" >"$OUT/levee.out" 2>"$OUT/levee.err" &
   SERVER=$!
   wait_line "$OUT/levee.out" 'levee listening' || { cat "$OUT/levee.err" >&2; return 1; }

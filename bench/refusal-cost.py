@@ -70,7 +70,7 @@ def task_ns(pid):
 
 
 def start(args):
-    p = subprocess.Popen([BIN, "serve", "--listen", "127.0.0.1:0", "--allow", CONTROL_NET,
+    p = subprocess.Popen([BIN, "serve", "--no-record", "--listen", "127.0.0.1:0", "--allow", CONTROL_NET,
                           "--admin-key", ADMIN, *args],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = p.stdout.readline().strip()

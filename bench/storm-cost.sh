@@ -49,7 +49,7 @@ printf '|---|---|---|---|---|---|---|---|---|---|---|---|\n'
 for FMT in ${FORMATS:-ws ogg}; do
   SHARE=$([ "$FMT" = ogg ] && echo 1.0 || echo 0.0)
   for C in "${CHUNKS[@]}"; do
-    "$BIN" serve --listen "127.0.0.1:$PORT" --max-listeners-per-space 20000 \
+    "$BIN" serve --no-record --listen "127.0.0.1:$PORT" --max-listeners-per-space 20000 \
       --chunk-min-ms "$C" --chunk-max-ms "$C" >"$OUT/server.out" 2>"$OUT/server.err" &
     SERVER=$!
     for _ in $(seq 100); do grep -q "listening" "$OUT/server.out" 2>/dev/null && break; sleep 0.1; done

@@ -60,7 +60,9 @@ export function startServer(extraArgs = [], { listen = '127.0.0.1:0' } = {}) {
     throw new Error(`levee binary not found at ${LEVEE_BIN}: build it with \`cargo build -p levee\` ` +
       'or point LEVEE_BIN at it');
   }
-  const args = ['serve', '--listen', listen, ...extraArgs];
+  // Record nothing unless a test names a directory for it.
+  const record = extraArgs.includes('--data-dir') ? [] : ['--no-record'];
+  const args = ['serve', '--listen', listen, ...record, ...extraArgs];
   const proc = spawn(LEVEE_BIN, args, {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn' },

@@ -54,6 +54,8 @@ pub struct Part {
 #[derive(Debug, Clone)]
 struct Segment {
     msn: u64,
+    /// Position of its first packet.
+    first_pts: u64,
     parts: Vec<(u64, Part)>,
     /// Capture time of its first packet, µs since the Unix epoch.
     first_capture_us: u64,
@@ -195,6 +197,7 @@ impl Hls {
             _ => {
                 self.segments.push_back(Segment {
                     msn,
+                    first_pts: pkts[0].pts,
                     parts: vec![(index, sealed)],
                     first_capture_us: pkts[0].capture_us,
                     bytes: None,
@@ -210,6 +213,29 @@ impl Hls {
             }
         }
         true
+    }
+
+    /// Segment `msn` once whole: its bytes and what a recording keeps of it.
+    pub fn whole(&self, msn: u64) -> Option<(Bytes, crate::recording::Segment)> {
+        let s = self.segments.iter().find(|s| s.msn == msn)?;
+        let bytes = s.bytes.clone()?;
+        Some((
+            bytes,
+            crate::recording::Segment {
+                msn,
+                pts: s.first_pts,
+                samples: s.samples() as u32,
+                capture_us: s.first_capture_us,
+            },
+        ))
+    }
+
+    /// Numbers of the whole segments held, oldest first.
+    pub fn whole_segments(&self) -> impl Iterator<Item = u64> + '_ {
+        self.segments
+            .iter()
+            .filter(|s| s.bytes.is_some())
+            .map(|s| s.msn)
     }
 
     /// The newest sealed part: (msn, part index), if any.

@@ -34,6 +34,7 @@ pub mod ingest;
 pub mod mux;
 pub mod packet;
 pub mod pressure;
+pub mod recording;
 pub mod refusal;
 pub mod replay;
 pub mod ring;

@@ -179,6 +179,20 @@ struct ServeArgs {
     /// open files, and a listener who loses its process reconnects to the same address.
     #[arg(long)]
     reuse_port: bool,
+    /// Directory the spaces this node feeds are recorded to (their replays are served from
+    /// it, also after a restart).
+    #[arg(long, default_value = "levee-data")]
+    data_dir: std::path::PathBuf,
+    /// Record nothing.
+    #[arg(long)]
+    no_record: bool,
+    /// Bytes all recordings may take (K, M, G suffixes); beyond, recording stops and the
+    /// broadcast goes on.
+    #[arg(long, default_value = "10G", value_parser = parse_bytes)]
+    max_recording_bytes: u64,
+    /// How long a recording is kept.
+    #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+    retention: Duration,
     #[command(flatten)]
     cluster: ClusterArgs,
     #[command(flatten)]
@@ -308,6 +322,21 @@ fn nft_table(name: &str) -> Result<String, String> {
     levee_server::shield::nft::check_table_name(name).map(|()| name.to_owned())
 }
 
+/// Bytes with an optional K, M or G suffix (powers of 1,024).
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{s:?}: a number of bytes, with K, M or G"))
+}
+
 impl ServeArgs {
     fn config(&self) -> Result<Config, String> {
         let mut c = Config {
@@ -328,6 +357,11 @@ impl ServeArgs {
         c.cadence.max_ms = self.chunk_max_ms.max(c.cadence.min_ms);
         c.max_listeners_per_space = self.max_listeners_per_space;
         c.reuse_port = self.reuse_port;
+        c.record = levee_server::config::RecordConfig {
+            dir: (!self.no_record).then(|| self.data_dir.clone()),
+            max_bytes: self.max_recording_bytes,
+            retention: self.retention,
+        };
         c.cluster = self.cluster.config(self.listen)?;
         let sh = &self.shield;
         let z = &mut c.shield;

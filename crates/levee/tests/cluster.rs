@@ -836,6 +836,7 @@ fn a_node_that_cannot_reach_nats_does_not_start() {
     let out = Command::new(env!("CARGO_BIN_EXE_levee"))
         .args([
             "serve",
+            "--no-record",
             "--listen",
             "127.0.0.1:0",
             "--nats",
@@ -851,6 +852,7 @@ fn a_node_that_cannot_reach_nats_does_not_start() {
     let bad = Command::new(env!("CARGO_BIN_EXE_levee"))
         .args([
             "serve",
+            "--no-record",
             "--listen",
             "127.0.0.1:0",
             "--nats",

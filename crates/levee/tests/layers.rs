@@ -13,7 +13,7 @@ const SERVER: &[&[&str]] = &[
     &["config"],
     &["shield"],
     &["hub"],
-    &["cluster"],
+    &["cluster", "recorder"],
     &["api"],
     &["endpoints"],
     &["demo"],

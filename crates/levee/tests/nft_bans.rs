@@ -307,7 +307,7 @@ fn a_table_that_cannot_be_created_stops_the_start_naming_it_and_nfts_message() {
         std::env::var("PATH").unwrap_or_default()
     );
     let out = Command::new(env!("CARGO_BIN_EXE_levee"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--no-record", "--listen", "127.0.0.1:0"])
         .env("LEVEE_NFT_TABLE", "levee_env")
         .env("PATH", path)
         .output()
@@ -329,6 +329,7 @@ fn a_table_that_cannot_be_created_stops_the_start_naming_it_and_nfts_message() {
     let out = Command::new(env!("CARGO_BIN_EXE_levee"))
         .args([
             "serve",
+            "--no-record",
             "--listen",
             "127.0.0.1:0",
             "--nft-table",

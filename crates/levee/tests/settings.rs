@@ -46,6 +46,7 @@ fn refused(text: &str, name: &str) -> String {
     let mut out = Command::new(env!("CARGO_BIN_EXE_levee"))
         .args([
             "serve",
+            "--no-record",
             "--listen",
             "127.0.0.1:0",
             "--config",

@@ -8,9 +8,32 @@ use levee_core::source::Cidr;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// Where and how much a node records (`docs/operations.md`, "Recording and replay").
+#[derive(Debug, Clone)]
+pub struct RecordConfig {
+    /// Directory of the recordings (`--data-dir`); `None`: nothing is recorded.
+    pub dir: Option<std::path::PathBuf>,
+    /// Bytes all recordings may take (`--max-recording-bytes`); beyond, recording stops.
+    pub max_bytes: u64,
+    /// How long a recording is kept (`--retention`).
+    pub retention: Duration,
+}
+
+impl Default for RecordConfig {
+    fn default() -> Self {
+        RecordConfig {
+            dir: None,
+            max_bytes: 10 << 30,
+            retention: Duration::from_secs(30 * 86_400),
+        }
+    }
+}
+
 /// Settings for one levee node.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Recording (off unless a directory is given).
+    pub record: RecordConfig,
     /// Address to listen on.
     pub listen: SocketAddr,
     /// Base URL clients should use (`http://host:port`), when it differs from the request's
@@ -106,6 +129,7 @@ impl Default for Config {
             max_api_body: 16 * 1024,
             max_connections: 18_000,
             max_spaces: 10_000,
+            record: RecordConfig::default(),
             source_idle_timeout: Duration::from_secs(10),
             source_burst: Duration::from_secs(2),
             max_ws_ingest_message: 8 * 1024,

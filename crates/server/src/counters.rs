@@ -90,3 +90,22 @@ pub struct ClusterCounters {
     /// Look-ups not made: `cluster::MAX_REGISTRY_LOOKUPS` were in flight.
     pub lookups_refused: AtomicU64,
 }
+
+/// What the recorder counted.
+#[derive(Debug, Default)]
+pub struct RecordCounters {
+    /// Segments written.
+    pub segments: AtomicU64,
+    /// Bytes written.
+    pub bytes: AtomicU64,
+    /// Segments not written: the recordings' byte bound was reached.
+    pub refused_quota: AtomicU64,
+    /// Disk errors (each stops one space's recording).
+    pub errors: AtomicU64,
+    /// Torn or damaged tails cut off at start.
+    pub torn_cut: AtomicU64,
+    /// Packets the recorder's tap lost (it fell behind).
+    pub lost_packets: AtomicU64,
+    /// Recordings deleted for their age.
+    pub expired: AtomicU64,
+}

@@ -120,6 +120,19 @@ pub struct Hub {
     pub audit: Mutex<AuditLog>,
     /// The cluster this node is part of (`--nats`), once joined.
     pub cluster: std::sync::OnceLock<Box<dyn ClusterLink>>,
+    /// This node's recorder (`--data-dir`), once opened.
+    pub recorder: std::sync::OnceLock<Box<dyn RecordLink>>,
+}
+
+/// What the endpoints ask of the recorder (`crate::recorder`).
+pub trait RecordLink: Send + Sync {
+    /// A source of this node feeds `space`: record it (once; later calls do nothing while
+    /// it is being recorded).
+    fn record(&self, space: &Arc<Space>);
+    /// What the recorder counted.
+    fn counters(&self) -> &crate::counters::RecordCounters;
+    /// Bytes the recordings take now.
+    fn used_bytes(&self) -> u64;
 }
 
 impl Hub {
@@ -135,6 +148,7 @@ impl Hub {
             fanout,
             audit: Mutex::new(AuditLog::new(AUDIT_ENTRIES)),
             cluster: std::sync::OnceLock::new(),
+            recorder: std::sync::OnceLock::new(),
         })
     }
 

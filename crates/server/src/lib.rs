@@ -15,6 +15,7 @@ pub mod fanout;
 pub mod http1;
 pub mod hub;
 pub mod random;
+pub mod recorder;
 pub mod shield;
 pub mod ws;
 
@@ -71,6 +72,11 @@ impl Server {
                 })?;
             hub.shield.mirror_to(mirror);
         }
+        recorder::start(&hub, &hub.config.record).map_err(|e| {
+            hub.fanout.stop();
+            hub.shield.stop_mirror();
+            std::io::Error::other(e)
+        })?;
         if let Some(cfg) = &hub.config.cluster {
             cluster::join(&hub, cfg).await.map_err(|e| {
                 hub.fanout.stop();

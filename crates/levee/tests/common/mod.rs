@@ -38,8 +38,15 @@ pub struct Levee {
 impl Levee {
     /// Starts `levee <mode> --listen 127.0.0.1:0 <args>` and waits for its first stdout line.
     pub fn start_mode(mode: &str, args: &[&str]) -> Levee {
+        // Tests record nothing unless they name a directory for it.
+        let record: &[&str] = if args.contains(&"--data-dir") || mode != "serve" {
+            &[]
+        } else {
+            &["--no-record"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_levee"))
             .args([mode, "--listen", "127.0.0.1:0"])
+            .args(record)
             .args(args)
             .env(
                 "RUST_LOG",

@@ -86,6 +86,55 @@ pub fn render(hub: &Hub) -> String {
             v.load(Relaxed)
         );
     }
+    if let Some(r) = hub.recorder.get() {
+        let k = r.counters();
+        for (name, help, v) in [
+            (
+                "levee_recording_segments_total",
+                "Recorded segments written to disk.",
+                &k.segments,
+            ),
+            (
+                "levee_recording_bytes_total",
+                "Recorded bytes written to disk.",
+                &k.bytes,
+            ),
+            (
+                "levee_recording_refused_quota_total",
+                "Segments not recorded: --max-recording-bytes was reached.",
+                &k.refused_quota,
+            ),
+            (
+                "levee_recording_errors_total",
+                "Disk errors (each stops one space's recording).",
+                &k.errors,
+            ),
+            (
+                "levee_recording_torn_cut_total",
+                "Torn or damaged recording tails cut off at start.",
+                &k.torn_cut,
+            ),
+            (
+                "levee_recording_lost_packets_total",
+                "Packets a recorder lost behind its track.",
+                &k.lost_packets,
+            ),
+            (
+                "levee_recording_expired_total",
+                "Recordings deleted for their age (--retention).",
+                &k.expired,
+            ),
+        ] {
+            scalar(&mut out, name, "counter", help, v.load(Relaxed));
+        }
+        scalar(
+            &mut out,
+            "levee_recording_used_bytes",
+            "gauge",
+            "Bytes the recordings take on disk.",
+            r.used_bytes(),
+        );
+    }
     type Field = fn(&TrackCounters) -> &[AtomicU64; 2];
     let per_format: [(&str, &str, &str, Field); 7] = [
         (

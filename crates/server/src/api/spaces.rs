@@ -23,6 +23,7 @@ fn space_json(space: &Space, base: &str, authority: &str, with_key: bool) -> Val
         "ogg": format!("{base}/live/{id}.ogg"),
         "ws": format!("{ws_base}/live/{id}/ws"),
         "hls": format!("{base}/live/{id}/hls/index.m3u8"),
+        "replay": format!("{base}/live/{id}/replay/index.m3u8"),
         "publish": format!("{ws_base}/live/{id}/publish"),
         "page": format!("{base}/space/{id}"),
         "host_page": format!("{base}/space/{id}/host"),

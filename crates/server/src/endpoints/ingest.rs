@@ -124,6 +124,9 @@ impl Claim {
             if let Some(c) = hub.cluster.get() {
                 c.claim(space);
             }
+            if let Some(r) = hub.recorder.get() {
+                r.record(space);
+            }
         }
     }
     /// True once a newer source took the space over.

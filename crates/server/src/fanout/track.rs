@@ -96,6 +96,8 @@ pub struct Track {
     pub hls_sealed: tokio::sync::Notify,
     /// When HLS of this track was last requested, monotonic µs (0: never).
     hls_read_us: AtomicU64,
+    /// The stream's Opus header.
+    head: OpusHead,
 }
 
 /// How long an HLS request keeps a track in demand on this node (so that an edge keeps
@@ -116,6 +118,7 @@ impl Track {
         let ogg = OggMux::new(&head, serial, &[format!("TITLE={title}")]);
         let ws = WsMux::new(&head);
         let hls = Hls::new(&head);
+        let head = head.clone();
         let playlist = Bytes::from(hls.playlist());
         let ring_chunks = fanout.limits.ring_chunks;
         Arc::new(Track {
@@ -143,7 +146,13 @@ impl Track {
             hls: Mutex::new(HlsState { hls, playlist }),
             hls_sealed: tokio::sync::Notify::new(),
             hls_read_us: AtomicU64::new(0),
+            head,
         })
+    }
+
+    /// The stream's Opus header.
+    pub fn head(&self) -> &OpusHead {
+        &self.head
     }
 
     /// An HLS request of this track arrived.

@@ -1,0 +1,156 @@
+//! Recording and replay as a user meets them: a real ffmpeg publishes a 1 kHz tone; once the
+//! space ends its replay is a VOD playlist that ffmpeg plays whole; a node killed mid-broadcast
+//! and started again serves what it recorded up to the crash; a torn or damaged recording file
+//! is cut or refused with a reason and the server goes on.
+
+mod common;
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+
+fn data_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("levee-rec-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// Seconds and dominant frequency of what ffmpeg decodes from `url`.
+fn decode(url: &str) -> (f64, f64) {
+    let out = std::env::temp_dir().join(format!("levee-replay-{}.wav", std::process::id()));
+    let status = Command::new("timeout")
+        .args([
+            "30",
+            "ffmpeg",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-nostdin",
+            "-i",
+        ])
+        .arg(url)
+        .args(["-ac", "1", "-ar", "48000", "-y"])
+        .arg(&out)
+        .status()
+        .expect("ffmpeg runs");
+    assert!(status.success(), "ffmpeg could not play {url}: {status}");
+    let (rate, _, samples) = read_wav(&std::fs::read(&out).unwrap());
+    let _ = std::fs::remove_file(&out);
+    let seconds = samples.len() as f64 / rate as f64;
+    let tail: Vec<f64> = samples[samples.len().saturating_sub(48_000)..]
+        .iter()
+        .map(|&s| s as f64)
+        .collect();
+    (seconds, dominant_frequency(&tail, rate as f64))
+}
+
+#[test]
+fn a_space_is_recorded_and_its_replay_plays_whole_once_it_ends() {
+    let dir = data_dir("whole");
+    let levee = Levee::start(&["--data-dir", dir.to_str().unwrap()]);
+    let space = levee.create_space("recorded");
+    let id = space["id"].as_str().unwrap().to_owned();
+    let replay = space["urls"]["replay"].as_str().unwrap().to_owned();
+    assert!(
+        replay.ends_with(&format!("/live/{id}/replay/index.m3u8")),
+        "{replay}"
+    );
+    let mut source = publish_sine(space["urls"]["source"].as_str().unwrap(), 1000, "32k", 5);
+    levee.wait_live(&id, Duration::from_secs(10));
+    // While on air there is no replay yet.
+    let r = levee.http("GET", &format!("/live/{id}/replay/index.m3u8"), &[], b"");
+    assert_eq!(r.status, 409, "{}", r.body);
+    wait_until(Duration::from_secs(15), "ffmpeg to finish its 5 s", || {
+        !source.running()
+    });
+    let key = space["host_key"].as_str().unwrap();
+    let r = levee.http(
+        "DELETE",
+        &format!("/api/spaces/{id}"),
+        &[("Authorization", &format!("Bearer {key}"))],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    let mut pl = String::new();
+    wait_until(Duration::from_secs(5), "the replay playlist", || {
+        pl = levee
+            .http("GET", &format!("/live/{id}/replay/index.m3u8"), &[], b"")
+            .body;
+        pl.contains("#EXT-X-ENDLIST")
+    });
+    assert!(pl.contains("#EXT-X-PLAYLIST-TYPE:VOD"), "{pl}");
+    assert!(pl.matches("#EXTINF:").count() >= 4, "{pl}");
+    let (seconds, f) = decode(&replay);
+    assert!(
+        seconds >= 4.0,
+        "the replay lasts {seconds:.2} s of the 5 s published"
+    );
+    assert!((f - 1000.0).abs() <= 20.0, "dominant frequency {f} Hz");
+    assert!(levee.metric("levee_recording_segments_total") >= 4.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_crash_loses_at_most_the_segment_being_written() {
+    let dir = data_dir("crash");
+    let args = ["--data-dir", dir.to_str().unwrap()];
+    let levee = Levee::start(&args);
+    let space = levee.create_space("crashes");
+    let id = space["id"].as_str().unwrap().to_owned();
+    let _source = publish_sine(space["urls"]["source"].as_str().unwrap(), 1000, "32k", 30);
+    levee.wait_live(&id, Duration::from_secs(10));
+    wait_until(Duration::from_secs(10), "four segments on disk", || {
+        levee.metric("levee_recording_segments_total") >= 4.0
+    });
+    let written = levee.metric("levee_recording_segments_total");
+    drop(levee); // SIGKILL mid-broadcast
+                 // The crash came in the middle of a write: half a record at the end of the file.
+    let file = dir.join(&id).join("segments.lvr");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let whole = bytes.len();
+    bytes.extend_from_slice(b"LVS1 half a record");
+    std::fs::write(&file, &bytes).unwrap();
+
+    let levee = Levee::start(&args);
+    assert_eq!(levee.metric("levee_recording_torn_cut_total"), 1.0);
+    assert_eq!(std::fs::metadata(&file).unwrap().len() as usize, whole);
+    let pl = levee.http("GET", &format!("/live/{id}/replay/index.m3u8"), &[], b"");
+    assert_eq!(pl.status, 200, "{}", pl.body);
+    let segments = pl.body.matches("#EXTINF:").count() as f64;
+    assert!(
+        segments >= written - 1.0,
+        "{segments} of {written} written segments"
+    );
+    let (seconds, f) = decode(&format!("{}/live/{id}/replay/index.m3u8", levee.base));
+    assert!(
+        seconds >= 3.0,
+        "the replay up to the crash lasts {seconds:.2} s"
+    );
+    assert!((f - 1000.0).abs() <= 20.0, "dominant frequency {f} Hz");
+
+    // A record damaged in the middle: the replay stops before it, says so, and the server
+    // goes on serving.
+    let mut bytes = std::fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+    let pl = levee.http("GET", &format!("/live/{id}/replay/index.m3u8"), &[], b"");
+    assert_eq!(pl.status, 200, "{}", pl.body);
+    assert!((pl.body.matches("#EXTINF:").count() as f64) < segments);
+    let last = pl
+        .body
+        .lines()
+        .rfind(|l| l.ends_with(".m4s"))
+        .unwrap()
+        .to_owned();
+    let r = levee.http("GET", &format!("/live/{id}/replay/{last}"), &[], b"");
+    assert_eq!(r.status, 200);
+    for bad in ["r99999.m4s", "rx.m4s", "../segments.lvr", "init.mp4x"] {
+        let r = levee.http("GET", &format!("/live/{id}/replay/{bad}"), &[], b"");
+        assert_eq!(r.status, 404, "{bad}: {}", r.body);
+    }
+    let r = levee.http("GET", "/live/no-such-space/replay/index.m3u8", &[], b"");
+    assert_eq!(r.status, 404);
+    assert!(r.body.contains("no recording"), "{}", r.body);
+    assert_eq!(levee.http("GET", "/healthz", &[], b"").status, 200);
+    let _ = std::fs::remove_dir_all(&dir);
+}

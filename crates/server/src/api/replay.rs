@@ -1,0 +1,115 @@
+//! Replays (`/live/{id}/replay/…`, `docs/protocol.md`, "Replay"): a recorded space, once it
+//! ended, as a VOD playlist of its recorded segments ([`crate::recorder`]), served from disk.
+//!
+//! Every answer is bounded: a recording file is read back whole only up to
+//! [`crate::recorder::MAX_RECORDING_FILE`], a segment is read alone and checked against its
+//! record's CRC before it is served; a damaged record is refused with a reason (the rest of
+//! the replay stays served), never passed on.
+
+use super::reply::error;
+use crate::hub::Hub;
+use crate::recorder;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use levee_core::space::{is_valid_id, SpaceState};
+use std::sync::Arc;
+
+/// The directory of `id`'s recording, or the answer why there is no replay to serve.
+fn replay_dir(hub: &Hub, id: &str) -> Result<std::path::PathBuf, Response> {
+    let Some(dir) = &hub.config.record.dir else {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            "this node records nothing (no --data-dir)",
+        ));
+    };
+    if !is_valid_id(id) {
+        return Err(error(StatusCode::NOT_FOUND, format!("no space '{id}'")));
+    }
+    if hub.get(id).is_some_and(|s| s.state() != SpaceState::Ended) {
+        return Err(error(
+            StatusCode::CONFLICT,
+            "this space has not ended: its replay is served once it ends",
+        ));
+    }
+    Ok(dir.join(id))
+}
+
+fn answer(content_type: &'static str, cache: &'static str, body: Vec<u8>) -> Response {
+    let mut r = ([(header::CONTENT_TYPE, content_type)], body).into_response();
+    let h = r.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    r
+}
+
+/// `GET /live/{id}/replay/index.m3u8`.
+pub(super) async fn playlist(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> Response {
+    let dir = match replay_dir(&hub, &id) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    match tokio::task::spawn_blocking(move || recorder::read_back(&dir)).await {
+        Ok(Ok((entries, _))) if !entries.is_empty() => answer(
+            "application/vnd.apple.mpegurl",
+            "public, max-age=60",
+            levee_core::recording::vod_playlist(&entries).into_bytes(),
+        ),
+        Ok(Ok(_)) => error(
+            StatusCode::NOT_FOUND,
+            "the recording holds no whole segment",
+        ),
+        Ok(Err(why)) => error(StatusCode::NOT_FOUND, why),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the recording could not be read",
+        ),
+    }
+}
+
+/// `GET /live/{id}/replay/{file}`: `init.mp4` or `r{msn}.m4s`.
+pub(super) async fn file(
+    State(hub): State<Arc<Hub>>,
+    Path((id, name)): Path<(String, String)>,
+) -> Response {
+    let dir = match replay_dir(&hub, &id) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    if name == recorder::INIT_FILE {
+        return match tokio::fs::read(dir.join(recorder::INIT_FILE)).await {
+            Ok(b) if b.len() <= 64 * 1024 => {
+                answer("audio/mp4", "public, max-age=86400, immutable", b)
+            }
+            _ => error(StatusCode::NOT_FOUND, "no init segment for this recording"),
+        };
+    }
+    let msn = name
+        .strip_prefix('r')
+        .and_then(|r| r.strip_suffix(".m4s"))
+        .filter(|n| !n.is_empty() && n.len() <= 20 && n.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|n| n.parse::<u64>().ok());
+    let Some(msn) = msn else {
+        return error(StatusCode::NOT_FOUND, "no such replay file");
+    };
+    let read = tokio::task::spawn_blocking(move || {
+        let (entries, _) = recorder::read_back(&dir)?;
+        let entry = entries
+            .iter()
+            .find(|e| e.segment.msn == msn)
+            .ok_or_else(|| "the recording has no such segment".to_owned())?;
+        recorder::read_segment(&dir, entry)
+    })
+    .await;
+    match read {
+        Ok(Ok(bytes)) => answer("audio/mp4", "public, max-age=86400, immutable", bytes),
+        Ok(Err(why)) => error(StatusCode::NOT_FOUND, why),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the recording could not be read",
+        ),
+    }
+}

@@ -1,0 +1,330 @@
+//! Recording (`--data-dir`): every space a source of this node feeds is recorded while live,
+//! as its LL-HLS segments, so that its replay can be served after it ends, also after a
+//! restart or a crash.
+//!
+//! On disk, per space, `{data-dir}/{id}/`: `init.mp4` (the init segment), `meta.json` (title
+//! and times) and `segments.lvr`, the segments appended one record each
+//! ([`levee_core::recording`]), each record flushed to the disk (`fdatasync`) before the next,
+//! so a crash loses at most the segment being written. At start, every recording is scanned and
+//! a torn or damaged tail is cut off (counted, logged with its reason); recordings older than
+//! `--retention` are deleted. All recordings together take at most `--max-recording-bytes`:
+//! beyond, a segment is not written (counted and logged once per space), and the live
+//! broadcast goes on. A disk error stops that space's recording, never its broadcast.
+//!
+//! The recorder reads the track through a bounded tap ([`RECORD_TAP`] packets): if it falls
+//! that far behind, what it lost is counted and the recording has a gap.
+
+use crate::config::RecordConfig;
+pub use crate::counters::RecordCounters;
+use crate::hub::{Hub, RecordLink, Space};
+use levee_core::hls::Hls;
+use levee_core::packet::TapRead;
+use levee_core::recording;
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+/// Packets queued between a track and its recorder (60 s of 20-ms packets).
+pub const RECORD_TAP: usize = 3_000;
+/// The file of a recording's segments.
+pub const SEGMENTS_FILE: &str = "segments.lvr";
+/// The init segment's file.
+pub const INIT_FILE: &str = "init.mp4";
+/// Longest recording file read back whole (about 6 h at 512 kbit/s).
+pub const MAX_RECORDING_FILE: u64 = 1 << 30;
+
+/// This node's recorder.
+pub struct Recorder {
+    dir: PathBuf,
+    max_bytes: u64,
+    used: AtomicU64,
+    recording: Mutex<HashSet<String>>,
+    /// Counters.
+    pub counters: RecordCounters,
+}
+
+fn file_len(p: &Path) -> u64 {
+    fs::metadata(p).map_or(0, |m| m.len())
+}
+
+impl Recorder {
+    /// Opens `cfg.dir` (creating it): deletes what is older than the retention, cuts torn
+    /// tails, counts the bytes held. The error says what failed.
+    pub fn open(cfg: &RecordConfig, dir: &Path) -> Result<Arc<Recorder>, String> {
+        fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create --data-dir {}: {e}", dir.display()))?;
+        let r = Recorder {
+            dir: dir.to_owned(),
+            max_bytes: cfg.max_bytes,
+            used: AtomicU64::new(0),
+            recording: Mutex::new(HashSet::new()),
+            counters: RecordCounters::default(),
+        };
+        let entries = fs::read_dir(dir)
+            .map_err(|e| format!("cannot read --data-dir {}: {e}", dir.display()))?;
+        let mut used = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(id) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if !path.is_dir() || !levee_core::space::is_valid_id(id) {
+                continue;
+            }
+            let segments = path.join(SEGMENTS_FILE);
+            let age = fs::metadata(&segments)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| SystemTime::now().duration_since(t).ok());
+            if age.is_some_and(|a| a > cfg.retention) {
+                match fs::remove_dir_all(&path) {
+                    Ok(()) => {
+                        r.counters.expired.fetch_add(1, Relaxed);
+                        tracing::info!(space = %id, "recording older than --retention deleted");
+                    }
+                    Err(e) => {
+                        tracing::warn!(space = %id, "cannot delete an expired recording: {e}")
+                    }
+                }
+                continue;
+            }
+            if let Err(e) = r.repair(&segments) {
+                tracing::warn!(space = %id, "recording not checked: {e}");
+            }
+            used += file_len(&segments) + file_len(&path.join(INIT_FILE));
+        }
+        r.used.store(used, Relaxed);
+        Ok(Arc::new(r))
+    }
+
+    /// Cuts a torn or damaged tail off a recording file.
+    fn repair(&self, segments: &Path) -> std::io::Result<()> {
+        if !segments.exists() {
+            return Ok(());
+        }
+        let len = file_len(segments);
+        if len > MAX_RECORDING_FILE {
+            return Err(std::io::Error::other("longer than a recording may be"));
+        }
+        let bytes = fs::read(segments)?;
+        let scan = recording::scan(&bytes);
+        if let Some(why) = scan.torn {
+            tracing::warn!(
+                file = %segments.display(),
+                "recording: {why}; cut at byte {} of {len}, {} whole segments kept",
+                scan.valid_len,
+                scan.entries.len()
+            );
+            OpenOptions::new()
+                .write(true)
+                .open(segments)?
+                .set_len(scan.valid_len)?;
+            self.counters.torn_cut.fetch_add(1, Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The directory of space `id`'s recording (`id` is a valid space id).
+    pub fn space_dir(&self, id: &str) -> PathBuf {
+        self.dir.join(id)
+    }
+
+    /// Bytes the recordings take now.
+    pub fn used_bytes(&self) -> u64 {
+        self.used.load(Relaxed)
+    }
+}
+
+impl RecordLink for Arc<Recorder> {
+    fn record(&self, space: &Arc<Space>) {
+        let id = space.snapshot().id;
+        if !self
+            .recording
+            .lock()
+            .expect("recording lock")
+            .insert(id.clone())
+        {
+            return;
+        }
+        tokio::spawn(record(self.clone(), space.clone(), id));
+    }
+    fn counters(&self) -> &RecordCounters {
+        &self.as_ref().counters
+    }
+    fn used_bytes(&self) -> u64 {
+        self.as_ref().used_bytes()
+    }
+}
+
+/// Starts recording with `cfg` when it names a directory; the hub is told of the recorder.
+pub fn start(hub: &Arc<Hub>, cfg: &RecordConfig) -> Result<Option<Arc<Recorder>>, String> {
+    let Some(dir) = &cfg.dir else {
+        return Ok(None);
+    };
+    let r = Recorder::open(cfg, dir)?;
+    let _ = hub.recorder.set(Box::new(r.clone()));
+    Ok(Some(r))
+}
+
+/// The open recording of one space.
+struct Writer {
+    file: File,
+    /// The next segment to write (older ones are already there).
+    next_msn: Option<u64>,
+    over_quota: bool,
+}
+
+fn open_writer(dir: &Path, init: &[u8], meta: &str) -> std::io::Result<Writer> {
+    fs::create_dir_all(dir)?;
+    for (name, bytes) in [(INIT_FILE, init), ("meta.json", meta.as_bytes())] {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        fs::write(&tmp, bytes)?;
+        fs::rename(&tmp, dir.join(name))?;
+    }
+    let path = dir.join(SEGMENTS_FILE);
+    let bytes = if path.exists() {
+        fs::read(&path)?
+    } else {
+        Vec::new()
+    };
+    let scan = recording::scan(&bytes);
+    let file = OpenOptions::new().create(true).append(true).open(&path)?;
+    if scan.torn.is_some() {
+        file.set_len(scan.valid_len)?;
+    }
+    Ok(Writer {
+        file,
+        next_msn: scan.entries.last().map(|e| e.segment.msn + 1),
+        over_quota: false,
+    })
+}
+
+async fn record(rec: Arc<Recorder>, space: Arc<Space>, id: String) {
+    let tap = space.track.tap(RECORD_TAP);
+    let mut hls = Hls::new(space.track.head());
+    let info = space.snapshot();
+    let meta = serde_json::json!({
+        "id": info.id,
+        "title": info.title,
+        "created_at": info.created_at,
+    })
+    .to_string();
+    let dir = rec.space_dir(&id);
+    let init = hls.init();
+    let opened = tokio::task::spawn_blocking(move || open_writer(&dir, &init, &meta)).await;
+    let mut writer = match opened {
+        Ok(Ok(w)) => w,
+        Ok(Err(e)) => {
+            rec.counters.errors.fetch_add(1, Relaxed);
+            tracing::error!(space = %id, "recording not started: {e}");
+            rec.recording.lock().expect("recording lock").remove(&id);
+            return;
+        }
+        Err(_) => return,
+    };
+    loop {
+        let tapped = space.track.tapped.notified();
+        tokio::pin!(tapped);
+        tapped.as_mut().enable();
+        loop {
+            let read = tap.lock().expect("tap lock").read();
+            match read {
+                TapRead::Packet(p) => {
+                    hls.push(&p);
+                }
+                TapRead::Lost(n) => {
+                    rec.counters.lost_packets.fetch_add(n, Relaxed);
+                }
+                TapRead::Empty => break,
+            }
+        }
+        let ended = space.track.ended();
+        if ended {
+            hls.end();
+        }
+        let due: Vec<_> = hls
+            .whole_segments()
+            .filter(|m| writer.next_msn.is_none_or(|n| *m >= n))
+            .filter_map(|m| hls.whole(m))
+            .collect();
+        for (bytes, seg) in due {
+            writer.next_msn = Some(seg.msn + 1);
+            let len = (recording::HEADER + bytes.len()) as u64;
+            if rec.used.load(Relaxed) + len > rec.max_bytes {
+                rec.counters.refused_quota.fetch_add(1, Relaxed);
+                if !writer.over_quota {
+                    writer.over_quota = true;
+                    tracing::warn!(space = %id, "recording stopped: --max-recording-bytes reached");
+                }
+                continue;
+            }
+            let record = recording::encode(&seg, &bytes);
+            let file = writer.file;
+            let written = tokio::task::spawn_blocking(move || {
+                let mut f = file;
+                let r = f.write_all(&record).and_then(|_| f.sync_data());
+                (f, r)
+            })
+            .await;
+            match written {
+                Ok((f, Ok(()))) => {
+                    writer.file = f;
+                    rec.used.fetch_add(len, Relaxed);
+                    rec.counters.segments.fetch_add(1, Relaxed);
+                    rec.counters.bytes.fetch_add(len, Relaxed);
+                }
+                Ok((_, Err(e))) => {
+                    rec.counters.errors.fetch_add(1, Relaxed);
+                    tracing::error!(space = %id, "recording stopped: {e}");
+                    rec.recording.lock().expect("recording lock").remove(&id);
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+        if ended {
+            break;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), tapped).await;
+    }
+    rec.recording.lock().expect("recording lock").remove(&id);
+}
+
+/// A recording read back for replay: its entries, the file's length when read.
+pub fn read_back(dir: &Path) -> Result<(Vec<recording::Entry>, u64), String> {
+    let path = dir.join(SEGMENTS_FILE);
+    let len = fs::metadata(&path)
+        .map_err(|_| "no recording".to_owned())?
+        .len();
+    if len > MAX_RECORDING_FILE {
+        return Err("the recording is longer than this node reads back".into());
+    }
+    let bytes = fs::read(&path).map_err(|e| format!("the recording cannot be read: {e}"))?;
+    let scan = recording::scan(&bytes);
+    if let Some(why) = scan.torn {
+        tracing::warn!(file = %path.display(), "recording read back up to byte {}: {why}", scan.valid_len);
+    }
+    Ok((scan.entries, len))
+}
+
+/// The bytes of `entry` from `dir`'s recording, checked again against their record's CRC.
+pub fn read_segment(dir: &Path, entry: &recording::Entry) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::FileExt;
+    let file = File::open(dir.join(SEGMENTS_FILE)).map_err(|e| format!("cannot open: {e}"))?;
+    let start = entry.offset - recording::HEADER as u64;
+    let mut rec = vec![0u8; recording::HEADER + entry.len as usize];
+    file.read_exact_at(&mut rec, start)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    let scan = recording::scan(&rec);
+    match (scan.torn, scan.entries.first()) {
+        (None, Some(e)) if e.segment == entry.segment => Ok(rec[recording::HEADER..].to_vec()),
+        (why, _) => Err(format!(
+            "the segment on disk is damaged: {}",
+            why.unwrap_or("it changed")
+        )),
+    }
+}
