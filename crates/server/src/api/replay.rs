@@ -15,21 +15,21 @@ use axum::response::{IntoResponse, Response};
 use levee_core::space::{is_valid_id, SpaceState};
 use std::sync::Arc;
 
-/// The directory of `id`'s recording, or the answer why there is no replay to serve.
-fn replay_dir(hub: &Hub, id: &str) -> Result<std::path::PathBuf, Response> {
+/// The directory of `id`'s recording, or the status and reason why there is no replay.
+fn replay_dir(hub: &Hub, id: &str) -> Result<std::path::PathBuf, (StatusCode, String)> {
     let Some(dir) = &hub.config.record.dir else {
-        return Err(error(
+        return Err((
             StatusCode::NOT_FOUND,
-            "this node records nothing (no --data-dir)",
+            "this node records nothing (--no-record)".into(),
         ));
     };
     if !is_valid_id(id) {
-        return Err(error(StatusCode::NOT_FOUND, format!("no space '{id}'")));
+        return Err((StatusCode::NOT_FOUND, format!("no space '{id}'")));
     }
     if hub.get(id).is_some_and(|s| s.state() != SpaceState::Ended) {
-        return Err(error(
+        return Err((
             StatusCode::CONFLICT,
-            "this space has not ended: its replay is served once it ends",
+            "this space has not ended: its replay is served once it ends".into(),
         ));
     }
     Ok(dir.join(id))
@@ -50,7 +50,7 @@ fn answer(content_type: &'static str, cache: &'static str, body: Vec<u8>) -> Res
 pub(super) async fn playlist(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> Response {
     let dir = match replay_dir(&hub, &id) {
         Ok(d) => d,
-        Err(r) => return r,
+        Err((status, why)) => return error(status, why),
     };
     match tokio::task::spawn_blocking(move || recorder::read_back(&dir)).await {
         Ok(Ok((entries, _))) if !entries.is_empty() => answer(
@@ -77,7 +77,7 @@ pub(super) async fn file(
 ) -> Response {
     let dir = match replay_dir(&hub, &id) {
         Ok(d) => d,
-        Err(r) => return r,
+        Err((status, why)) => return error(status, why),
     };
     if name == recorder::INIT_FILE {
         return match tokio::fs::read(dir.join(recorder::INIT_FILE)).await {

@@ -118,7 +118,6 @@ impl Track {
         let ogg = OggMux::new(&head, serial, &[format!("TITLE={title}")]);
         let ws = WsMux::new(&head);
         let hls = Hls::new(&head);
-        let head = head.clone();
         let playlist = Bytes::from(hls.playlist());
         let ring_chunks = fanout.limits.ring_chunks;
         Arc::new(Track {
