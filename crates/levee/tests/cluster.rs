@@ -23,12 +23,25 @@ impl Drop for TempDir {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Edges named `names` of the cluster behind `nats`, sharing one new loopback address
+/// (`--reuse-port`: the kernel spreads connections over them), and that address.
+fn shared_edges(nats: &str, names: &[&str]) -> (Vec<Levee>, String) {
+    let shared = format!("127.0.0.1:{}", free_port());
+    let edges = names
+        .iter()
+        .map(|name| {
+            Levee::start(&[
+                "--listen",
+                &shared,
+                "--reuse-port",
+                "--nats",
+                nats,
+                "--node",
+                name,
+            ])
+        })
+        .collect();
+    (edges, shared)
 }
 
 impl Nats {
@@ -391,21 +404,7 @@ async fn a_listener_whose_node_dies_resumes_on_another_through_the_shared_port()
     let nats = Nats::start();
     let origin = Levee::start(&["--nats", &nats.url, "--node", "origin"]);
     // Two edges on one address (SO_REUSEPORT): the kernel spreads connections over them.
-    let shared = format!("127.0.0.1:{}", free_port());
-    let mut edges: Vec<Levee> = ["edge-1", "edge-2"]
-        .iter()
-        .map(|name| {
-            Levee::start(&[
-                "--listen",
-                &shared,
-                "--reuse-port",
-                "--nats",
-                &nats.url,
-                "--node",
-                name,
-            ])
-        })
-        .collect();
+    let (mut edges, shared) = shared_edges(&nats.url, &["edge-1", "edge-2"]);
     assert!(edges.iter().all(|e| e.addr.to_string() == shared));
     let space = origin.create_space("edge failure");
     let id = space["id"].as_str().unwrap().to_owned();
@@ -479,21 +478,7 @@ async fn a_listener_whose_node_dies_resumes_on_another_through_the_shared_port()
 async fn storm_listeners_whose_edge_dies_move_to_the_other_edge() {
     let nats = Nats::start();
     let origin = Levee::start(&["--nats", &nats.url, "--node", "origin"]);
-    let shared = format!("127.0.0.1:{}", free_port());
-    let mut edges: Vec<Levee> = ["storm-edge-1", "storm-edge-2"]
-        .iter()
-        .map(|name| {
-            Levee::start(&[
-                "--listen",
-                &shared,
-                "--reuse-port",
-                "--nats",
-                &nats.url,
-                "--node",
-                name,
-            ])
-        })
-        .collect();
+    let (mut edges, shared) = shared_edges(&nats.url, &["storm-edge-1", "storm-edge-2"]);
     let space = origin.create_space("storm through two edges");
     let id = space["id"].as_str().unwrap().to_owned();
     let _source = on_air(&origin, &space);

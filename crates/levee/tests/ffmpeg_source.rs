@@ -3,7 +3,6 @@
 
 mod common;
 use common::*;
-use std::process::Command;
 use std::time::Duration;
 
 #[test]
@@ -14,42 +13,13 @@ fn sine_published_with_ffmpeg_is_recorded_at_1khz_by_ffmpeg() {
     let _source = publish_sine(space["urls"]["source"].as_str().unwrap(), 1000, "32k", 30);
     levee.wait_live(id, Duration::from_secs(10));
 
-    let out = std::env::temp_dir().join(format!("levee-sine-{}.wav", std::process::id()));
-    let status = Command::new("timeout")
-        .arg("20")
-        .args([
-            "ffmpeg",
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-nostdin",
-            "-i",
-        ])
-        .arg(space["urls"]["ogg"].as_str().unwrap())
-        .args(["-t", "3", "-ac", "1", "-ar", "48000", "-y"])
-        .arg(&out)
-        .status()
-        .expect("ffmpeg runs");
-    assert!(
-        status.success(),
-        "ffmpeg could not record the Ogg stream: {status}"
-    );
-    let (rate, channels, samples) = read_wav(&std::fs::read(&out).unwrap());
-    let _ = std::fs::remove_file(&out);
-    assert_eq!((rate, channels), (48_000, 1));
-    let seconds = samples.len() as f64 / rate as f64;
+    let (seconds, f, rms) = record_tone(space["urls"]["ogg"].as_str().unwrap(), Some(3));
     assert!(seconds >= 2.5, "recorded only {seconds:.2} s");
-    // Analyse the last second (past any start-up transient).
-    let tail: Vec<f64> = samples[samples.len() - 48_000..]
-        .iter()
-        .map(|&s| s as f64)
-        .collect();
-    let f = dominant_frequency(&tail, rate as f64);
+    // The last second (past any start-up transient).
     assert!(
         (f - 1000.0).abs() <= 20.0,
         "dominant frequency {f} Hz, expected 1 kHz"
     );
-    let rms = (tail.iter().map(|v| v * v).sum::<f64>() / tail.len() as f64).sqrt();
     assert!(rms > 1000.0, "recording is near silent (RMS {rms:.0})");
 }
 

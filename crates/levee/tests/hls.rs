@@ -163,35 +163,8 @@ fn a_live_space_is_low_latency_hls_that_ffmpeg_plays() {
     assert_eq!(s["channels"], 2);
 
     // ffmpeg records 3 s of the tone from the playlist.
-    let out = std::env::temp_dir().join(format!("levee-hls-{}.wav", std::process::id()));
-    let status = Command::new("timeout")
-        .args([
-            "30",
-            "ffmpeg",
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-nostdin",
-            "-i",
-        ])
-        .arg(&url)
-        .args(["-t", "3", "-ac", "1", "-ar", "48000", "-y"])
-        .arg(&out)
-        .status()
-        .expect("ffmpeg runs");
-    assert!(
-        status.success(),
-        "ffmpeg could not record the HLS stream: {status}"
-    );
-    let (rate, _, samples) = read_wav(&std::fs::read(&out).unwrap());
-    let _ = std::fs::remove_file(&out);
-    let seconds = samples.len() as f64 / rate as f64;
+    let (seconds, f, _) = record_tone(&url, Some(3));
     assert!(seconds >= 2.5, "recorded only {seconds:.2} s");
-    let tail: Vec<f64> = samples[samples.len() - 48_000..]
-        .iter()
-        .map(|&s| s as f64)
-        .collect();
-    let f = dominant_frequency(&tail, rate as f64);
     assert!((f - 1000.0).abs() <= 20.0, "dominant frequency {f} Hz");
 
     // The end closes the playlist.

@@ -5,42 +5,12 @@
 
 mod common;
 use common::*;
-use std::process::Command;
 use std::time::Duration;
 
 fn data_dir(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("levee-rec-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     d
-}
-
-/// Seconds and dominant frequency of what ffmpeg decodes from `url`.
-fn decode(url: &str) -> (f64, f64) {
-    let out = std::env::temp_dir().join(format!("levee-replay-{}.wav", std::process::id()));
-    let status = Command::new("timeout")
-        .args([
-            "30",
-            "ffmpeg",
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-nostdin",
-            "-i",
-        ])
-        .arg(url)
-        .args(["-ac", "1", "-ar", "48000", "-y"])
-        .arg(&out)
-        .status()
-        .expect("ffmpeg runs");
-    assert!(status.success(), "ffmpeg could not play {url}: {status}");
-    let (rate, _, samples) = read_wav(&std::fs::read(&out).unwrap());
-    let _ = std::fs::remove_file(&out);
-    let seconds = samples.len() as f64 / rate as f64;
-    let tail: Vec<f64> = samples[samples.len().saturating_sub(48_000)..]
-        .iter()
-        .map(|&s| s as f64)
-        .collect();
-    (seconds, dominant_frequency(&tail, rate as f64))
 }
 
 #[test]
@@ -79,13 +49,42 @@ fn a_space_is_recorded_and_its_replay_plays_whole_once_it_ends() {
     });
     assert!(pl.contains("#EXT-X-PLAYLIST-TYPE:VOD"), "{pl}");
     assert!(pl.matches("#EXTINF:").count() >= 4, "{pl}");
-    let (seconds, f) = decode(&replay);
+    let (seconds, f, _) = record_tone(&replay, None);
     assert!(
         seconds >= 4.0,
         "the replay lasts {seconds:.2} s of the 5 s published"
     );
     assert!((f - 1000.0).abs() <= 20.0, "dominant frequency {f} Hz");
     assert!(levee.metric("levee_recording_segments_total") >= 4.0);
+    // The same recording as one Ogg/Opus file.
+    let (seconds, f, _) = record_tone(&format!("{}/live/{id}/replay.ogg", levee.base), None);
+    assert!(seconds >= 4.0, "the download lasts {seconds:.2} s");
+    assert!((f - 1000.0).abs() <= 20.0, "dominant frequency {f} Hz");
+    let r = levee.http("HEAD", &format!("/live/{id}/replay.ogg"), &[], b"");
+    assert!(r.head.contains("audio/ogg"), "{}", r.head);
+    // The host deletes the recording; nobody else can.
+    let path = format!("/live/{id}/replay");
+    let r = levee.http("DELETE", &path, &[], b"");
+    assert_eq!(r.status, 401, "{}", r.body);
+    let r = levee.http(
+        "DELETE",
+        &path,
+        &[("Authorization", "Bearer not-the-key")],
+        b"",
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = levee.http(
+        "DELETE",
+        &path,
+        &[("Authorization", &format!("Bearer {key}"))],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!dir.join(&id).exists());
+    let r = levee.http("GET", &format!("{path}/index.m3u8"), &[], b"");
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = levee.http("GET", &format!("{path}.ogg"), &[], b"");
+    assert_eq!(r.status, 404, "{}", r.body);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -120,7 +119,7 @@ fn a_crash_loses_at_most_the_segment_being_written() {
         segments >= written - 1.0,
         "{segments} of {written} written segments"
     );
-    let (seconds, f) = decode(&format!("{}/live/{id}/replay/index.m3u8", levee.base));
+    let (seconds, f, _) = record_tone(&format!("{}/live/{id}/replay/index.m3u8", levee.base), None);
     assert!(
         seconds >= 3.0,
         "the replay up to the crash lasts {seconds:.2} s"

@@ -4,8 +4,8 @@
 //!   assembler that undoes lacing, and a page writer.
 //! - [`opus`]: Opus in Ogg (RFC 7845): `OpusHead`, `OpusTags`, and packet durations from the
 //!   TOC byte (RFC 6716 §3.1).
-//! - [`mp4`]: fragmented MP4 with Opus (the init segment and media fragments of LL-HLS);
-//!   a writer only.
+//! - [`mp4`]: fragmented MP4 with Opus (the init segment and media fragments of LL-HLS):
+//!   a writer, and a strict reader of what it writes (recordings read back).
 //!
 //! Every parser here takes untrusted bytes and answers with a typed error that says what was
 //! wrong; none of them panics or allocates without a bound.

@@ -5,7 +5,11 @@
 //! the stream's [`OpusHead`]; [`fragment`] packs consecutive Opus packets into one `moof` +
 //! `mdat`, each packet one sample with its own duration, starting at `base_time` (48 kHz
 //! samples since the stream's start). Bytes only depend on the inputs, so every node packages a
-//! stream identically. Writing only: nothing here reads untrusted input.
+//! stream identically.
+//!
+//! Reading back ([`read_segment`], [`read_init`]) takes what levee wrote (a recording on disk,
+//! which a damaged disk or a hand may have changed): it accepts exactly that layout and
+//! refuses anything else with a reason, within bounds, without panicking.
 
 use crate::opus::OpusHead;
 
@@ -208,6 +212,140 @@ pub fn fragment(sequence: u32, base_time: u64, samples: &[(u32, &[u8])]) -> Vec<
     o
 }
 
+/// Most samples one fragment may declare when read back.
+pub const MAX_FRAGMENT_SAMPLES: u32 = 4_096;
+
+/// A box read back: its kind and its body.
+type Mp4Box<'a> = ([u8; 4], &'a [u8]);
+
+/// The boxes of `b` at one level, or why they are not boxes.
+fn boxes_of(mut b: &[u8]) -> Result<Vec<Mp4Box<'_>>, &'static str> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        if b.len() < 8 {
+            return Err("a box header is cut short");
+        }
+        let size = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        if size < 8 || size > b.len() {
+            return Err("a box's size is out of bounds");
+        }
+        out.push(([b[4], b[5], b[6], b[7]], &b[8..size]));
+        b = &b[size..];
+        if out.len() > 64 {
+            return Err("too many boxes");
+        }
+    }
+    Ok(out)
+}
+
+/// The box at the start of `b`, and what follows it.
+fn take_box(b: &[u8]) -> Result<(Mp4Box<'_>, &[u8]), &'static str> {
+    if b.len() < 8 {
+        return Err("a box header is cut short");
+    }
+    let size = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+    if size < 8 || size > b.len() {
+        return Err("a box's size is out of bounds");
+    }
+    Ok((([b[4], b[5], b[6], b[7]], &b[8..size]), &b[size..]))
+}
+
+fn child<'a>(b: &'a [u8], kind: &[u8; 4]) -> Result<&'a [u8], &'static str> {
+    boxes_of(b)?
+        .into_iter()
+        .find(|(k, _)| k == kind)
+        .map(|(_, body)| body)
+        .ok_or("a box levee writes is missing")
+}
+
+fn be32(b: &[u8], at: usize) -> Result<u32, &'static str> {
+    b.get(at..at + 4)
+        .map(|x| u32::from_be_bytes([x[0], x[1], x[2], x[3]]))
+        .ok_or("a box is cut short")
+}
+
+/// One media sample read back: its duration (48 kHz samples) and its bytes.
+pub type Sample<'a> = (u32, &'a [u8]);
+
+/// The samples of a segment levee wrote (one or more `moof` + `mdat` fragments, as
+/// [`fragment`] makes them), in order, with the decode time of the first.
+pub fn read_segment(seg: &[u8]) -> Result<(u64, Vec<Sample<'_>>), &'static str> {
+    let mut out = Vec::new();
+    let mut first_time = None;
+    let mut rest = seg;
+    while !rest.is_empty() {
+        let ((moof_kind, moof), after) = take_box(rest)?;
+        let ((mdat_kind, mdat), after) = take_box(after)?;
+        if &moof_kind != b"moof" || &mdat_kind != b"mdat" {
+            return Err("a fragment is not a moof and an mdat");
+        }
+        let traf = child(moof, b"traf")?;
+        let tfdt = child(traf, b"tfdt")?;
+        let time = match tfdt.first() {
+            Some(1) => tfdt
+                .get(4..12)
+                .map(|x| u64::from_be_bytes(x.try_into().expect("8 bytes")))
+                .ok_or("tfdt is cut short")?,
+            _ => return Err("tfdt is not version 1"),
+        };
+        first_time.get_or_insert(time);
+        let trun = child(traf, b"trun")?;
+        if be32(trun, 0)? & 0x00ff_ffff != 0x0301 {
+            return Err("trun is not of the layout levee writes");
+        }
+        let count = be32(trun, 4)?;
+        if count > MAX_FRAGMENT_SAMPLES {
+            return Err("a fragment declares too many samples");
+        }
+        let moof_len = moof.len() + 8;
+        let offset = be32(trun, 8)? as usize;
+        if offset != moof_len + 8 {
+            return Err("trun's data offset does not point at the mdat");
+        }
+        let mut at = 0usize;
+        for i in 0..count as usize {
+            let duration = be32(trun, 12 + i * 8)?;
+            let size = be32(trun, 16 + i * 8)? as usize;
+            let data = mdat
+                .get(at..at + size)
+                .ok_or("a sample lies beyond its mdat")?;
+            out.push((duration, data));
+            at += size;
+        }
+        if at != mdat.len() {
+            return Err("the mdat holds bytes no sample names");
+        }
+        rest = after;
+    }
+    Ok((first_time.ok_or("an empty segment")?, out))
+}
+
+/// The Opus header of an init segment levee wrote (its `dOps` box).
+pub fn read_init(init: &[u8]) -> Result<OpusHead, &'static str> {
+    let moov = child(init, b"moov")?;
+    let stsd = [b"trak", b"mdia", b"minf", b"stbl", b"stsd"]
+        .iter()
+        .try_fold(moov, |b, kind| child(b, kind))?;
+    let entries = stsd.get(8..).ok_or("stsd is cut short")?;
+    let opus = child(entries, b"Opus")?;
+    let dops = child(
+        opus.get(28..).ok_or("the Opus entry is cut short")?,
+        b"dOps",
+    )?;
+    if dops.len() < 11 || dops[0] != 0 || dops[10] != 0 {
+        return Err("dOps is not of the layout levee writes");
+    }
+    if !(1..=2).contains(&dops[1]) {
+        return Err("dOps declares other than one or two channels");
+    }
+    Ok(OpusHead {
+        channels: dops[1],
+        pre_skip: u16::from_be_bytes([dops[2], dops[3]]),
+        input_sample_rate: u32::from_be_bytes([dops[4], dops[5], dops[6], dops[7]]),
+        output_gain: i16::from_be_bytes([dops[8], dops[9]]),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,6 +411,32 @@ mod tests {
         );
         // Every node writes the same bytes for the same stream.
         assert_eq!(init, init_segment(&head));
+    }
+
+    #[test]
+    fn what_levee_writes_reads_back_and_anything_else_is_refused() {
+        let head = OpusHead::new(2);
+        assert_eq!(read_init(&init_segment(&head)), Ok(head));
+        let a: Vec<(u32, &[u8])> = vec![(960, b"abc"), (960, b"de")];
+        let b: Vec<(u32, &[u8])> = vec![(480, b"f")];
+        let mut seg = fragment(1, 960, &a);
+        seg.extend(fragment(2, 2_880, &b));
+        let (time, samples) = read_segment(&seg).unwrap();
+        assert_eq!(time, 960);
+        assert_eq!(samples, vec![(960, &b"abc"[..]), (960, b"de"), (480, b"f")]);
+        // A cut between whole fragments leaves a shorter segment; any other is refused.
+        let first = fragment(1, 960, &a).len();
+        for cut in 1..seg.len() {
+            match read_segment(&seg[..cut]) {
+                Ok((_, got)) => assert_eq!((cut, got.len()), (first, 2)),
+                Err(_) => assert_ne!(cut, first),
+            }
+        }
+        assert!(read_segment(&[]).is_err());
+        assert!(read_init(&seg).is_err());
+        let mut bad = seg.clone();
+        bad[3] ^= 0x10; // the moof's size
+        assert!(read_segment(&bad).is_err());
     }
 
     #[test]

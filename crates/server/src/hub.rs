@@ -133,6 +133,8 @@ pub trait RecordLink: Send + Sync {
     fn counters(&self) -> &crate::counters::RecordCounters;
     /// Bytes the recordings take now.
     fn used_bytes(&self) -> u64;
+    /// Deletes space `id`'s recording; `Err` says why not.
+    fn delete(&self, id: &str) -> Result<(), String>;
 }
 
 impl Hub {

@@ -34,6 +34,8 @@ pub const RECORD_TAP: usize = 3_000;
 pub const SEGMENTS_FILE: &str = "segments.lvr";
 /// The init segment's file.
 pub const INIT_FILE: &str = "init.mp4";
+/// How often recordings past `--retention` are looked for while running.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(3_600);
 /// Longest recording file read back whole (about 6 h at 512 kbit/s).
 pub const MAX_RECORDING_FILE: u64 = 1 << 30;
 
@@ -64,8 +66,17 @@ impl Recorder {
             recording: Mutex::new(HashSet::new()),
             counters: RecordCounters::default(),
         };
-        let entries = fs::read_dir(dir)
-            .map_err(|e| format!("cannot read --data-dir {}: {e}", dir.display()))?;
+        let used = r.sweep(cfg.retention, true)?;
+        r.used.store(used, Relaxed);
+        Ok(Arc::new(r))
+    }
+
+    /// Walks the recordings: deletes those older than `retention` (not one being written),
+    /// cuts torn tails (with `repair`, at start only: later the writers own their files) and
+    /// returns the bytes held.
+    fn sweep(&self, retention: Duration, repair: bool) -> Result<u64, String> {
+        let entries = fs::read_dir(&self.dir)
+            .map_err(|e| format!("cannot read --data-dir {}: {e}", self.dir.display()))?;
         let mut used = 0;
         for entry in entries.flatten() {
             let path = entry.path();
@@ -80,10 +91,11 @@ impl Recorder {
                 .and_then(|m| m.modified())
                 .ok()
                 .and_then(|t| SystemTime::now().duration_since(t).ok());
-            if age.is_some_and(|a| a > cfg.retention) {
+            let writing = self.recording.lock().expect("recording lock").contains(id);
+            if !writing && age.is_some_and(|a| a > retention) {
                 match fs::remove_dir_all(&path) {
                     Ok(()) => {
-                        r.counters.expired.fetch_add(1, Relaxed);
+                        self.counters.expired.fetch_add(1, Relaxed);
                         tracing::info!(space = %id, "recording older than --retention deleted");
                     }
                     Err(e) => {
@@ -92,13 +104,28 @@ impl Recorder {
                 }
                 continue;
             }
-            if let Err(e) = r.repair(&segments) {
-                tracing::warn!(space = %id, "recording not checked: {e}");
+            if repair {
+                if let Err(e) = self.repair(&segments) {
+                    tracing::warn!(space = %id, "recording not checked: {e}");
+                }
             }
             used += file_len(&segments) + file_len(&path.join(INIT_FILE));
         }
-        r.used.store(used, Relaxed);
-        Ok(Arc::new(r))
+        Ok(used)
+    }
+
+    /// Deletes space `id`'s recording (its host asked); `Err` says why not.
+    pub fn delete(&self, id: &str) -> Result<(), String> {
+        if self.recording.lock().expect("recording lock").contains(id) {
+            return Err("the space is being recorded".into());
+        }
+        let dir = self.space_dir(id);
+        let bytes = file_len(&dir.join(SEGMENTS_FILE)) + file_len(&dir.join(INIT_FILE));
+        fs::remove_dir_all(&dir).map_err(|e| format!("cannot delete the recording: {e}"))?;
+        let _ = self
+            .used
+            .fetch_update(Relaxed, Relaxed, |u| Some(u.saturating_sub(bytes)));
+        Ok(())
     }
 
     /// Cuts a torn or damaged tail off a recording file.
@@ -158,6 +185,9 @@ impl RecordLink for Arc<Recorder> {
     fn used_bytes(&self) -> u64 {
         self.as_ref().used_bytes()
     }
+    fn delete(&self, id: &str) -> Result<(), String> {
+        self.as_ref().delete(id)
+    }
 }
 
 /// Starts recording with `cfg` when it names a directory; the hub is told of the recorder.
@@ -167,6 +197,22 @@ pub fn start(hub: &Arc<Hub>, cfg: &RecordConfig) -> Result<Option<Arc<Recorder>>
     };
     let r = Recorder::open(cfg, dir)?;
     let _ = hub.recorder.set(Box::new(r.clone()));
+    // Retention while running: a sweep every SWEEP_EVERY.
+    let (sweeper, retention) = (Arc::downgrade(&r), cfg.retention);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(SWEEP_EVERY);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            let Some(r) = sweeper.upgrade() else { return };
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Ok(used) = r.sweep(retention, false) {
+                    r.used.store(used, Relaxed);
+                }
+            })
+            .await;
+        }
+    });
     Ok(Some(r))
 }
 
@@ -211,6 +257,7 @@ async fn record(rec: Arc<Recorder>, space: Arc<Space>, id: String) {
         "id": info.id,
         "title": info.title,
         "created_at": info.created_at,
+        "host_key_sha256": levee_core::space::hex(&info.host_key_sha256),
     })
     .to_string();
     let dir = rec.space_dir(&id);

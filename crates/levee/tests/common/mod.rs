@@ -510,3 +510,60 @@ pub async fn http_from(
 pub fn source(block: u8, i: u32) -> std::net::IpAddr {
     std::net::IpAddr::from([127, block, (i / 250) as u8, (i % 250 + 1) as u8])
 }
+
+/// A loopback TCP port that was free a moment ago.
+#[allow(dead_code)]
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// What real ffmpeg decodes from `url` (`seconds` of it, or all), mono at 48 kHz: its length
+/// in seconds, the dominant frequency of its last second, and that second's RMS.
+#[allow(dead_code)]
+pub fn record_tone(url: &str, seconds: Option<u32>) -> (f64, f64, f64) {
+    require_tool("ffmpeg");
+    let out = std::env::temp_dir().join(format!(
+        "levee-tone-{}-{}.wav",
+        std::process::id(),
+        TONE_FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let mut cmd = Command::new("timeout");
+    cmd.args([
+        "30",
+        "ffmpeg",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-nostdin",
+        "-i",
+    ])
+    .arg(url);
+    if let Some(s) = seconds {
+        cmd.args(["-t", &s.to_string()]);
+    }
+    let status = cmd
+        .args(["-ac", "1", "-ar", "48000", "-y"])
+        .arg(&out)
+        .status()
+        .expect("ffmpeg runs");
+    assert!(status.success(), "ffmpeg could not record {url}: {status}");
+    let (rate, channels, samples) = read_wav(&std::fs::read(&out).unwrap());
+    let _ = std::fs::remove_file(&out);
+    assert_eq!((rate, channels), (48_000, 1));
+    let tail: Vec<f64> = samples[samples.len().saturating_sub(48_000)..]
+        .iter()
+        .map(|&s| s as f64)
+        .collect();
+    let rms = (tail.iter().map(|v| v * v).sum::<f64>() / tail.len().max(1) as f64).sqrt();
+    (
+        samples.len() as f64 / rate as f64,
+        dominant_frequency(&tail, rate as f64),
+        rms,
+    )
+}
+
+static TONE_FILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

@@ -80,20 +80,32 @@ async fn wait_for(space: &Space, bound: Duration, ready: impl Fn(&Hls) -> bool) 
     }
 }
 
-fn media(bytes: Bytes, etag: String, headers: &HeaderMap) -> Response {
-    let etag = format!("\"{etag}\"");
+/// A cacheable answer: `body` of `content_type` with `cache` and the ETag `tag`, or `304`
+/// when the request already holds that tag.
+fn cached(
+    content_type: &'static str,
+    body: Bytes,
+    cache: &str,
+    tag: &str,
+    headers: &HeaderMap,
+) -> Response {
+    let etag = format!("\"{tag}\"");
     let hit = headers
         .get(header::IF_NONE_MATCH)
         .is_some_and(|v| v.as_bytes() == etag.as_bytes());
     let mut r = if hit {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        ([(header::CONTENT_TYPE, MEDIA_TYPE)], bytes).into_response()
+        ([(header::CONTENT_TYPE, content_type)], body).into_response()
     };
     let h = r.headers_mut();
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
-    if let Ok(v) = HeaderValue::from_str(&etag) {
-        h.insert(header::ETAG, v);
+    for (name, value) in [
+        (header::CACHE_CONTROL, cache),
+        (header::ETAG, etag.as_str()),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            h.insert(name, v);
+        }
     }
     public(&mut r);
     r
@@ -146,10 +158,10 @@ pub(super) async fn playlist(
             return r;
         }
     }
-    let (body, etag) = space.track.hls(|h, pl| {
+    let (body, tag) = space.track.hls(|h, pl| {
         let tag = match h.last_part() {
-            Some((m, p)) => format!("\"{m}.{p}{}\"", if h.ended() { "e" } else { "" }),
-            None => "\"empty\"".to_owned(),
+            Some((m, p)) => format!("{m}.{p}{}", if h.ended() { "e" } else { "" }),
+            None => "empty".to_owned(),
         };
         (pl.clone(), tag)
     });
@@ -157,23 +169,7 @@ pub(super) async fn playlist(
         Some(_) => format!("public, max-age={BLOCKED_MAX_AGE_S}"),
         None => "public, max-age=1".to_owned(),
     };
-    let hit = headers
-        .get(header::IF_NONE_MATCH)
-        .is_some_and(|v| v.as_bytes() == etag.as_bytes());
-    let mut r = if hit {
-        StatusCode::NOT_MODIFIED.into_response()
-    } else {
-        ([(header::CONTENT_TYPE, PLAYLIST_TYPE)], body).into_response()
-    };
-    let h = r.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&max_age) {
-        h.insert(header::CACHE_CONTROL, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&etag) {
-        h.insert(header::ETAG, v);
-    }
-    public(&mut r);
-    r
+    cached(PLAYLIST_TYPE, body, &max_age, &tag, &headers)
 }
 
 /// `GET /live/{id}/hls/{file}`.
@@ -207,7 +203,7 @@ pub(super) async fn file(
     }
     let etag = f.name();
     match got {
-        Lookup::Ready(b) => media(b, etag, &headers),
+        Lookup::Ready(b) => cached(MEDIA_TYPE, b, IMMUTABLE, &etag, &headers),
         Lookup::Soon | Lookup::Future => not_there(StatusCode::NOT_FOUND, "not made yet"),
         Lookup::Gone => not_there(StatusCode::GONE, "no longer held (or never made)"),
     }

@@ -71,6 +71,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/api/spaces/{id}/join", axum::routing::post(join::join))
         .route("/live/{id}/hls/index.m3u8", get(hls::playlist))
         .route("/live/{id}/hls/{file}", get(hls::file))
+        .route("/live/{id}/replay", axum::routing::delete(replay::delete))
         .route("/live/{id}/replay/index.m3u8", get(replay::playlist))
         .route("/live/{id}/replay/{file}", get(replay::file))
         .route("/api/admin/shield", get(join::shield_status))

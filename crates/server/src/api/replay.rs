@@ -10,13 +10,13 @@ use super::reply::error;
 use crate::hub::Hub;
 use crate::recorder;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use levee_core::space::{is_valid_id, SpaceState};
 use std::sync::Arc;
 
 /// The directory of `id`'s recording, or the status and reason why there is no replay.
-fn replay_dir(hub: &Hub, id: &str) -> Result<std::path::PathBuf, (StatusCode, String)> {
+pub(crate) fn replay_dir(hub: &Hub, id: &str) -> Result<std::path::PathBuf, (StatusCode, String)> {
     let Some(dir) = &hub.config.record.dir else {
         return Err((
             StatusCode::NOT_FOUND,
@@ -111,5 +111,56 @@ pub(super) async fn file(
             StatusCode::INTERNAL_SERVER_ERROR,
             "the recording could not be read",
         ),
+    }
+}
+
+/// `DELETE /live/{id}/replay` with `Authorization: Bearer <host key>`: the host deletes the
+/// space's recording (the key is checked against the hash the recording keeps, so this works
+/// after a restart too).
+pub(super) async fn delete(
+    State(hub): State<Arc<Hub>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let dir = match replay_dir(&hub, &id) {
+        Ok(d) => d,
+        Err((status, why)) => return error(status, why),
+    };
+    let Some(key) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+    else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "deleting a recording needs Authorization: Bearer <host key>",
+        );
+    };
+    let meta = match tokio::fs::read(dir.join("meta.json")).await {
+        Ok(m) if m.len() <= 16 * 1024 => m,
+        _ => return error(StatusCode::NOT_FOUND, "no recording"),
+    };
+    let kept = serde_json::from_slice::<serde_json::Value>(&meta)
+        .ok()
+        .and_then(|v| v["host_key_sha256"].as_str().map(str::to_owned));
+    let Some(kept) = kept else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "this recording keeps no host key: it cannot be deleted through the API",
+        );
+    };
+    let presented = levee_core::space::hex(&levee_core::space::key_hash(key.trim()));
+    if !levee_core::space::constant_time_eq(kept.as_bytes(), presented.as_bytes()) {
+        return error(StatusCode::FORBIDDEN, "wrong host key for this recording");
+    }
+    let Some(r) = hub.recorder.get() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "this node records nothing (--no-record)",
+        );
+    };
+    match r.delete(&id) {
+        Ok(()) => axum::Json(serde_json::json!({ "deleted": id })).into_response(),
+        Err(why) => error(StatusCode::CONFLICT, why),
     }
 }

@@ -144,6 +144,11 @@ async fn handle(
             drop(buf);
             media(stream, peer, hub, space, head, rest, kind, guard).await
         }
+        Route::ReplayOgg { id } => {
+            let id = id.to_owned();
+            drop(buf);
+            super::replay::replay_ogg(stream, hub, &id).await
+        }
         Route::Api => api::serve_connection(stream, peer, buf.freeze(), hub, router).await,
     }
 }
@@ -157,7 +162,14 @@ enum MediaKind {
 }
 
 enum Route<'a> {
-    Media { id: &'a str, kind: MediaKind },
+    Media {
+        id: &'a str,
+        kind: MediaKind,
+    },
+    /// A recording's Ogg download (the space may be gone from memory: no look-up).
+    ReplayOgg {
+        id: &'a str,
+    },
     Api,
 }
 
@@ -166,7 +178,12 @@ fn route(head: &Head) -> Route<'_> {
         return Route::Api;
     };
     let m = head.method.as_str();
-    if let Some(id) = rest.strip_suffix(".ogg") {
+    if let Some(id) = rest.strip_suffix("/replay.ogg") {
+        if matches!(m, "GET" | "HEAD") && is_valid_id(id) {
+            return Route::ReplayOgg { id };
+        }
+    }
+    if let Some(id) = rest.strip_suffix(".ogg").filter(|id| !id.contains('/')) {
         return match m {
             "GET" | "HEAD" => Route::Media {
                 id,

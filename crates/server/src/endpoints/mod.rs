@@ -4,3 +4,4 @@
 pub mod front;
 pub mod ingest;
 pub mod listen;
+pub mod replay;
