@@ -178,6 +178,64 @@
       ? 'Listeners join through the join API and get a ticket'
       : access === 'challenge' ? 'Browsers solve a small proof of work before joining' : '';
     renderOggLink();
+    if (state === 'ended' && !replayTried) {
+      replayTried = true;
+      loadReplay();
+    }
+  }
+
+  // ---------------------------------------------------------------- replay
+  //
+  // An ended space's recording (docs/protocol.md, "Replay"): its VOD playlist's segments
+  // appended in order to Media Source behind an <audio controls>, whose bar seeks anywhere
+  // once they are in (a few MiB an hour); without Media Source, the Ogg download plays.
+
+  let replayTried = false;
+
+  async function loadReplay() {
+    const base = `/live/${encodeURIComponent(spaceId)}/replay`;
+    const r = await fetch(`${base}/index.m3u8`).catch(() => null);
+    if (!r || !r.ok) return;
+    const playlist = await r.text();
+    const names = [...playlist.matchAll(/^(r\d+\.m4s)$/gm)].map((m) => m[1]);
+    const seconds = [...playlist.matchAll(/^#EXTINF:([\d.]+),/gm)].reduce((a, m) => a + Number(m[1]), 0);
+    if (!names.length) return;
+    const box = $('replay-box');
+    const audio = $('replay-audio');
+    const status = $('replay-status');
+    $('replay-download').href = `${base}.ogg`;
+    box.hidden = false;
+    levee.replay = { segments: names.length, loaded: 0, seconds, mode: null };
+    status.textContent = `${Math.round(seconds)} s recorded.`;
+    if (typeof MediaSource === 'undefined' || !MediaSource.isTypeSupported(HLS_TYPE)) {
+      levee.replay.mode = 'ogg';
+      audio.src = `${base}.ogg`;
+      return;
+    }
+    levee.replay.mode = 'mse';
+    const ms = new MediaSource();
+    audio.src = URL.createObjectURL(ms);
+    await new Promise((resolve) => ms.addEventListener('sourceopen', resolve, { once: true }));
+    const sb = ms.addSourceBuffer(HLS_TYPE);
+    const append = (bytes) => new Promise((resolve, reject) => {
+      sb.addEventListener('updateend', resolve, { once: true });
+      sb.addEventListener('error', reject, { once: true });
+      sb.appendBuffer(bytes);
+    });
+    try {
+      for (const name of ['init.mp4', ...names]) {
+        const seg = await fetch(`${base}/${name}`);
+        if (!seg.ok) throw new Error(`${name} answered ${seg.status}`);
+        await append(await seg.arrayBuffer());
+        if (name !== 'init.mp4') levee.replay.loaded += 1;
+        if (levee.replay.loaded === 1 && sb.buffered.length && audio.currentTime < sb.buffered.start(0)) {
+          audio.currentTime = sb.buffered.start(0);
+        }
+      }
+      ms.endOfStream();
+    } catch (e) {
+      status.textContent = `The recording could not be loaded whole (${e.message}).`;
+    }
   }
 
   function renderOggLink() {

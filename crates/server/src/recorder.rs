@@ -177,7 +177,9 @@ impl RecordLink for Arc<Recorder> {
         {
             return;
         }
-        tokio::spawn(record(self.clone(), space.clone(), id));
+        // Taken now, before the source's first packet is published: nothing of it is missed.
+        let tap = space.track.tap(RECORD_TAP);
+        tokio::spawn(record(self.clone(), space.clone(), id, tap));
     }
     fn counters(&self) -> &RecordCounters {
         &self.as_ref().counters
@@ -249,8 +251,12 @@ fn open_writer(dir: &Path, init: &[u8], meta: &str) -> std::io::Result<Writer> {
     })
 }
 
-async fn record(rec: Arc<Recorder>, space: Arc<Space>, id: String) {
-    let tap = space.track.tap(RECORD_TAP);
+async fn record(
+    rec: Arc<Recorder>,
+    space: Arc<Space>,
+    id: String,
+    tap: Arc<Mutex<levee_core::packet::Tap>>,
+) {
     let mut hls = Hls::new(space.track.head());
     let info = space.snapshot();
     let meta = serde_json::json!({
