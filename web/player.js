@@ -192,9 +192,14 @@
 
   let replayTried = false;
 
-  async function loadReplay() {
+  async function loadReplay(attempt = 0) {
     const base = `/live/${encodeURIComponent(spaceId)}/replay`;
     const r = await fetch(`${base}/index.m3u8`).catch(() => null);
+    if (r && r.status === 409 && attempt < 10) {
+      // Its last segment is being written a moment after the end: ask again.
+      setTimeout(() => loadReplay(attempt + 1), 1000);
+      return;
+    }
     if (!r || !r.ok) return;
     const playlist = await r.text();
     const names = [...playlist.matchAll(/^(r\d+\.m4s)$/gm)].map((m) => m[1]);

@@ -135,6 +135,8 @@ pub trait RecordLink: Send + Sync {
     fn used_bytes(&self) -> u64;
     /// Deletes space `id`'s recording; `Err` says why not.
     fn delete(&self, id: &str) -> Result<(), String>;
+    /// Whether space `id` is being recorded now (its last segment may still be coming).
+    fn writing(&self, id: &str) -> bool;
 }
 
 impl Hub {

@@ -190,6 +190,9 @@ impl RecordLink for Arc<Recorder> {
     fn delete(&self, id: &str) -> Result<(), String> {
         self.as_ref().delete(id)
     }
+    fn writing(&self, id: &str) -> bool {
+        self.recording.lock().expect("recording lock").contains(id)
+    }
 }
 
 /// Starts recording with `cfg` when it names a directory; the hub is told of the recorder.

@@ -32,6 +32,12 @@ pub(crate) fn replay_dir(hub: &Hub, id: &str) -> Result<std::path::PathBuf, (Sta
             "this space has not ended: its replay is served once it ends".into(),
         ));
     }
+    if hub.recorder.get().is_some_and(|r| r.writing(id)) {
+        return Err((
+            StatusCode::CONFLICT,
+            "the recording is being finished: ask again in a moment".into(),
+        ));
+    }
     Ok(dir.join(id))
 }
 

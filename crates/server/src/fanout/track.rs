@@ -381,6 +381,8 @@ impl Track {
         });
         self.ended.store(true, Ordering::Release);
         self.notify();
+        // Readers of the taps (a recorder, the bus) see the end at once.
+        self.tapped.notify_waiters();
     }
 
     /// Moves freshly sealed chunks of `format` into its ring and publishes a new window.
