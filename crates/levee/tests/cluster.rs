@@ -278,6 +278,24 @@ async fn a_host_on_one_node_is_heard_on_another() {
             && b.metric("levee_cluster_foreign_total") >= 1.0
     });
 
+    // A third node hears it too: its WebSocket listener without a gap, and real ffmpeg
+    // records the 1 kHz tone from its Ogg stream.
+    let c = Levee::start(&["--nats", &nats.url, "--node", "node-c"]);
+    wait_until(Duration::from_secs(5), "C knows the space", || {
+        c.http("GET", &format!("/api/spaces/{id}"), &[], b"").status == 200
+    });
+    let on_c = listen_on(&c, &id, 3);
+    let ogg_c = format!("http://{}/live/{id}.ogg", c.addr);
+    let (seconds, f, rms) = tokio::task::spawn_blocking(move || record_tone(&ogg_c, Some(2)))
+        .await
+        .unwrap();
+    assert!(seconds >= 1.5, "recorded {seconds:.2} s from C");
+    assert!((f - 1000.0).abs() <= 20.0, "C's tone: {f} Hz");
+    assert!(rms > 1000.0, "C's recording is near silent (RMS {rms:.0})");
+    let heard_c = on_c.await.unwrap();
+    assert!(heard_c.seqs.len() >= 100, "C heard {}", heard_c.seqs.len());
+    assert_eq!(heard_c.gaps(), 0, "C: gaps in {:?}", heard_c.seqs);
+
     // The host key verifies on B (which knows only its hash); ending on B ends it on A.
     let wrong = b.http(
         "DELETE",
