@@ -36,8 +36,6 @@ pub const SEGMENTS_FILE: &str = "segments.lvr";
 pub const INIT_FILE: &str = "init.mp4";
 /// How often recordings past `--retention` are looked for while running.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(3_600);
-/// Longest recording file read back whole (about 6 h at 512 kbit/s).
-pub const MAX_RECORDING_FILE: u64 = 1 << 30;
 
 /// This node's recorder.
 pub struct Recorder {
@@ -134,11 +132,7 @@ impl Recorder {
             return Ok(());
         }
         let len = file_len(segments);
-        if len > MAX_RECORDING_FILE {
-            return Err(std::io::Error::other("longer than a recording may be"));
-        }
-        let bytes = fs::read(segments)?;
-        let scan = recording::scan(&bytes);
+        let scan = scan_file(segments)?;
         if let Some(why) = scan.torn {
             tracing::warn!(
                 file = %segments.display(),
@@ -237,12 +231,11 @@ fn open_writer(dir: &Path, init: &[u8], meta: &str) -> std::io::Result<Writer> {
         fs::rename(&tmp, dir.join(name))?;
     }
     let path = dir.join(SEGMENTS_FILE);
-    let bytes = if path.exists() {
-        fs::read(&path)?
+    let scan = if path.exists() {
+        scan_file(&path)?
     } else {
-        Vec::new()
+        recording::scan(&[])
     };
-    let scan = recording::scan(&bytes);
     let file = OpenOptions::new().create(true).append(true).open(&path)?;
     if scan.torn.is_some() {
         file.set_len(scan.valid_len)?;
@@ -350,21 +343,66 @@ async fn record(
     rec.recording.lock().expect("recording lock").remove(&id);
 }
 
-/// A recording read back for replay: its entries, the file's length when read.
+/// Scans a recording file one record at a time (at most one segment in memory, whatever the
+/// file's length): its whole records, the end of the last one, and why it stopped early.
+pub fn scan_file(path: &Path) -> std::io::Result<recording::Scan> {
+    use std::os::unix::fs::FileExt;
+    let file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let (mut entries, mut at, mut rec) = (Vec::<recording::Entry>::new(), 0u64, Vec::new());
+    let torn = loop {
+        if at == len {
+            break None;
+        }
+        let mut head = [0u8; recording::HEADER];
+        if file.read_exact_at(&mut head, at).is_err() {
+            break Some("a record's header is cut short");
+        }
+        let n = u32::from_be_bytes([head[32], head[33], head[34], head[35]]);
+        if n > recording::MAX_SEGMENT_BYTES {
+            break Some("a record is longer than a segment may be");
+        }
+        rec.clear();
+        rec.extend_from_slice(&head);
+        rec.resize(recording::HEADER + n as usize, 0);
+        let data_at = at + recording::HEADER as u64;
+        if file
+            .read_exact_at(&mut rec[recording::HEADER..], data_at)
+            .is_err()
+        {
+            break Some("a record's bytes are cut short");
+        }
+        let one = recording::scan(&rec);
+        let Some(e) = one.entries.first().filter(|_| one.torn.is_none()) else {
+            break one.torn;
+        };
+        if entries
+            .last()
+            .is_some_and(|l| l.segment.msn >= e.segment.msn)
+        {
+            break Some("a record does not follow the one before it");
+        }
+        entries.push(recording::Entry {
+            offset: data_at,
+            ..*e
+        });
+        at += rec.len() as u64;
+    };
+    Ok(recording::Scan {
+        entries,
+        valid_len: at,
+        torn,
+    })
+}
+
+/// A recording read back for replay: its entries, and the end of the last whole record.
 pub fn read_back(dir: &Path) -> Result<(Vec<recording::Entry>, u64), String> {
     let path = dir.join(SEGMENTS_FILE);
-    let len = fs::metadata(&path)
-        .map_err(|_| "no recording".to_owned())?
-        .len();
-    if len > MAX_RECORDING_FILE {
-        return Err("the recording is longer than this node reads back".into());
-    }
-    let bytes = fs::read(&path).map_err(|e| format!("the recording cannot be read: {e}"))?;
-    let scan = recording::scan(&bytes);
+    let scan = scan_file(&path).map_err(|_| "no recording".to_owned())?;
     if let Some(why) = scan.torn {
         tracing::warn!(file = %path.display(), "recording read back up to byte {}: {why}", scan.valid_len);
     }
-    Ok((scan.entries, len))
+    Ok((scan.entries, scan.valid_len))
 }
 
 /// The bytes of `entry` from `dir`'s recording, checked again against their record's CRC.

@@ -335,11 +335,7 @@ pub(crate) async fn join(
 
 /// The refusal of an admin request without the admin key, if it is refused.
 fn refuse_non_admin(hub: &Hub, headers: &HeaderMap) -> Option<Response> {
-    let key = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "));
-    match key {
+    match super::reply::bearer(headers) {
         None => Some(error(
             StatusCode::UNAUTHORIZED,
             "the admin API needs Authorization: Bearer <admin key>",

@@ -1,9 +1,10 @@
 //! Replays (`/live/{id}/replay/…`, `docs/protocol.md`, "Replay"): a recorded space, once it
 //! ended, as a VOD playlist of its recorded segments ([`crate::recorder`]), served from disk.
 //!
-//! Every answer is bounded: a recording file is read back whole only up to
-//! [`crate::recorder::MAX_RECORDING_FILE`], a segment is read alone and checked against its
-//! record's CRC before it is served; a damaged record is refused with a reason (the rest of
+//! Every answer is bounded: a recording file is scanned one record at a time
+//! ([`crate::recorder::scan_file`]) and its index kept for [`INDEXES`] recordings (a
+//! playback asks for each segment; the file is walked again only when it changed), a segment
+//! is read alone and checked against its record's CRC before it is served; a damaged record is refused with a reason (the rest of
 //! the replay stays served), never passed on.
 
 use super::reply::error;
@@ -14,6 +15,40 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use levee_core::space::{is_valid_id, SpaceState};
 use std::sync::Arc;
+
+/// Recordings whose index is kept (beyond, the oldest is dropped).
+pub const INDEXES: usize = 64;
+
+type Index = Arc<Vec<levee_core::recording::Entry>>;
+
+/// What identifies a version of a recording file: its length and modification time.
+type Version = (u64, Option<std::time::SystemTime>);
+
+/// Indexes of recordings read back: (id, file version, entries).
+static KEPT: std::sync::Mutex<Vec<(String, Version, Index)>> = std::sync::Mutex::new(Vec::new());
+
+/// The entries of `id`'s recording in `dir`, from the kept index while the file is unchanged
+/// (same length and modification time).
+fn index(id: &str, dir: &std::path::Path) -> Result<Index, String> {
+    let meta = std::fs::metadata(dir.join(recorder::SEGMENTS_FILE))
+        .map_err(|_| "no recording".to_owned())?;
+    let version: Version = (meta.len(), meta.modified().ok());
+    {
+        let kept = KEPT.lock().expect("index lock");
+        if let Some((_, _, e)) = kept.iter().find(|(i, v, _)| i == id && *v == version) {
+            return Ok(e.clone());
+        }
+    }
+    let (entries, _) = recorder::read_back(dir)?;
+    let entries = Arc::new(entries);
+    let mut kept = KEPT.lock().expect("index lock");
+    kept.retain(|(i, _, _)| i != id);
+    if kept.len() >= INDEXES {
+        kept.remove(0);
+    }
+    kept.push((id.to_owned(), version, entries.clone()));
+    Ok(entries)
+}
 
 /// The directory of `id`'s recording, or the status and reason why there is no replay.
 pub(crate) fn replay_dir(hub: &Hub, id: &str) -> Result<std::path::PathBuf, (StatusCode, String)> {
@@ -58,8 +93,9 @@ pub(super) async fn playlist(State(hub): State<Arc<Hub>>, Path(id): Path<String>
         Ok(d) => d,
         Err((status, why)) => return error(status, why),
     };
-    match tokio::task::spawn_blocking(move || recorder::read_back(&dir)).await {
-        Ok(Ok((entries, _))) if !entries.is_empty() => answer(
+    let owned = id.clone();
+    match tokio::task::spawn_blocking(move || index(&owned, &dir)).await {
+        Ok(Ok(entries)) if !entries.is_empty() => answer(
             "application/vnd.apple.mpegurl",
             "public, max-age=60",
             levee_core::recording::vod_playlist(&entries).into_bytes(),
@@ -102,7 +138,7 @@ pub(super) async fn file(
         return error(StatusCode::NOT_FOUND, "no such replay file");
     };
     let read = tokio::task::spawn_blocking(move || {
-        let (entries, _) = recorder::read_back(&dir)?;
+        let entries = index(&id, &dir)?;
         let entry = entries
             .iter()
             .find(|e| e.segment.msn == msn)
@@ -132,11 +168,7 @@ pub(super) async fn delete(
         Ok(d) => d,
         Err((status, why)) => return error(status, why),
     };
-    let Some(key) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-    else {
+    let Some(key) = super::reply::bearer(&headers) else {
         return error(
             StatusCode::UNAUTHORIZED,
             "deleting a recording needs Authorization: Bearer <host key>",

@@ -16,6 +16,14 @@ pub fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(json!({ "error": msg.into() }))).into_response()
 }
 
+/// The token of an `Authorization: Bearer <token>` header, if the request has one.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+}
+
 /// The base of absolute URLs: `--public-url`, else the request's `Host`, else the listen address.
 pub fn base_url(hub: &Hub, headers: &HeaderMap) -> (String, String) {
     if let Some(u) = &hub.config.public_url {

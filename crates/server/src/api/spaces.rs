@@ -6,7 +6,7 @@ use crate::hub::{CreateError, Hub, Space};
 use crate::shield::{Access, Shield};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use levee_core::space::{NewSpace, SpaceState};
@@ -143,11 +143,7 @@ pub(super) async fn end_space(
     let Some(space) = hub.find(&id).await else {
         return error(StatusCode::NOT_FOUND, format!("no space '{id}'"));
     };
-    let Some(key) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-    else {
+    let Some(key) = super::reply::bearer(&headers) else {
         return error(
             StatusCode::UNAUTHORIZED,
             "ending a space needs Authorization: Bearer <host key>",
