@@ -258,3 +258,51 @@ fn through_nginx_the_origin_load_stays_flat_as_players_grow() {
         "origin requests per part grew with the players: {per_part:?}"
     );
 }
+
+#[test]
+fn storm_hls_listeners_through_nginx_leave_the_origin_a_small_share_of_their_requests() {
+    // levee storm's own HLS listeners (the synthetic host, its marker timing every frame),
+    // through the shipped nginx: every one hears the whole broadcast, and what reaches levee
+    // is a small share of what they ask for.
+    let levee = Levee::start(&[]);
+    let nginx = Nginx::start(levee.addr);
+    let json = std::env::temp_dir().join(format!("levee-storm-hls-{}.json", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_levee"))
+        .args(["storm", "capacity", "--server", &levee.base])
+        .args(["--listeners", "200", "--ramp", "1s", "--hold", "5s"])
+        .args([
+            "--hls-share",
+            "1",
+            "--hls-via",
+            &format!("http://{}", nginx.addr),
+        ])
+        .args(["--sources", "127.5.0.0/16", "--quiet", "--json"])
+        .arg(&json)
+        .output()
+        .expect("levee storm runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json written")).unwrap();
+    let _ = std::fs::remove_file(&json);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(r["listeners"]["joined"], 200, "{text}");
+    assert_eq!(r["listeners"]["dropped"], 0, "{text}");
+    assert_eq!(r["gaps"], 0, "{text}");
+    let h = &r["hls"];
+    assert_eq!(h["via"], format!("http://{}", nginx.addr));
+    // Each listener asks twice a part (the part, the playlist naming the next); levee sees
+    // about two requests per part in all.
+    assert!(h["parts"].as_u64().unwrap() >= 200 * 20, "{h}");
+    let share = h["origin_share"].as_f64().unwrap();
+    assert!(
+        share < 0.05,
+        "the origin answered {share} of the requests: {h}"
+    );
+    assert!(h["origin_requests"].as_u64().unwrap() > 0, "{h}");
+    let p99 = r["e2e_latency_ms"]["p99"].as_f64().unwrap();
+    assert!(p99 < 2_500.0, "e2e p99 {p99} ms through nginx");
+    println!(
+        "{}",
+        text.lines().find(|l| l.starts_with("hls:")).unwrap_or("")
+    );
+}

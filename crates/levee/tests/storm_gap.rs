@@ -1,5 +1,6 @@
 //! `levee storm` finds a gap it injected: the synthetic host drops 1 s of audio (as a network
-//! outage would) and every listener's report shows one gap of that duration, on both formats.
+//! outage would) and every listener's report shows one gap of that duration, on every format
+//! (WebSocket, Ogg and LL-HLS).
 //! Also covers `storm run SCENARIO.toml` and objectives gating the exit code.
 
 mod common;
@@ -60,6 +61,7 @@ objectives = ["gap_ms_total < 1ms"]
 [mix]
 ws = 1.0
 ogg = 1.0
+hls = 1.0
 [host]
 pause_at = "2500ms"
 pause_for = "1s"
@@ -101,6 +103,16 @@ pause_for = "1s"
     }
     assert!(r["by_format"]["ogg"]["joined"].as_u64().unwrap() > 10);
     assert!(r["by_format"]["ws"]["joined"].as_u64().unwrap() > 10);
+    assert!(r["by_format"]["hls"]["joined"].as_u64().unwrap() > 10);
+    // HLS listeners ask for a part and for the playlist that names the next one; straight
+    // from levee, every one of their requests reached it.
+    let hls = &r["hls"];
+    let per_part = hls["requests_per_part"].as_f64().unwrap();
+    assert!((1.9..2.6).contains(&per_part), "{hls}");
+    assert!(
+        (hls["origin_share"].as_f64().unwrap() - 1.0).abs() < 0.02,
+        "{hls}"
+    );
     // Nothing came for 1 s (plus a packet), longer than the 1 s stall bound: one stall each.
     assert_eq!(r["listeners_with_stall_pct"], 100.0);
     let stall = r["worst_stall_ms"]["p50"].as_f64().unwrap();

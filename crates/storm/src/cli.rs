@@ -122,6 +122,13 @@ struct Common {
     /// Share of listeners on progressive Ogg (the rest on WebSocket), 0..=1.
     #[arg(long, default_value_t = 0.0)]
     ogg_share: f64,
+    /// Share of listeners on LL-HLS (blocking playlist reloads and part fetches), 0..=1; the
+    /// Ogg and HLS shares together at most 1.
+    #[arg(long, default_value_t = 0.0)]
+    hls_share: f64,
+    /// Base URL HLS listeners fetch from: a cache in front of --server (deploy/nginx).
+    #[arg(long)]
+    hls_via: Option<String>,
     /// Stall bound, ms.
     #[arg(long, default_value_t = 1000)]
     stall_ms: u64,
@@ -169,8 +176,11 @@ impl Common {
         sc.procs = self.procs;
         sc.sources = self.sources.clone();
         let ogg = self.ogg_share.clamp(0.0, 1.0);
-        sc.mix.ws = 1.0 - ogg;
+        let hls = self.hls_share.clamp(0.0, 1.0 - ogg);
+        sc.mix.ws = (1.0 - ogg - hls).max(0.0);
         sc.mix.ogg = ogg;
+        sc.mix.hls = hls;
+        sc.hls_via = self.hls_via.clone();
         sc.meter.stall_ms = self.stall_ms;
         sc.meter.playout_ms = self.playout_ms;
         sc.meter.read_every_ms = self.read_every_ms;

@@ -155,6 +155,8 @@ pub fn delivery(format: Format) -> &'static dyn Delivery {
     match format {
         Format::Ws => &WebSocket,
         Format::Ogg => &ProgressiveOgg,
+        // The engine gives HLS listeners to `crate::actors::hls`, never to a stream worker.
+        Format::Hls => unreachable!("HLS listeners are not streams"),
     }
 }
 
@@ -214,7 +216,7 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    fn bounds(&self, scheduled_us: u64, leave_us: u64) -> Bounds {
+    pub(crate) fn bounds(&self, scheduled_us: u64, leave_us: u64) -> Bounds {
         let leave = if leave_us >= self.run_end_us && self.drain {
             self.run_end_us + DRAIN.as_micros() as u64
         } else {
@@ -1042,6 +1044,7 @@ impl Worker {
             drop,
             bytes: a.reader.heard.bytes,
             pages: a.reader.heard.pages,
+            requests: 0,
             timed,
             summary: a
                 .reader
@@ -1050,14 +1053,7 @@ impl Worker {
                 .finish(now.min(a.bounds.leave_us).min(a.bounds.end_ok_after_us)),
         };
         let (failed, dropped) = (rec.join_failure.is_some(), rec.drop.is_some());
-        self.agg.record_session(&rec);
-        if l.life.attempt() > 0 && !dropped {
-            self.agg.retries += 1;
-        }
-        if let (Some(left), Some(audio)) = (l.life.left_at, rec.join.first_audio_us) {
-            self.agg.rejoin.record(audio.saturating_sub(left));
-            l.life.left_at = None;
-        }
+        account(&mut self.agg, &mut l.life, &rec);
         self.after(key, failed, dropped, now);
     }
 
@@ -1111,7 +1107,22 @@ impl Worker {
     }
 }
 
-fn source_of(sources: &[Ipv4Addr], slot: &Slot) -> Option<Ipv4Addr> {
+/// Adds one ended session of a listener to `agg`: its figures, a retry when it followed a
+/// failed attempt, the time to rejoin after a churn wave. Every kind of listener ends its
+/// sessions here.
+pub(crate) fn account(agg: &mut Aggregate, life: &mut Lifecycle, rec: &SessionRecord) {
+    agg.record_session(rec);
+    if life.attempt() > 0 && rec.drop.is_none() {
+        agg.retries += 1;
+    }
+    if let (Some(left), Some(audio)) = (life.left_at, rec.join.first_audio_us) {
+        agg.rejoin.record(audio.saturating_sub(left));
+        life.left_at = None;
+    }
+}
+
+/// The source address listener `slot` binds (none: the kernel's choice).
+pub(crate) fn source_of(sources: &[Ipv4Addr], slot: &Slot) -> Option<Ipv4Addr> {
     (!sources.is_empty()).then(|| sources[slot.index as usize % sources.len()])
 }
 

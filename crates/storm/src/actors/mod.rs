@@ -1,7 +1,8 @@
 //! Who takes part in a run: listeners (WebSocket and Ogg, joining directly or through the join
-//! API), the synthetic host, the Icecast-style source, and the attackers.
+//! API; LL-HLS), the synthetic host, the Icecast-style source, and the attackers.
 
 pub mod attackers;
+pub mod hls;
 pub mod host;
 pub mod join;
 pub mod listeners;

@@ -279,14 +279,17 @@ pub async fn space_metrics(target: &Target, space: &str) -> Result<BTreeMap<Stri
     Ok(parse_metrics(&r.body, space))
 }
 
-/// Parses Prometheus text, keeping the samples labelled `space="{space}"`, keyed by metric name
-/// plus `{format}` when the sample has a format label.
+/// Parses Prometheus text, keeping the samples labelled `space="{space}"`, the process's and
+/// `levee_hls_requests_total`, keyed by metric name plus `{format}` (or `{kind}`) when the
+/// sample has that label.
 pub fn parse_metrics(text: &str, space: &str) -> BTreeMap<String, f64> {
     let want = format!("space=\"{space}\"");
     let mut out = BTreeMap::new();
     for line in text.lines() {
-        // The space's series, and the node's own process figures (CPU, memory).
-        if line.starts_with('#') || !(line.contains(&want) || line.starts_with("process_")) {
+        // The space's series, the node's own process figures (CPU, memory), and the HLS
+        // requests it answered (node-wide: what reached the origin).
+        let node = line.starts_with("process_") || line.starts_with("levee_hls_requests_total");
+        if line.starts_with('#') || !(line.contains(&want) || node) {
             continue;
         }
         let Some((series, value)) = line.rsplit_once(' ') else {
@@ -296,10 +299,13 @@ pub fn parse_metrics(text: &str, space: &str) -> BTreeMap<String, f64> {
             continue;
         };
         let name = series.split('{').next().unwrap_or(series);
-        let format = series
-            .split("format=\"")
-            .nth(1)
-            .and_then(|r| r.split('"').next());
+        let label = |l: &str| {
+            series
+                .split(&format!("{l}=\""))
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+        };
+        let format = label("format").or_else(|| label("kind"));
         let key = match format {
             Some(f) => format!("{name}{{{f}}}"),
             None => name.to_owned(),
@@ -448,12 +454,14 @@ mod tests {
             levee_joins_total{space=\"abc\",format=\"ogg\"} 3\n\
             levee_joins_total{space=\"abc\",format=\"ws\"} 5\n\
             levee_joins_total{space=\"zzz\",format=\"ws\"} 9\n\
-            levee_ingest_packets_total{space=\"abc\"} 250\n";
+            levee_ingest_packets_total{space=\"abc\"} 250\n\
+            levee_hls_requests_total{kind=\"part\"} 40\n";
         let m = parse_metrics(text, "abc");
         assert_eq!(m["levee_joins_total{ws}"], 5.0);
         assert_eq!(m["levee_joins_total{ogg}"], 3.0);
         assert_eq!(m["levee_ingest_packets_total"], 250.0);
-        assert_eq!(m.len(), 3);
+        assert_eq!(m["levee_hls_requests_total{part}"], 40.0);
+        assert_eq!(m.len(), 4);
         let m = parse_metrics("process_cpu_seconds_total 12.5\nlevee_spaces 3\n", "abc");
         assert_eq!(m.get("process_cpu_seconds_total"), Some(&12.5));
         assert_eq!(m.len(), 1);

@@ -43,6 +43,8 @@ impl Default for Shard {
 enum Parser {
     Ws(WsParser),
     Ogg(OggParser),
+    /// LL-HLS comes in whole parts ([`Reader::feed_part`]), not as a byte stream.
+    Hls,
 }
 
 /// Per-listener reading state: bytes in, frames to the meter and the caller's [`Shard`].
@@ -81,6 +83,7 @@ impl Reader {
             parser: match format {
                 Format::Ws => Parser::Ws(WsParser::default()),
                 Format::Ogg => Parser::Ogg(OggParser::default()),
+                Format::Hls => Parser::Hls,
             },
             heard: Heard {
                 timed,
@@ -105,6 +108,7 @@ impl Reader {
         match self.parser {
             Parser::Ws(_) => Format::Ws,
             Parser::Ogg(_) => Format::Ogg,
+            Parser::Hls => Format::Hls,
         }
     }
 
@@ -162,10 +166,36 @@ impl Reader {
                     }
                 }
             }),
+            Parser::Hls => Err("HLS is read a part at a time"),
         };
         st.flush(arrival_us, &mut t);
         t.add_to(&mut shard.point);
         out
+    }
+
+    /// Feeds one whole LL-HLS part or segment (fMP4 `moof` + `mdat` fragments, as levee
+    /// packages them) that arrived complete at `arrival_us`: its packets arrived together.
+    /// Audio missing between it and the previous part (by decode time, for streams without the
+    /// host's marker) counts as a gap. Returns why the part is malformed.
+    pub(crate) fn feed_part(
+        &mut self,
+        body: &[u8],
+        arrival_us: u64,
+        shard: &mut Shard,
+    ) -> Result<(), &'static str> {
+        let (time, samples) = levee_media::mp4::read_segment(body)?;
+        let st = &mut self.heard;
+        st.bytes += body.len() as u64;
+        st.pages += 1;
+        let total: u64 = samples.iter().map(|s| s.0 as u64).sum();
+        st.pending_missing += st.granule.page(time + total, total);
+        let mut t = Tally::default();
+        for (_, packet) in samples {
+            st.audio(None, packet, arrival_us, &mut t, shard);
+        }
+        st.flush(arrival_us, &mut t);
+        t.add_to(&mut shard.point);
+        Ok(())
     }
 }
 

@@ -30,8 +30,11 @@ pub struct SessionRecord {
     pub summary: ListenerSummary,
     /// Bytes received after the HTTP answer (WebSocket close frames excluded).
     pub bytes: u64,
-    /// Ogg pages received after the two header pages (Ogg only).
+    /// Ogg pages received after the two header pages (Ogg), or HLS parts received.
     pub pages: u64,
+    /// HTTP requests made beyond the one that opened the session (HLS: playlist reloads and
+    /// part fetches; 0 for streams).
+    pub requests: u64,
     /// The listener measured timing on every frame (see `MeterConfig::timed_every`).
     pub timed: bool,
 }
@@ -45,8 +48,11 @@ pub struct FormatCounts {
     pub bytes: u64,
     /// Audio frames received.
     pub frames: u64,
-    /// Ogg audio pages received (0 for WebSocket).
+    /// Ogg audio pages received (0 for WebSocket), or HLS parts.
     pub pages: u64,
+    /// HTTP requests made (HLS: every playlist and part; 0 for streams, one request each).
+    #[serde(default)]
+    pub requests: u64,
 }
 
 /// Figures added up over listeners. See the module docs.
@@ -152,6 +158,7 @@ impl Aggregate {
         let fc = self.by_format.entry(r.format).or_default();
         fc.bytes += r.bytes;
         fc.pages += r.pages;
+        fc.requests += r.requests;
         fc.frames += r.summary.frames;
         if let Some(f) = &r.join_failure {
             self.sessions_failed += 1;
@@ -248,6 +255,7 @@ impl Aggregate {
             e.bytes += v.bytes;
             e.frames += v.frames;
             e.pages += v.pages;
+            e.requests += v.requests;
         }
         self.start_lag.merge(&o.start_lag);
         self.connect.merge(&o.connect);
@@ -407,6 +415,7 @@ mod tests {
             summary: s,
             bytes: 100,
             pages: 0,
+            requests: 0,
             timed: true,
         }
     }

@@ -179,11 +179,24 @@ pub struct Mix {
     pub ws: f64,
     /// Weight of progressive Ogg listeners.
     pub ogg: f64,
+    /// Weight of LL-HLS listeners (blocking playlist reloads and part fetches,
+    /// [`crate::actors::hls`]).
+    pub hls: f64,
 }
 
 impl Default for Mix {
     fn default() -> Self {
-        Mix { ws: 1.0, ogg: 0.0 }
+        Mix {
+            ws: 1.0,
+            ogg: 0.0,
+            hls: 0.0,
+        }
+    }
+}
+
+impl Mix {
+    fn total(&self) -> f64 {
+        self.ws + self.ogg + self.hls
     }
 }
 
@@ -243,6 +256,10 @@ pub struct Scenario {
     /// A raw progressive Ogg URL to listen to (and publish to) instead of levee's API.
     #[serde(default)]
     pub mount: Option<crate::plan::mount::Mount>,
+    /// Base URL HLS listeners fetch from: a cache in front of `server` (`deploy/nginx`);
+    /// default: `server` itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hls_via: Option<String>,
     /// How listeners join (default: `api` for ddos-during-broadcast, else `direct`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub join: Option<crate::plan::scenario::JoinMode>,
@@ -314,6 +331,7 @@ impl Scenario {
             first_audio_timeout: default_first_audio_timeout(),
             host: HostConfig::default(),
             mount: None,
+            hls_via: None,
             join: None,
             attack: Default::default(),
             objectives: Vec::new(),
@@ -340,8 +358,9 @@ impl Scenario {
         if self.procs == 0 || self.procs > MAX_PROCS {
             return Err(Error::invalid(format!("procs must be 1..={MAX_PROCS}")));
         }
-        if self.mix.ws < 0.0 || self.mix.ogg < 0.0 || self.mix.ws + self.mix.ogg <= 0.0 {
-            return Err(Error::invalid("mix: weights must be >= 0 and not both 0"));
+        let m = &self.mix;
+        if [m.ws, m.ogg, m.hls].iter().any(|w| w.is_nan() || *w < 0.0) || m.total() <= 0.0 {
+            return Err(Error::invalid("mix: weights must be >= 0 and not all 0"));
         }
         if !(0.0..=1.0).contains(&self.churn.wave_fraction) {
             return Err(Error::invalid("churn.wave_fraction must be within 0..=1"));
@@ -490,13 +509,17 @@ pub fn schedule(sc: &Scenario) -> Vec<Slot> {
     let mut rng = Rng::new(sc.seed);
     let lead = LEAD.as_micros() as u64;
     let mut out = Vec::with_capacity(sc.planned_listeners().min(MAX_LISTENERS) as usize);
-    let ws_share = sc.mix.ws / (sc.mix.ws + sc.mix.ogg);
+    let ws_share = sc.mix.ws / sc.mix.total();
+    let ogg_share = sc.mix.ogg / sc.mix.total();
     // A reproducible draw per listener: every process and every level gets the same mix.
     let format_of = |i: u64| {
-        if hash3(sc.seed, i, 0xF0F0) < ws_share {
+        let x = hash3(sc.seed, i, 0xF0F0);
+        if x < ws_share {
             Format::Ws
-        } else {
+        } else if x < ws_share + ogg_share || sc.mix.hls == 0.0 {
             Format::Ogg
+        } else {
+            Format::Hls
         }
     };
     let ramp_us = |n: u64, i: u64, ramp: Duration| ramp.as_micros() as u64 * i / n.max(1);
@@ -619,6 +642,8 @@ pub enum Format {
     Ws,
     /// Progressive Ogg/Opus over HTTP (`/live/{id}.ogg`).
     Ogg,
+    /// LL-HLS, fMP4/Opus parts (`/live/{id}/hls/index.m3u8`).
+    Hls,
 }
 
 impl Format {
@@ -627,6 +652,7 @@ impl Format {
         match self {
             Format::Ws => "ws",
             Format::Ogg => "ogg",
+            Format::Hls => "hls",
         }
     }
 }
@@ -719,6 +745,25 @@ pub fn validate(sc: &Scenario) -> Result<()> {
             "ddos-during-broadcast runs against levee's API, not a raw mount",
         ));
     }
+    if sc.mix.hls > 0.0 {
+        if sc.mount.is_some() {
+            return Err(Error::invalid(
+                "a mount URL is listened to on Ogg only (mix.hls must be 0)",
+            ));
+        }
+        if mode(sc) == JoinMode::Api {
+            return Err(Error::invalid(
+                "HLS listeners join directly (HLS is served for open spaces only): \
+                 mix.hls must be 0 with join = \"api\"",
+            ));
+        }
+    }
+    if let Some(via) = &sc.hls_via {
+        crate::plan::target::Target::parse(via)?;
+        if sc.mix.hls == 0.0 {
+            return Err(Error::invalid("hls_via is set but mix.hls is 0"));
+        }
+    }
     Ok(())
 }
 
@@ -782,19 +827,49 @@ mod tests {
     #[test]
     fn format_mix_is_spread_evenly() {
         let mut sc = Scenario::new(Kind::Capacity, 1000);
-        sc.mix = Mix { ws: 3.0, ogg: 1.0 };
+        let mix = |ws, ogg, hls| Mix { ws, ogg, hls };
+        sc.mix = mix(3.0, 1.0, 0.0);
         let s = schedule(&sc);
         let ws = s.iter().filter(|x| x.format == Format::Ws).count();
         assert!((700..=800).contains(&ws), "{ws}");
-        sc.mix = Mix { ws: 0.0, ogg: 1.0 };
+        assert!(s.iter().all(|x| x.format != Format::Hls));
+        sc.mix = mix(0.0, 1.0, 0.0);
         assert!(schedule(&sc).iter().all(|x| x.format == Format::Ogg));
-        sc.mix = Mix { ws: 3.0, ogg: 1.0 };
+        sc.mix = mix(0.0, 0.0, 1.0);
+        assert!(schedule(&sc).iter().all(|x| x.format == Format::Hls));
+        sc.mix = mix(1.0, 1.0, 2.0);
+        let hls = schedule(&sc)
+            .iter()
+            .filter(|x| x.format == Format::Hls)
+            .count();
+        assert!((450..=550).contains(&hls), "{hls}");
+        sc.mix = mix(-1.0, 1.0, 1.0);
+        assert!(sc.validate().is_err());
+        sc.mix = mix(3.0, 1.0, 0.0);
         // Any two processes out of two get an even share.
         let even = s
             .iter()
             .filter(|x| x.index % 2 == 0 && x.format == Format::Ogg)
             .count();
         assert!((100..=150).contains(&even), "{even}");
+    }
+
+    #[test]
+    fn hls_listeners_join_directly_and_a_cache_needs_them() {
+        let mut sc = Scenario::new(Kind::Capacity, 10);
+        sc.mix.hls = 1.0;
+        sc.validate().unwrap();
+        sc.hls_via = Some("http://127.0.0.1:8081".into());
+        sc.validate().unwrap();
+        sc.hls_via = Some("http://10.0.0.1:8081".into());
+        assert!(sc.validate().is_err(), "a cache off loopback");
+        sc.hls_via = None;
+        sc.join = Some(JoinMode::Api);
+        assert!(sc.validate().is_err(), "tickets are not for HLS");
+        sc.join = None;
+        sc.mix.hls = 0.0;
+        sc.hls_via = Some("http://127.0.0.1:8081".into());
+        assert!(sc.validate().is_err(), "a cache without HLS listeners");
     }
 
     #[test]

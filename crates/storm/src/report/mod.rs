@@ -67,6 +67,27 @@ pub struct Sessions {
     pub retries: u64,
 }
 
+/// What the LL-HLS listeners asked for and what reached the origin: behind a cache, the
+/// origin's share falls as listeners grow.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HlsFigures {
+    /// Where the listeners fetched from (a cache), when not the server itself.
+    pub via: Option<String>,
+    /// Requests the HLS listeners made (playlists and parts).
+    pub requests: u64,
+    /// Parts they received.
+    pub parts: u64,
+    /// Their requests per part received (about 2: the part and the playlist that names the next).
+    pub requests_per_part: f64,
+    /// HLS requests levee answered over the run (its `levee_hls_requests_total`, every kind,
+    /// the whole node), when `/metrics` was readable.
+    pub origin_requests: Option<u64>,
+    /// The same per second of the run.
+    pub origin_requests_per_s: Option<f64>,
+    /// Origin requests over the listeners' requests: about 1 direct, far below behind a cache.
+    pub origin_share: Option<f64>,
+}
+
 /// The generator's own cost and health.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Generator {
@@ -265,6 +286,9 @@ pub struct Report {
     pub bytes_received: u64,
     /// Counts per format.
     pub by_format: BTreeMap<Format, FormatCounts>,
+    /// LL-HLS listeners' requests and the origin's, when the run had HLS listeners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hls: Option<HlsFigures>,
     /// The generator's cost and health.
     pub generator: Generator,
     /// The synthetic host, when one ran.
@@ -375,6 +399,37 @@ pub fn step_result(
     s.objectives = evaluate(&applicable, &fields);
     s.passed = s.objectives.iter().all(|o| o.passed);
     s
+}
+
+/// The HLS section of a report: `None` without HLS listeners.
+fn hls_figures(
+    sc: &Scenario,
+    a: &Aggregate,
+    server: Option<&BTreeMap<String, f64>>,
+) -> Option<HlsFigures> {
+    let f = a.by_format.get(&Format::Hls)?;
+    let origin = server.map(|m| {
+        m.iter()
+            .filter(|(k, _)| k.starts_with("levee_hls_requests_total"))
+            .map(|(_, v)| v.max(0.0) as u64)
+            .sum::<u64>()
+    });
+    let run_s = sc.run_length().as_secs_f64().max(1e-9);
+    Some(HlsFigures {
+        via: sc.hls_via.clone(),
+        requests: f.requests,
+        parts: f.pages,
+        requests_per_part: if f.pages > 0 {
+            f.requests as f64 / f.pages as f64
+        } else {
+            0.0
+        },
+        origin_requests: origin,
+        origin_requests_per_s: origin.map(|o| o as f64 / run_s),
+        origin_share: origin
+            .filter(|_| f.requests > 0)
+            .map(|o| o as f64 / f.requests as f64),
+    })
 }
 
 /// Builds the summary (objectives judged, `passed` and `valid` set). See the module docs.
@@ -534,6 +589,7 @@ pub fn build(inp: Inputs<'_>, objectives: &[Objective], steps: Vec<StepResult>) 
         late_frames: a.late_frames,
         bytes_received: a.bytes,
         by_format: a.by_format.clone(),
+        hls: hls_figures(inp.scenario, a, inp.server.as_ref()),
         generator,
         host: inp.host,
         server: inp.server,
@@ -642,6 +698,25 @@ pub fn summary_text(r: &Report) -> String {
             "server: cpu {server:.1} µs per listener-second; the generator costs {ratio:.2}× the server ({listen:.2}× in its listener threads, {:.1} µs)\n",
             r.generator.listen_cpu_us_per_listener_s
         ));
+    }
+    if let Some(h) = &r.hls {
+        s.push_str(&format!(
+            "hls: {} requests for {} parts ({:.2} per part){}",
+            h.requests,
+            h.parts,
+            h.requests_per_part,
+            h.via
+                .as_ref()
+                .map_or(String::new(), |v| format!(", through {v}"))
+        ));
+        if let (Some(o), Some(ps), Some(share)) =
+            (h.origin_requests, h.origin_requests_per_s, h.origin_share)
+        {
+            s.push_str(&format!(
+                "; the origin answered {o} ({ps:.1}/s, {share:.3} of the listeners' requests)"
+            ));
+        }
+        s.push('\n');
     }
     for o in &r.objectives {
         s.push_str(&format!(

@@ -8,6 +8,7 @@
 //! [`PartResult`] once every listener has ended. It stops early when `stop` turns true. The
 //! same code runs in the parent (`--procs 1`) and in each agent process.
 
+use crate::actors::hls::HlsEndpoint;
 use crate::actors::listeners::Ctx;
 use crate::actors::listeners::Endpoint;
 use crate::actors::listeners::Gauges;
@@ -23,6 +24,7 @@ use crate::observe::reader::Shard;
 use crate::observe::stats::Aggregate;
 use crate::observe::stats::Point;
 use crate::plan::scenario;
+use crate::plan::scenario::Format;
 use crate::plan::scenario::Scenario;
 use crate::plan::scenario::Slot;
 use serde::{Deserialize, Serialize};
@@ -120,12 +122,38 @@ pub async fn run_part(
         .collect();
     mine.sort_by_key(|s| s.join_us);
     let planned_here = mine.len() as u64;
-    for (i, s) in mine.into_iter().enumerate() {
+    let (hls, streams): (Vec<Slot>, Vec<Slot>) =
+        mine.into_iter().partition(|s| s.format == Format::Hls);
+    for (i, s) in streams.into_iter().enumerate() {
         shares[i % workers].push(s);
     }
-    let shards: Vec<Arc<Mutex<Shard>>> = (0..workers)
+    // One more shard for the HLS listeners, which run as tasks on this runtime.
+    let shards: Vec<Arc<Mutex<Shard>>> = (0..workers + 1)
         .map(|_| Arc::new(Mutex::new(Shard::default())))
         .collect();
+    let hls_agg = Arc::new(Mutex::new(Aggregate::default()));
+    let hls_tasks: Vec<_> = if hls.is_empty() {
+        Vec::new()
+    } else {
+        let via = sc.hls_via.as_deref().unwrap_or(&sc.server);
+        let t = crate::plan::target::Target::parse(via).unwrap_or_else(|_| target.clone());
+        let ep = Arc::new(HlsEndpoint {
+            addr: t.addr,
+            authority: t.authority,
+            playlist: format!("/live/{}/hls/index.m3u8", plan.space),
+        });
+        hls.into_iter()
+            .map(|slot| {
+                tokio::spawn(crate::actors::hls::listen(
+                    ctx.clone(),
+                    ep.clone(),
+                    slot,
+                    shards[workers].clone(),
+                    hls_agg.clone(),
+                ))
+            })
+            .collect()
+    };
     let mut wakers = Vec::new();
     let mut handles = Vec::new();
     for (id, share) in shares.into_iter().enumerate() {
@@ -224,10 +252,14 @@ pub async fn run_part(
     })
     .await
     .unwrap_or_default();
+    // HLS listeners end by their planned leave, the stop or a request's bound.
+    for t in hls_tasks {
+        let _ = t.await;
+    }
     stopper.abort();
     let _ = done_tx.send(true);
     let timeline = ticker.await.unwrap_or_default();
-    let mut agg = Aggregate::default();
+    let mut agg = std::mem::take(&mut *hls_agg.lock().unwrap_or_else(|e| e.into_inner()));
     let mut loop_lag = Hist::new();
     let mut listen_cpu_s = 0.0;
     for r in &results {
