@@ -30,9 +30,16 @@ impl Drop for Nginx {
 impl Nginx {
     fn start(levee: SocketAddr) -> Nginx {
         require_tool("nginx");
-        let prefix = std::env::temp_dir().join(format!("levee-nginx-{}", std::process::id()));
-        std::fs::create_dir_all(&prefix).unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        // One prefix per nginx: the tests of this file run side by side, and one's cache,
+        // pid file and temporary files must not be another's (nor removed under it).
+        let prefix = std::env::temp_dir().join(format!(
+            "levee-nginx-{}-{}",
+            std::process::id(),
+            addr.port()
+        ));
+        let _ = std::fs::remove_dir_all(&prefix);
+        std::fs::create_dir_all(&prefix).unwrap();
         let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/nginx/nginx.conf");
         let conf = std::fs::read_to_string(shipped)
             .expect("deploy/nginx/nginx.conf")
