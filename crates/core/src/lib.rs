@@ -10,6 +10,7 @@
 //! - [`cadence`]: chunk duration as a function of the audience (latency vs. CPU).
 //! - [`space`]: identity, host key and the `scheduled → live → ended` state machine.
 //! - [`audit`]: the bounded log of operator actions.
+//! - [`audience`]: views, unique listeners (HyperLogLog), sessions and listen time, mergeable.
 //! - [`admission`]: the waiting room as two counters (FIFO, pre-queue lottery, honest ETAs).
 //! - [`pressure`]: escalation to proof-of-work under attack, and relaxation.
 //! - [`ticket`]: stateless signed tokens (join tickets, places in line, proof-of-work).
@@ -25,6 +26,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod admission;
+pub mod audience;
 pub mod audit;
 pub mod bus;
 pub mod cadence;
