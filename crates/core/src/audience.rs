@@ -714,6 +714,10 @@ impl Audience {
             }
             last = Some(i);
             durations.counts[i] = r.u64()?;
+            if durations.counts[i] == 0 {
+                // Empty buckets are left out: one meaning, one form.
+                return Err(AudienceError::Invalid("duration count"));
+            }
         }
         let viewers = Distinct::decode(&mut r)?;
         let uniques = Distinct::decode(&mut r)?;

@@ -44,6 +44,11 @@ pub const MAX_LOAD_ENTRIES: usize = 1024;
 /// Longest load report.
 pub const MAX_LOAD_MESSAGE: usize = 4 + 8 + 2 + MAX_LOAD_ENTRIES * (1 + 32 + 4 + 4);
 
+/// Magic of a node's audience report for one space (`crate::audience::Audience`).
+pub const AUDIENCE_MAGIC: &[u8; 4] = b"LVA1";
+/// Longest audience report.
+pub const MAX_AUDIENCE_MESSAGE: usize = 4 + 8 + 1 + 32 + crate::audience::MAX_ENCODED;
+
 /// Why a bus message was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BusError {
@@ -327,6 +332,53 @@ pub fn decode_load(msg: &[u8]) -> Result<LoadReport, BusError> {
     Ok(LoadReport { node, spaces })
 }
 
+/// A node's audience numbers for one space, as it reports them every few seconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AudienceReport {
+    /// The reporting node's identity.
+    pub node: u64,
+    /// The space.
+    pub space: String,
+    /// Its numbers on that node.
+    pub audience: crate::audience::Audience,
+}
+
+/// Encodes an audience report.
+pub fn encode_audience(node: u64, space: &str, audience: &crate::audience::Audience) -> Bytes {
+    let a = audience.encode();
+    let mut b = BytesMut::with_capacity(13 + space.len() + a.len());
+    b.put_slice(AUDIENCE_MAGIC);
+    b.put_u64(node);
+    b.put_u8(space.len() as u8);
+    b.put_slice(space.as_bytes());
+    b.put_slice(&a);
+    b.freeze()
+}
+
+/// Decodes and checks an audience report.
+pub fn decode_audience(msg: &[u8]) -> Result<AudienceReport, BusError> {
+    if msg.len() > MAX_AUDIENCE_MESSAGE {
+        return Err(BusError::TooLong(msg.len()));
+    }
+    let mut r = Reader { b: msg, at: 0 };
+    if r.take(4)? != AUDIENCE_MAGIC {
+        return Err(BusError::BadMagic);
+    }
+    let node = r.u64()?;
+    let len = r.take(1)?[0] as usize;
+    let space = std::str::from_utf8(r.take(len)?).map_err(|_| BusError::Invalid("id"))?;
+    if !is_valid_id(space) {
+        return Err(BusError::Invalid("id"));
+    }
+    let audience = crate::audience::Audience::decode(&msg[r.at..])
+        .map_err(|_| BusError::Invalid("audience state"))?;
+    Ok(AudienceReport {
+        node,
+        space: space.to_owned(),
+        audience,
+    })
+}
+
 /// Whether `name` may name a node: 1 to [`MAX_NODE_NAME`] bytes of `[A-Za-z0-9._-]`.
 pub fn is_valid_node_name(name: &str) -> bool {
     !name.is_empty()
@@ -348,6 +400,31 @@ mod tests {
             capture_us: 1_700_000_000_000_000 + seq * 20_000,
             data: Bytes::from_static(&[0xf8, 0xff, 0xfe]),
         }
+    }
+
+    #[test]
+    fn an_audience_report_round_trips_and_a_broken_one_is_refused() {
+        let mut a = crate::audience::Audience::new(10_000_000);
+        a.attempt();
+        a.join(1_700_000_000_000_000);
+        a.view(42, false);
+        let m = encode_audience(7, "abcdefghjkmn", &a);
+        let r = decode_audience(&m).unwrap();
+        assert_eq!(
+            (r.node, r.space.as_str(), &r.audience),
+            (7, "abcdefghjkmn", &a)
+        );
+        for cut in 0..m.len() {
+            assert!(decode_audience(&m[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut bad = m.to_vec();
+        bad[13] = b'/';
+        assert_eq!(decode_audience(&bad), Err(BusError::Invalid("id")));
+        let mut bad = m.to_vec();
+        bad[0] = b'X';
+        assert_eq!(decode_audience(&bad), Err(BusError::BadMagic));
+        let long = vec![0u8; MAX_AUDIENCE_MESSAGE + 1];
+        assert!(matches!(decode_audience(&long), Err(BusError::TooLong(_))));
     }
 
     fn record() -> SpaceRecord {

@@ -193,6 +193,9 @@ struct ServeArgs {
     /// How long a recording is kept.
     #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
     retention: Duration,
+    /// Audio a listener session takes before it counts as a view (docs/audience.md).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    view_after: Duration,
     #[command(flatten)]
     cluster: ClusterArgs,
     #[command(flatten)]
@@ -351,6 +354,7 @@ impl ServeArgs {
             source_idle_timeout: self.source_idle_timeout,
             max_connections: self.max_connections,
             max_spaces: self.max_spaces.max(1),
+            view_after: self.view_after,
             ..Config::default()
         };
         c.cadence.min_ms = self.chunk_min_ms.max(1);

@@ -52,6 +52,20 @@ pub const LOAD_TTL: Duration = Duration::from_secs(3);
 pub const MAX_REMOTE_ENTRIES: usize = 262_144;
 /// The subject load reports travel on.
 pub const LOAD_SUBJECT: &str = "levee.load";
+/// The subject audience reports travel on (`docs/audience.md`).
+pub const AUDIENCE_SUBJECT: &str = "levee.audience";
+/// How often a node reports the audience numbers of its spaces that changed.
+pub const AUDIENCE_EVERY: Duration = Duration::from_secs(2);
+/// A space with an audience is reported at least this often, changed or not (a node that
+/// joins later learns it).
+pub const AUDIENCE_REFRESH: Duration = Duration::from_secs(10);
+/// Another node's open sessions count this long after its last report (its other numbers
+/// stay: what a node that went away counted was counted).
+pub const AUDIENCE_TTL: Duration = Duration::from_secs(10);
+/// Bytes of other nodes' audience reports held at most (reports of new (node, space) pairs
+/// beyond are dropped and counted): 64 MiB, some 1,300 reports with dense sketches, far
+/// more of small audiences.
+pub const MAX_REMOTE_AUDIENCE_BYTES: usize = 64 << 20;
 
 /// How long a starting node waits for the registry bucket (a NATS cluster elects its
 /// JetStream leader in the first seconds).
@@ -97,6 +111,34 @@ pub struct Cluster {
     hub: Weak<Hub>,
     /// Look-ups in flight, at most [`MAX_REGISTRY_LOOKUPS`].
     lookups: tokio::sync::Semaphore,
+    /// Other nodes' audience reports.
+    audience: Mutex<RemoteAudience>,
+}
+
+/// Other nodes' audience numbers per space, as they last reported them.
+#[derive(Default)]
+struct RemoteAudience {
+    /// space → node → (its numbers, when heard, their encoded size).
+    by_space: HashMap<
+        String,
+        HashMap<u64, (levee_core::audience::Audience, tokio::time::Instant, usize)>,
+    >,
+    /// Encoded bytes held, at most [`MAX_REMOTE_AUDIENCE_BYTES`].
+    bytes: usize,
+    /// space → the most open sessions seen at once over the cluster, and when (µs).
+    peaks: HashMap<String, (u64, u64)>,
+}
+
+impl RemoteAudience {
+    /// Open sessions of the other nodes that reported within [`AUDIENCE_TTL`].
+    fn fresh_active(&self, id: &str, now: tokio::time::Instant) -> u64 {
+        self.by_space.get(id).map_or(0, |m| {
+            m.values()
+                .filter(|(_, at, _)| now.duration_since(*at) < AUDIENCE_TTL)
+                .map(|(a, _, _)| a.active)
+                .sum()
+        })
+    }
 }
 
 impl Cluster {
@@ -155,6 +197,7 @@ impl Cluster {
             roles: Mutex::new(Roles::default()),
             hub: Arc::downgrade(hub),
             lookups: tokio::sync::Semaphore::new(MAX_REGISTRY_LOOKUPS),
+            audience: Mutex::new(RemoteAudience::default()),
         });
         let watch = cluster
             .kv
@@ -168,6 +211,12 @@ impl Cluster {
             .await
             .map_err(|e| format!("cannot subscribe to {LOAD_SUBJECT}: {e}"))?;
         tokio::spawn(exchange_load(cluster.clone(), loads));
+        let audience = cluster
+            .client
+            .subscribe(AUDIENCE_SUBJECT)
+            .await
+            .map_err(|e| format!("cannot subscribe to {AUDIENCE_SUBJECT}: {e}"))?;
+        tokio::spawn(exchange_audience(cluster.clone(), audience));
         Ok(cluster)
     }
 
@@ -337,6 +386,137 @@ impl ClusterLink for Link {
     }
     fn feeds(&self) -> usize {
         self.0.roles.lock().expect("roles lock").feeding.len()
+    }
+    fn audience(
+        &self,
+        id: &str,
+        mut own: levee_core::audience::Audience,
+    ) -> (levee_core::audience::Audience, usize) {
+        let now = tokio::time::Instant::now();
+        let remote = self.0.audience.lock().expect("audience lock");
+        let mut nodes = 1;
+        for (a, at, _) in remote.by_space.get(id).into_iter().flat_map(|m| m.values()) {
+            let mut a = a.clone();
+            if now.duration_since(*at) >= AUDIENCE_TTL {
+                // A node silent for long: its sessions are no longer open.
+                a.active = 0;
+                a.active_joined_us = 0;
+            }
+            own.merge(&a);
+            nodes += 1;
+        }
+        // The cluster's peak is the largest sum of open sessions seen at one time.
+        if let Some(&(peak, at)) = remote.peaks.get(id) {
+            if peak > own.peak {
+                own.peak = peak;
+                own.peak_at_us = at;
+            }
+        }
+        (own, nodes)
+    }
+}
+
+/// A cheap fingerprint of a space's numbers: a report goes out when it changes.
+fn audience_mark(a: &levee_core::audience::Audience) -> [u64; 8] {
+    [
+        a.attempts,
+        a.sessions,
+        a.active,
+        a.view_sessions,
+        a.queued,
+        a.refused,
+        a.refused_automated,
+        a.filtered_never_read + a.filtered_banned,
+    ]
+}
+
+/// Reports this node's audience numbers per space (those that changed, every
+/// [`AUDIENCE_EVERY`]; each at least every [`AUDIENCE_REFRESH`]), keeps the other nodes'
+/// last reports within [`MAX_REMOTE_AUDIENCE_BYTES`], and samples each space's cluster-wide
+/// open sessions for its peak.
+async fn exchange_audience(cluster: Arc<Cluster>, mut reports: async_nats::Subscriber) {
+    let mut sent: HashMap<String, ([u64; 8], tokio::time::Instant)> = HashMap::new();
+    let mut every = tokio::time::interval(AUDIENCE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            msg = reports.next() => {
+                let Some(msg) = msg else { break };
+                match bus::decode_audience(&msg.payload) {
+                    Ok(r) if r.node != cluster.id => {
+                        let size = msg.payload.len();
+                        let mut remote = cluster.audience.lock().expect("audience lock");
+                        let old = remote
+                            .by_space
+                            .get(&r.space)
+                            .and_then(|m| m.get(&r.node))
+                            .map(|e| e.2);
+                        let bytes = remote.bytes - old.unwrap_or(0) + size;
+                        if bytes > MAX_REMOTE_AUDIENCE_BYTES {
+                            cluster.counters.audience_dropped.fetch_add(1, Relaxed);
+                            continue;
+                        }
+                        remote.bytes = bytes;
+                        let now = tokio::time::Instant::now();
+                        remote
+                            .by_space
+                            .entry(r.space)
+                            .or_default()
+                            .insert(r.node, (r.audience, now, size));
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        cluster.counters.malformed.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+            _ = every.tick() => {
+                let Some(hub) = cluster.hub.upgrade() else { break };
+                let now = tokio::time::Instant::now();
+                let wall = wall_us();
+                let spaces = hub.list();
+                let mut out = Vec::new();
+                // Spaces this node forgot are forgotten here too.
+                let held: std::collections::HashSet<String> =
+                    spaces.iter().map(|s| s.snapshot().id).collect();
+                {
+                    let mut remote = cluster.audience.lock().expect("audience lock");
+                    let mut freed = 0;
+                    remote.by_space.retain(|id, m| {
+                        let keep = held.contains(id);
+                        if !keep {
+                            freed += m.values().map(|e| e.2).sum::<usize>();
+                        }
+                        keep
+                    });
+                    remote.bytes -= freed;
+                    remote.peaks.retain(|id, _| held.contains(id));
+                    for space in &spaces {
+                        let id = space.snapshot().id;
+                        let (mark, active, msg) = space.audience.with(|a| {
+                            let mark = audience_mark(a);
+                            let due = match sent.get(&id) {
+                                Some((m, at)) => *m != mark || now.duration_since(*at) >= AUDIENCE_REFRESH,
+                                None => mark != [0; 8],
+                            };
+                            (mark, a.active, due.then(|| bus::encode_audience(cluster.id, &id, a)))
+                        });
+                        let sum = active + remote.fresh_active(&id, now);
+                        if sum > remote.peaks.get(&id).map_or(0, |p| p.0) {
+                            remote.peaks.insert(id.clone(), (sum, wall));
+                        }
+                        if let Some(m) = msg {
+                            sent.insert(id, (mark, now));
+                            out.push(m);
+                        }
+                    }
+                }
+                sent.retain(|id, _| held.contains(id));
+                for m in out {
+                    let _ = cluster.client.publish(AUDIENCE_SUBJECT, m).await;
+                }
+            }
+        }
     }
 }
 

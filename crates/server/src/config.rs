@@ -89,6 +89,9 @@ pub struct Config {
     pub min_source_realtime: f64,
     /// Per-source limits, bans, tickets, admission and escalation.
     pub shield: ShieldConfig,
+    /// Audio a listener session takes before it counts as a view (`--view-after`,
+    /// `docs/audience.md`).
+    pub view_after: Duration,
 }
 
 impl Config {
@@ -107,6 +110,7 @@ impl Config {
             close_linger: crate::fanout::Limits::default().close_linger,
             max_ws_message: self.max_ws_listener_message,
             max_ogg_upload: crate::fanout::Limits::default().max_ogg_upload,
+            view_after: self.view_after,
         }
     }
 }
@@ -141,6 +145,7 @@ impl Default for Config {
             ingest_reserve: 256,
             min_source_realtime: 0.5,
             shield: ShieldConfig::default(),
+            view_after: Duration::from_secs(levee_core::audience::DEFAULT_VIEW_AFTER_S),
         }
     }
 }

@@ -81,6 +81,8 @@ pub struct ClusterCounters {
     /// Listener counts from other nodes' reports left out: the table held
     /// `cluster::MAX_REMOTE_ENTRIES` already.
     pub load_dropped: AtomicU64,
+    /// Other nodes' audience reports left out: the bytes held of them reached the bound.
+    pub audience_dropped: AtomicU64,
     /// Registry records refused.
     pub bad_records: AtomicU64,
     /// Registry writes and look-ups that failed.

@@ -30,6 +30,8 @@ pub struct Space {
     origin: Mutex<(String, u64)>,
     /// Its listeners on the cluster's other nodes, as they last reported (0 alone).
     pub remote_listeners: std::sync::atomic::AtomicU64,
+    /// Its audience numbers on this node (`docs/audience.md`).
+    pub audience: crate::audience::SpaceAudience,
 }
 
 impl Space {
@@ -92,6 +94,13 @@ pub trait ClusterLink: Send + Sync {
     fn counters(&self) -> &crate::counters::ClusterCounters;
     /// Spaces this node hears from the bus now.
     fn feeds(&self) -> usize;
+    /// Space `id`'s audience numbers: `own` (this node's) merged with the other nodes' last
+    /// reports, and how many nodes they come from.
+    fn audience(
+        &self,
+        id: &str,
+        own: levee_core::audience::Audience,
+    ) -> (levee_core::audience::Audience, usize);
 }
 
 /// Why a space could not be created.
@@ -122,6 +131,14 @@ pub struct Hub {
     pub cluster: std::sync::OnceLock<Box<dyn ClusterLink>>,
     /// This node's recorder (`--data-dir`), once opened.
     pub recorder: std::sync::OnceLock<Box<dyn RecordLink>>,
+    /// The key listener identities are hashed with for the audience numbers (derived from
+    /// the shield's secret: the same on every node of a cluster).
+    pub identity: levee_core::audience::IdentityKey,
+    /// When this node started, µs since the epoch.
+    pub started_us: u64,
+    /// The node's audience over time, its peak of open sessions and when (sampled with the
+    /// spaces' series, every [`crate::audience::SAMPLE_EVERY`]).
+    node_audience: Mutex<(levee_core::audience::Series, u64, u64)>,
 }
 
 /// What the endpoints ask of the recorder (`crate::recorder`).
@@ -144,7 +161,15 @@ impl Hub {
     pub fn new(config: Config) -> Arc<Self> {
         let shield = Shield::new(config.shield.clone());
         let fanout = Fanout::new(config.fanout_limits());
+        let identity = levee_core::audience::IdentityKey::derive(&config.shield.secret);
         Arc::new(Hub {
+            identity,
+            started_us: wall_us(),
+            node_audience: Mutex::new((
+                levee_core::audience::Series::new(crate::audience::SAMPLE_EVERY.as_secs()),
+                0,
+                0,
+            )),
             config,
             spaces: RwLock::new(HashMap::new()),
             node: Default::default(),
@@ -154,6 +179,21 @@ impl Hub {
             cluster: std::sync::OnceLock::new(),
             recorder: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The node's audience series, its peak of open sessions and when (µs since the epoch).
+    pub fn node_audience(&self) -> (levee_core::audience::Series, u64, u64) {
+        self.node_audience.lock().expect("audience lock").clone()
+    }
+
+    /// Records a sample of the node's audience at `now_us`.
+    pub fn sample_node(&self, s: levee_core::audience::Sample, now_us: u64) {
+        let mut g = self.node_audience.lock().expect("audience lock");
+        if s.listeners > g.1 {
+            g.1 = s.listeners;
+            g.2 = now_us;
+        }
+        g.0.record(s);
     }
 
     /// Creates a space with `access`; `id` overrides the random identifier (the demo space).
@@ -285,6 +325,7 @@ impl Hub {
             shield: SpaceShield::new(&self.config.shield, access, start_us),
             origin: Mutex::new((String::new(), 0)),
             remote_listeners: std::sync::atomic::AtomicU64::new(0),
+            audience: crate::audience::SpaceAudience::new(self.config.view_after),
         });
         spaces.insert(info.id, space.clone());
         Ok(space)

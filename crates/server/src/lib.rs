@@ -5,6 +5,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod api;
+pub mod audience;
 pub mod clock;
 pub mod cluster;
 pub mod config;
@@ -118,5 +119,7 @@ async fn shield_ticker(hub: Arc<Hub>) {
         for space in hub.list() {
             space.shield.tick(now);
         }
+        // The audience series (the same second: one walk of the spaces' list a second).
+        audience::sample_all(&hub);
     }
 }

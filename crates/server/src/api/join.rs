@@ -7,15 +7,16 @@
 
 use super::reply::{base_url, error, Peer};
 use crate::clock::{mono_us, wall_us};
-use crate::hub::Hub;
+use crate::hub::{Hub, Space};
 use crate::random;
-use crate::shield::{Refusal, Shield, ShieldReason, SpaceShield, Wire};
+use crate::shield::{Refusal, Shield, ShieldReason, Wire};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bytes::Bytes;
 use levee_core::admission::{self, Decision};
+use levee_core::audience::Identity;
 use levee_core::replay::ReplayError;
 use levee_core::source::{wide_prefix, Cidr};
 use levee_core::space::SpaceState;
@@ -130,9 +131,11 @@ fn challenge(hub: &Hub, space: &str, ip: IpAddr, difficulty: u8, why: &str) -> R
 /// Checks the solved challenge of a caller asked for work at `difficulty`: `None` lets it into
 /// the line; `Some` is the answer instead, a (new) challenge, counted and struck when the
 /// solution was wrong or already spent.
+#[allow(clippy::too_many_arguments)]
 fn pow_answer(
     hub: &Hub,
-    ss: &SpaceShield,
+    space: &Space,
+    source: u64,
     id: &str,
     ip: IpAddr,
     difficulty: u8,
@@ -150,8 +153,10 @@ fn pow_answer(
         ));
     };
     let now_s = wall_us() / 1_000_000;
+    let ss = &space.shield;
     let failed = |why: String| {
         ss.join_refused.fetch_add(1, Relaxed);
+        space.audience.with(|a| a.refuse_automated(source));
         let r = shield.offence(ip, ShieldReason::Challenge, Wire::Http(401), why, now);
         Some(challenge(hub, id, ip, difficulty, &r.detail))
     };
@@ -228,6 +233,20 @@ pub(crate) async fn join(
     let configured = Shield::load_access(&ss.access);
     let (access, difficulty) = shield.effective_access(configured, ss.difficulty.load(Relaxed));
     let listeners = space.cluster_listeners();
+    // Who is joining, for the audience numbers (docs/audience.md): its address with its
+    // User-Agent, the identity its ticket will carry. A request without a place in line or a
+    // solved challenge is a new attempt; those with one go on with an earlier attempt.
+    let source = hub.identity.hash(&Identity::Source {
+        ip,
+        fingerprint: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(""),
+    });
+    let fresh = req.queue_token.is_none() && req.pow.is_none();
+    if fresh {
+        space.audience.with(|a| a.attempt());
+    }
 
     let (decision, listener) = match &req.queue_token {
         Some(token) => match QueueToken::verify(&shield.signer, token, &id, now_s) {
@@ -246,6 +265,7 @@ pub(crate) async fn join(
             }
             Err(e) => {
                 ss.join_refused.fetch_add(1, Relaxed);
+                space.audience.with(|a| a.refuse_automated(source));
                 let why = format!("queue token refused: {e}");
                 return shield
                     .offence(ip, ShieldReason::Ticket, Wire::Http(403), why, now)
@@ -256,7 +276,9 @@ pub(crate) async fn join(
             // Entering the line: under pressure, pay with work first.
             if difficulty > 0 {
                 let pow = req.pow.as_ref();
-                if let Some(answer) = pow_answer(&hub, ss, &id, ip, difficulty, pow, now) {
+                if let Some(answer) =
+                    pow_answer(&hub, &space, source, &id, ip, difficulty, pow, now)
+                {
                     return answer;
                 }
             }
@@ -266,7 +288,9 @@ pub(crate) async fn join(
                 .lock()
                 .expect("line lock")
                 .arrive(now, listeners, draw, random::unit());
-            (d, random::u64())
+            // The ticket carries the caller's identity: joining again from the same client
+            // is the same listener.
+            (d, source)
         }
     };
     let cfg = &shield.cfg;
@@ -309,6 +333,9 @@ pub(crate) async fn join(
             }
             .sign(&shield.signer, now_s);
             shield.counters.queued.fetch_add(1, Relaxed);
+            if req.queue_token.is_none() {
+                space.audience.with(|a| a.queue());
+            }
             let body = json!({
                 "queue": {
                     "position": position,
@@ -322,14 +349,17 @@ pub(crate) async fn join(
                 retry_after_ms,
             )
         }
-        Decision::Full { retry_after_ms } => shield
-            .refuse(
-                ShieldReason::LineFull,
-                Wire::Http(503),
-                "the line for this space is full",
-            )
-            .retry_after(retry_after_ms)
-            .into_response(),
+        Decision::Full { retry_after_ms } => {
+            space.audience.with(|a| a.refuse());
+            shield
+                .refuse(
+                    ShieldReason::LineFull,
+                    Wire::Http(503),
+                    "the line for this space is full",
+                )
+                .retry_after(retry_after_ms)
+                .into_response()
+        }
     }
 }
 

@@ -311,6 +311,11 @@ pub fn render(hub: &Hub) -> String {
                 &k.load_dropped,
             ),
             (
+                "levee_cluster_audience_dropped_total",
+                "Other nodes' audience reports left out: the bytes held of them are at their bound.",
+                &k.audience_dropped,
+            ),
+            (
                 "levee_cluster_registry_errors_total",
                 "Registry writes and look-ups that failed.",
                 &k.registry_errors,

@@ -2,6 +2,7 @@
 //! with an axum router. Every exchange is bounded: one request per connection (media requests
 //! always come back to the front), `max_api_body` bytes of body, `api_timeout` in all.
 
+pub mod audience;
 pub mod hls;
 pub mod join;
 pub mod metrics;
@@ -69,6 +70,8 @@ pub fn router(hub: Arc<Hub>) -> Router {
             get(spaces::get_space).delete(spaces::end_space),
         )
         .route("/api/spaces/{id}/join", axum::routing::post(join::join))
+        .route("/api/spaces/{id}/audience", get(audience::space_audience))
+        .route("/api/audience", get(audience::node_audience))
         .route("/live/{id}/hls/index.m3u8", get(hls::playlist))
         .route("/live/{id}/hls/{file}", get(hls::file))
         .route("/live/{id}/replay", axum::routing::delete(replay::delete))

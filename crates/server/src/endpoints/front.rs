@@ -14,6 +14,7 @@ use crate::http1::{query_param, read_head, respond, Head, HeadError};
 use crate::hub::{Hub, Space};
 use crate::shield::{Access, ConnKeys, Refusal, ShieldReason, Wire};
 use bytes::Bytes;
+use levee_core::audience::Identity;
 use levee_core::space::is_valid_id;
 use levee_core::ticket::Ticket;
 use std::net::SocketAddr;
@@ -220,24 +221,28 @@ async fn media(
     kind: MediaKind,
     guard: ConnGuard,
 ) {
+    let mut who = (0, peer.ip());
     if matches!(kind, MediaKind::ListenOgg | MediaKind::ListenWs) {
-        if let Err(r) = admit_listener(&hub, &space, &head, peer) {
-            let body = format!("{}\n", r.detail);
-            return respond(
-                &mut stream,
-                r.status(),
-                r.phrase(),
-                &r.extra_headers(),
-                &body,
-            )
-            .await;
+        match admit_listener(&hub, &space, &head, peer) {
+            Ok(w) => who = w,
+            Err(r) => {
+                let body = format!("{}\n", r.detail);
+                return respond(
+                    &mut stream,
+                    r.status(),
+                    r.phrase(),
+                    &r.extra_headers(),
+                    &body,
+                )
+                .await;
+            }
         }
     }
     match kind {
         MediaKind::ListenOgg => {
             let head_only = head.method == "HEAD";
             drop(head);
-            listen::ogg(stream, hub, space, head_only, Box::new(guard)).await
+            listen::ogg(stream, hub, space, head_only, Box::new(guard), who).await
         }
         MediaKind::ListenWs | MediaKind::PublishWs => {
             let Some(key) = head.header("sec-websocket-key").map(str::to_owned) else {
@@ -269,7 +274,7 @@ async fn media(
                 return;
             }
             if kind == MediaKind::ListenWs {
-                listen::ws(stream, hub, space, rest, Box::new(guard)).await
+                listen::ws(stream, hub, space, rest, Box::new(guard), who).await
             } else {
                 ingest::websocket(stream, peer, hub, space, rest).await
             }
@@ -280,43 +285,66 @@ async fn media(
 
 /// Checks a listener before any per-listener state exists: ticket (when the space's access
 /// asks for one) and capacity (the space's bulkhead, and the node's room kept for hosts). A
-/// refusal is counted already; it is answered before the upgrade, as plain HTTP.
-fn admit_listener(hub: &Hub, space: &Space, head: &Head, peer: SocketAddr) -> Result<(), Refusal> {
+/// refusal is counted already; it is answered before the upgrade, as plain HTTP. Admitted,
+/// it says who the listener is for the audience numbers: the ticket's identity, or its
+/// address with its User-Agent (`docs/audience.md`). A stream request without a ticket is a
+/// join attempt; one with a ticket finishes the join that got the ticket.
+fn admit_listener(
+    hub: &Hub,
+    space: &Space,
+    head: &Head,
+    peer: SocketAddr,
+) -> Result<listen::Who, Refusal> {
     let shield = &hub.shield;
     let configured = crate::shield::Shield::load_access(&space.shield.access);
     let (access, _) = shield.effective_access(configured, space.shield.difficulty.load(Relaxed));
+    let ip = shield.source_ip(peer.ip(), head.header("x-forwarded-for"));
+    let source = hub.identity.hash(&Identity::Source {
+        ip,
+        fingerprint: head.header("user-agent").unwrap_or(""),
+    });
+    let mut identity = source;
     if access != Access::Open {
         let now_s = wall_us() / 1_000_000;
-        let ip = shield.source_ip(peer.ip(), head.header("x-forwarded-for"));
         let id = space.info.lock().expect("space lock").id.clone();
         let token = query_param(head.query.as_deref(), "ticket").unwrap_or("");
-        if let Err(e) = Ticket::verify(&shield.signer, token, &id, ip, now_s) {
-            let why = if token.is_empty() {
-                "this space needs a ticket: POST /api/spaces/{id}/join".to_owned()
-            } else {
-                e.to_string()
-            };
-            let wire = Wire::Http(403);
-            return Err(shield.offence(ip, ShieldReason::Ticket, wire, why, mono_us()));
+        match Ticket::verify(&shield.signer, token, &id, ip, now_s) {
+            Ok(t) => identity = hub.identity.hash(&Identity::Ticket(t.listener)),
+            Err(e) => {
+                let why = if token.is_empty() {
+                    "this space needs a ticket: POST /api/spaces/{id}/join".to_owned()
+                } else {
+                    e.to_string()
+                };
+                space.audience.with(|a| a.refuse_automated(source));
+                let wire = Wire::Http(403);
+                return Err(shield.offence(ip, ShieldReason::Ticket, wire, why, mono_us()));
+            }
         }
+    } else {
+        space.audience.with(|a| a.attempt());
     }
+    let full = |r: Refusal| {
+        space.audience.with(|a| a.refuse());
+        r
+    };
     if space.cluster_listeners() as usize >= hub.config.max_listeners_per_space {
-        return Err(shield.refuse(
+        return Err(full(shield.refuse(
             ShieldReason::SpaceFull,
             Wire::Http(503),
             "this space is full: try again shortly",
-        ));
+        )));
     }
     let node_room = hub
         .config
         .max_connections
         .saturating_sub(hub.config.ingest_reserve);
     if hub.total_listeners() as usize >= node_room {
-        return Err(shield.refuse(
+        return Err(full(shield.refuse(
             ShieldReason::NodeFull,
             Wire::Http(503),
             "this node is full: try again shortly",
-        ));
+        )));
     }
-    Ok(())
+    Ok((identity, ip))
 }

@@ -4,7 +4,8 @@
 //! writer shards (`fanout/`), which writes it the space's shared chunks. See
 //! `fanout::shard` for the hot path and its bounds.
 
-use crate::fanout::{Format, Guard, NewListener};
+use crate::audience::ListenerSession;
+use crate::fanout::{Format, NewListener};
 use crate::http1::respond;
 use crate::hub::{Hub, Space};
 use crate::ws::ws_close;
@@ -23,7 +24,8 @@ pub async fn ogg(
     hub: Arc<Hub>,
     space: Arc<Space>,
     head_only: bool,
-    guard: Guard,
+    guard: Box<dyn Send>,
+    who: Who,
 ) {
     if space.state() == SpaceState::Ended {
         return respond(&mut stream, 410, "Gone", "", "this space has ended\n").await;
@@ -31,7 +33,7 @@ pub async fn ogg(
     if stream.write_all(OGG_RESPONSE.as_bytes()).await.is_err() || head_only {
         return;
     }
-    hand_over(stream, &hub, &space, Format::Ogg, Bytes::new(), guard);
+    hand_over(stream, &hub, &space, Format::Ogg, Bytes::new(), guard, who);
 }
 
 /// Serves a WebSocket listener (`GET /live/{id}/ws`, after the 101 answer). `rest` is what
@@ -41,7 +43,8 @@ pub async fn ws(
     hub: Arc<Hub>,
     space: Arc<Space>,
     rest: Bytes,
-    guard: Guard,
+    guard: Box<dyn Send>,
+    who: Who,
 ) {
     if space.state() == SpaceState::Ended {
         return ws_close(
@@ -51,16 +54,20 @@ pub async fn ws(
         )
         .await;
     }
-    hand_over(stream, &hub, &space, Format::Ws, rest, guard);
+    hand_over(stream, &hub, &space, Format::Ws, rest, guard, who);
 }
+
+/// Who a listener is, for the audience numbers: its identity's hash and its address.
+pub type Who = (u64, std::net::IpAddr);
 
 fn hand_over(
     stream: TcpStream,
-    hub: &Hub,
+    hub: &Arc<Hub>,
     space: &Arc<Space>,
     format: Format,
     rest: Bytes,
-    guard: Guard,
+    guard: Box<dyn Send>,
+    (id, ip): Who,
 ) {
     let _ = socket2::SockRef::from(&stream).set_send_buffer_size(hub.config.listener_sndbuf);
     let Ok(conn) = stream.into_std() else {
@@ -75,6 +82,13 @@ fn hand_over(
         conn,
         format,
         rest,
-        guard,
+        // From here on it is a listener session (docs/audience.md).
+        guard: Box::new(ListenerSession::start(
+            guard,
+            hub.clone(),
+            space.clone(),
+            id,
+            ip,
+        )),
     });
 }

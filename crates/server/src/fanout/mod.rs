@@ -79,6 +79,8 @@ pub struct Limits {
     pub max_ws_message: usize,
     /// Bytes a progressive-Ogg listener may send after its request before it is dropped.
     pub max_ogg_upload: usize,
+    /// Audio a listener takes before its owner hears [`Session::viewed`] (the view rule).
+    pub view_after: Duration,
 }
 
 impl Default for Limits {
@@ -92,6 +94,7 @@ impl Default for Limits {
             close_linger: Duration::from_secs(1),
             max_ws_message: 1024,
             max_ogg_upload: 16 * 1024,
+            view_after: Duration::from_secs(levee_core::audience::DEFAULT_VIEW_AFTER_S),
         }
     }
 }
@@ -110,8 +113,30 @@ pub struct NewListener<C, G> {
     pub guard: G,
 }
 
-/// What the server hands the shards with a listener: dropped when the listener leaves.
-pub type Guard = Box<dyn Send>;
+/// What the shards tell a listener's owner while it listens (the audience numbers hang on it).
+pub trait Session: Send {
+    /// It took [`Limits::view_after`] of audio: called once, from the write that passed it.
+    fn viewed(&mut self) {}
+    /// It leaves, having taken audio for `listened_us` (from its join to its last progress:
+    /// for a stalled listener, until its socket filled), for `why`. Called once, just before
+    /// it is dropped; a shard that goes away drops its listeners without it.
+    fn left(&mut self, _listened_us: u64, _why: shard::Leave) {}
+}
+
+impl Session for () {}
+
+impl<T: Session + ?Sized> Session for Box<T> {
+    fn viewed(&mut self) {
+        (**self).viewed()
+    }
+    fn left(&mut self, listened_us: u64, why: shard::Leave) {
+        (**self).left(listened_us, why)
+    }
+}
+
+/// What the server hands the shards with a listener: told of its view and its leaving, then
+/// dropped (which gives back its connection's accounting).
+pub type Guard = Box<dyn Session>;
 
 /// A shard's mailbox: new listeners and tracks with new chunks.
 pub struct Inbox {

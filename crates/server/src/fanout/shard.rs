@@ -19,7 +19,7 @@
 //! out between whole frames, through the same write path; only the newest ping is answered.
 
 use super::track::{Batch, Track};
-use super::{Format, Limits, NewListener, FORMATS};
+use super::{Format, Limits, NewListener, Session, FORMATS};
 use bytes::{Buf, Bytes, BytesMut};
 use levee_core::mux::Chunk;
 use levee_core::ring::Window;
@@ -94,7 +94,11 @@ struct Ws {
 
 struct Slot<C, G> {
     conn: C,
-    _guard: G,
+    guard: G,
+    /// Monotonic µs of its join (its listen time and its view are counted from it).
+    joined: u64,
+    /// Its view was counted (it took `Limits::view_after` of audio).
+    viewed: bool,
     group: u32,
     pos: u32,
     format: Format,
@@ -160,7 +164,7 @@ fn track_key(t: &Arc<Track>) -> usize {
     Arc::as_ptr(t) as usize
 }
 
-impl<C: Conn, G> Shard<C, G> {
+impl<C: Conn, G: Session> Shard<C, G> {
     /// Shard number `id` (its index in each track's links) enforcing `limits`.
     pub fn new(id: usize, limits: Limits) -> Self {
         Shard {
@@ -242,7 +246,9 @@ impl<C: Conn, G> Shard<C, G> {
         let members = &mut self.groups[g as usize].as_mut().expect("group").members;
         let slot = Slot {
             conn,
-            _guard: guard,
+            guard,
+            joined: now,
+            viewed: false,
             group: g,
             pos: members[format.idx()].len() as u32,
             format,
@@ -268,7 +274,7 @@ impl<C: Conn, G> Shard<C, G> {
         match outcome {
             Ok(()) => Some(key),
             Err(why) => {
-                self.remove(key, why);
+                self.remove(key, why, now);
                 None
             }
         }
@@ -301,7 +307,7 @@ impl<C: Conn, G> Shard<C, G> {
                 }
                 match self.drive(key, &window, now) {
                     Ok(()) => i += 1,
-                    Err(why) => self.remove(key, why),
+                    Err(why) => self.remove(key, why, now),
                 }
             }
             self.flush_tally(track, format);
@@ -332,7 +338,7 @@ impl<C: Conn, G> Shard<C, G> {
         })();
         self.flush_tally(&track, format);
         if let Err(why) = outcome {
-            self.remove(key, why);
+            self.remove(key, why, now);
         }
     }
 
@@ -378,7 +384,7 @@ impl<C: Conn, G> Shard<C, G> {
         });
         for (key, why) in cut {
             if self.slots.get(key as usize).is_some_and(Option::is_some) {
-                self.remove(key, why);
+                self.remove(key, why, now);
             }
         }
     }
@@ -426,6 +432,7 @@ impl<C: Conn, G> Shard<C, G> {
     fn pump(&mut self, key: u32, window: &Window<Chunk>, now: u64) -> Result<(), Leave> {
         let max_chunks = self.limits.max_batch.clamp(1, MAX_IOV - 2);
         let backlog = self.limits.join_backlog;
+        let view_after = self.limits.view_after.as_micros() as u64;
         let Shard {
             slots,
             groups,
@@ -497,6 +504,12 @@ impl<C: Conn, G> Shard<C, G> {
                     blocked.push(key);
                 }
                 return Ok(());
+            }
+            // Audio went out: a listener that has been taking it for `view_after` is a view
+            // (one compare per write; its owner counts it once).
+            if !slot.viewed && now.saturating_sub(slot.joined) >= view_after {
+                slot.viewed = true;
+                slot.guard.viewed();
             }
             // Account for what went out, item by item, in the order written.
             let mut left = written;
@@ -635,11 +648,18 @@ impl<C: Conn, G> Shard<C, G> {
         }
     }
 
-    /// Drops listener `key` (its socket closes, its guard gives back its accounting).
-    fn remove(&mut self, key: u32, why: Leave) {
-        let Some(slot) = self.slots[key as usize].take() else {
+    /// Drops listener `key` (its socket closes, its guard hears how long it listened and
+    /// why it left, then gives back its accounting).
+    fn remove(&mut self, key: u32, why: Leave, now: u64) {
+        let Some(mut slot) = self.slots[key as usize].take() else {
             return;
         };
+        // A stalled listener took audio until its socket filled.
+        let last = match (why, slot.since) {
+            (Leave::Stalled, since) if since != 0 => since,
+            _ => now,
+        };
+        slot.guard.left(last.saturating_sub(slot.joined), why);
         self.free.push(key);
         let f = slot.format.idx();
         let g = slot.group as usize;
@@ -748,10 +768,32 @@ mod tests {
     const SEC: u64 = 1_000_000;
     const UNLIMITED: usize = usize::MAX;
 
+    /// A listener's owner that notes what the shard told it.
+    #[derive(Clone, Default)]
+    struct Probe(Arc<std::sync::Mutex<Vec<(&'static str, u64, Option<Leave>)>>>);
+
+    impl Session for Probe {
+        fn viewed(&mut self) {
+            self.0.lock().unwrap().push(("viewed", 0, None));
+        }
+        fn left(&mut self, listened_us: u64, why: Leave) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(("left", listened_us, Some(why)));
+        }
+    }
+
+    impl Probe {
+        fn log(&self) -> Vec<(&'static str, u64, Option<Leave>)> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
     struct World {
         track: Arc<Track>,
         fanout: Arc<Fanout>,
-        shard: Shard<MemConn, ()>,
+        shard: Shard<MemConn, Probe>,
         next: u64,
         now: u64,
     }
@@ -773,6 +815,12 @@ mod tests {
         }
 
         fn join(&mut self, format: Format, room: usize) -> (MemConn, Option<u32>) {
+            let (conn, key, _) = self.join_probed(format, room);
+            (conn, key)
+        }
+
+        fn join_probed(&mut self, format: Format, room: usize) -> (MemConn, Option<u32>, Probe) {
+            let probe = Probe::default();
             let conn = MemConn::default();
             conn.0.borrow_mut().room = room;
             self.fanout.admit(&self.track, format);
@@ -782,11 +830,11 @@ mod tests {
                     conn: conn.clone(),
                     format,
                     rest: Bytes::new(),
-                    guard: (),
+                    guard: probe.clone(),
                 },
                 self.now,
             );
-            (conn, key)
+            (conn, key, probe)
         }
 
         /// Publishes `n` 20-ms packets, one chunk each, and lets the shard write them.
@@ -904,6 +952,48 @@ mod tests {
         assert_eq!(counter(&c.chunks_sent, Format::Ogg), 30);
         assert_eq!(w.track.listeners(), 2);
         assert_eq!(w.fanout.listeners.load(Relaxed), 2);
+    }
+
+    #[test]
+    fn a_view_is_told_once_after_view_after_of_audio_and_the_leaving_says_how_long() {
+        let mut w = World::new(Limits {
+            view_after: Duration::from_secs(1),
+            stall_timeout: Duration::from_secs(2),
+            ..Limits::default()
+        });
+        let t0 = w.now;
+        let (_reader, key, reader) = w.join_probed(Format::Ws, UNLIMITED);
+        // Takes nothing, ever: its socket is full from the start.
+        let (_never, _, never) = w.join_probed(Format::Ogg, 0);
+        // Takes its headers and some audio, then nothing.
+        let (stops, _, stopper) = w.join_probed(Format::Ws, UNLIMITED);
+        w.publish(20);
+        stops.0.borrow_mut().room = 0;
+        let stopped_at = w.now;
+        w.publish(29); // 0.98 s after the join
+        assert!(reader.log().is_empty(), "no view before 1 s");
+        w.publish(2);
+        assert_eq!(reader.log(), [("viewed", 0, None)]);
+        w.publish(100);
+        assert_eq!(reader.log().len(), 1, "told once");
+        // The stalled ones are cut, each told how long it took audio.
+        w.shard.on_timer(w.now);
+        assert_eq!(
+            never.log(),
+            [("left", 0, Some(Leave::Stalled))],
+            "never read"
+        );
+        let log = stopper.log();
+        assert_eq!(log.len(), 1);
+        assert_eq!((log[0].0, log[0].2), ("left", Some(Leave::Stalled)));
+        assert_eq!(
+            log[0].1,
+            stopped_at + 20_000 - t0,
+            "until its socket filled"
+        );
+        // The reader leaves: all its time counts.
+        w.shard.remove(key.unwrap(), Leave::Gone, w.now);
+        assert_eq!(reader.log()[1], ("left", w.now - t0, Some(Leave::Gone)));
     }
 
     #[test]

@@ -1,0 +1,202 @@
+//! A space's audience numbers on this node ([`levee_core::audience`], defined in
+//! `docs/audience.md`): fed by the join paths (attempts, places in line, refusals) and by the
+//! fan-out engine through each listener's [`ListenerSession`] (its join, its view, its
+//! leaving); sampled every [`SAMPLE_EVERY`] for the dashboard; served by
+//! `GET /api/spaces/{id}/audience` (`api::audience`), merged with the other nodes' reports in
+//! a cluster.
+//!
+//! Bounds: per space one [`Audience`] (three sketches of 16 KiB at most and a 1.5 KiB
+//! histogram) and one [`Series`] of [`levee_core::audience::MAX_SAMPLES`] samples (32 KiB);
+//! per listener, its session in the fan-out guard (identity hash, address, join time).
+
+use crate::clock::{mono_us, wall_us};
+use crate::fanout::shard::Leave;
+use crate::fanout::{Session, FORMATS};
+use crate::hub::{Hub, Space};
+use levee_core::audience::{Audience, Departure, Sample, Series};
+use std::net::IpAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// How often each space's numbers are sampled for its series.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// One space's numbers on this node and their series.
+#[derive(Debug)]
+pub struct SpaceAudience {
+    state: Mutex<(Audience, Series)>,
+}
+
+impl SpaceAudience {
+    /// No audience yet; a session counts as a view after `view_after`.
+    pub fn new(view_after: Duration) -> SpaceAudience {
+        SpaceAudience {
+            state: Mutex::new((
+                Audience::new(view_after.as_micros() as u64),
+                Series::new(SAMPLE_EVERY.as_secs()),
+            )),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, (Audience, Series)> {
+        self.state.lock().expect("audience lock")
+    }
+
+    /// Changes the numbers.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Audience) -> R) -> R {
+        f(&mut self.lock().0)
+    }
+
+    /// A copy of the numbers and their series.
+    pub fn snapshot(&self) -> (Audience, Series) {
+        self.lock().clone()
+    }
+
+    /// A copy of the numbers alone.
+    pub fn counts(&self) -> Audience {
+        self.lock().0.clone()
+    }
+
+    /// The numbers at `now_us`.
+    pub fn figures(&self, now_us: u64) -> levee_core::audience::Figures {
+        self.lock().0.figures(now_us)
+    }
+
+    /// Records a sample of the numbers at `now_us` (wall), with the line's length and the
+    /// delivery trouble counted so far, and returns it.
+    pub fn sample(&self, now_us: u64, queue: u64, trouble: u64) -> Sample {
+        let mut g = self.lock();
+        let f = g.0.figures(now_us);
+        let s = Sample {
+            t_s: now_us / 1_000_000,
+            listeners: f.listeners,
+            joins: f.sessions,
+            queue,
+            views: f.views,
+            uniques: f.uniques,
+            filtered: f.filtered_sessions + f.refused_automated,
+            trouble,
+        };
+        g.1.record(s);
+        s
+    }
+
+    /// The newest sample recorded.
+    pub fn last_sample(&self) -> Option<Sample> {
+        self.lock().1.samples().last().copied()
+    }
+}
+
+/// Delivery trouble of a space so far: lagging listeners that skipped ahead and stalled ones
+/// cut, every format.
+pub fn trouble(space: &Space) -> u64 {
+    let c = &space.track.counters;
+    FORMATS
+        .iter()
+        .map(|f| c.lag_skips[f.idx()].load(Relaxed) + c.stall_cuts[f.idx()].load(Relaxed))
+        .sum()
+}
+
+/// Samples every space that is live or has listeners, and the node's sums (called every
+/// [`SAMPLE_EVERY`]).
+pub fn sample_all(hub: &Hub) {
+    let now = wall_us();
+    let mut node = Sample {
+        t_s: now / 1_000_000,
+        ..Sample::default()
+    };
+    for space in hub.list() {
+        // A space that is neither live nor listened to is not sampled (its sketches are not
+        // counted again each second): its newest sample stands for it.
+        let live = space.state() == levee_core::space::SpaceState::Live;
+        let s = if live || space.track.listeners() > 0 {
+            let queue = space.shield.line.lock().expect("line lock").waiting();
+            space.audience.sample(now, queue, trouble(&space))
+        } else {
+            match space.audience.last_sample() {
+                Some(s) => s,
+                None => continue,
+            }
+        };
+        node.listeners += s.listeners;
+        node.joins += s.joins;
+        node.queue += s.queue;
+        node.views += s.views;
+        node.uniques += s.uniques;
+        node.filtered += s.filtered;
+        node.trouble += s.trouble;
+    }
+    hub.sample_node(node, now);
+}
+
+/// A listener session as the fan-out engine holds it: the connection's accounting, and what
+/// its numbers need (its identity's hash, its address for the ban check, its join time).
+pub struct ListenerSession {
+    _conn: Box<dyn Send>,
+    hub: Arc<Hub>,
+    space: Arc<Space>,
+    id: u64,
+    ip: IpAddr,
+    joined_us: u64,
+    viewed: bool,
+}
+
+impl ListenerSession {
+    /// Counts a session of identity hash `id` from `ip` starting now; `conn` is dropped with
+    /// it.
+    pub fn start(
+        conn: Box<dyn Send>,
+        hub: Arc<Hub>,
+        space: Arc<Space>,
+        id: u64,
+        ip: IpAddr,
+    ) -> ListenerSession {
+        let joined_us = wall_us();
+        space.audience.with(|a| a.join(joined_us));
+        ListenerSession {
+            _conn: conn,
+            hub,
+            space,
+            id,
+            ip,
+            joined_us,
+            viewed: false,
+        }
+    }
+
+    fn banned(&self) -> bool {
+        self.hub.shield.banned(self.ip, mono_us()).is_some()
+    }
+}
+
+impl Session for ListenerSession {
+    fn viewed(&mut self) {
+        let banned = self.banned();
+        self.viewed = self.space.audience.with(|a| a.view(self.id, banned));
+    }
+
+    fn left(&mut self, listened_us: u64, why: Leave) {
+        let d = Departure {
+            joined_us: self.joined_us,
+            listened_us,
+            stalled: why == Leave::Stalled,
+            banned: self.banned(),
+            viewed: self.viewed,
+        };
+        self.space.audience.with(|a| a.leave(self.id, d));
+        // Counted once: a drop after this (or without it) does nothing more.
+        self.joined_us = 0;
+    }
+}
+
+impl Drop for ListenerSession {
+    /// A session dropped without [`Session::left`] (its shard went away, or it never reached
+    /// one) still leaves the count of open sessions.
+    fn drop(&mut self) {
+        if self.joined_us != 0 {
+            let listened = wall_us().saturating_sub(self.joined_us);
+            self.left(listened, Leave::Gone);
+        }
+    }
+}
