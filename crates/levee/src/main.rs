@@ -196,6 +196,10 @@ struct ServeArgs {
     /// Audio a listener session takes before it counts as a view (docs/audience.md).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     view_after: Duration,
+    /// Spaces with series of their own in /metrics, the most listened first; the others are
+    /// summed under space="_other".
+    #[arg(long, default_value_t = 20)]
+    metrics_spaces: usize,
     #[command(flatten)]
     cluster: ClusterArgs,
     #[command(flatten)]
@@ -355,6 +359,7 @@ impl ServeArgs {
             max_connections: self.max_connections,
             max_spaces: self.max_spaces.max(1),
             view_after: self.view_after,
+            metrics_spaces: self.metrics_spaces,
             ..Config::default()
         };
         c.cadence.min_ms = self.chunk_min_ms.max(1);

@@ -92,6 +92,10 @@ pub struct Config {
     /// Audio a listener session takes before it counts as a view (`--view-after`,
     /// `docs/audience.md`).
     pub view_after: Duration,
+    /// Spaces that get series of their own in `/metrics` (the most listened); the others are
+    /// summed under `space="_other"` (`--metrics-spaces`): the series stay bounded however
+    /// many spaces there are.
+    pub metrics_spaces: usize,
 }
 
 impl Config {
@@ -146,6 +150,7 @@ impl Default for Config {
             min_source_realtime: 0.5,
             shield: ShieldConfig::default(),
             view_after: Duration::from_secs(levee_core::audience::DEFAULT_VIEW_AFTER_S),
+            metrics_spaces: 20,
         }
     }
 }

@@ -1,12 +1,16 @@
 //! Counters and their Prometheus text exposition (`GET /metrics`).
 //!
 //! Counters are plain atomics updated on the hot path (one relaxed add per write); the text is
-//! rendered on request. Space ids appear as labels; their number is bounded by
-//! `Config::max_spaces`.
+//! rendered on request. Space ids appear as labels only for the `Config::metrics_spaces` most
+//! listened spaces; every other space is summed into `space="_other"`, so a family has at most
+//! `metrics_spaces + 1` space labels however many spaces the node holds, and a sum over the
+//! label is the node's total. Per-space detail of every space is in the API
+//! (`/api/spaces/{id}/audience`) and the dashboard.
 
 use crate::counters::SpaceCounters;
 use crate::fanout::{TrackCounters, FORMATS};
-use crate::hub::Hub;
+use crate::hub::{Hub, Space};
+use std::sync::Arc;
 use crate::shield::{IngestReason, ShieldReason};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -15,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 pub fn render(hub: &Hub) -> String {
     let mut out = String::with_capacity(4096);
     let spaces = hub.list();
+    let labelled = Labelled::new(&spaces, hub.config.metrics_spaces);
     let node = &hub.node;
     let scalar = |out: &mut String, name: &str, kind: &str, help: &str, v: u64| {
         let _ = writeln!(
@@ -182,12 +187,10 @@ pub fn render(hub: &Hub) -> String {
     ];
     for (name, kind, help, field) in per_format {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for s in &spaces {
-            let id = s.snapshot().id;
-            for f in FORMATS {
-                let v = field(&s.track.counters)[f.idx()].load(Relaxed);
+        for f in FORMATS {
+            labelled.each(|s| field(&s.track.counters)[f.idx()].load(Relaxed), |id, v| {
                 let _ = writeln!(out, "{name}{{space=\"{id}\",format=\"{}\"}} {v}", f.label());
-            }
+            });
         }
     }
     let sc = &hub.shield.counters;
@@ -349,26 +352,23 @@ pub fn render(hub: &Hub) -> String {
         hub.shield.node_difficulty() as u64,
     );
     let _ = writeln!(out, "# HELP levee_challenge_difficulty Proof-of-work difficulty a space's escalation asks for.\n# TYPE levee_challenge_difficulty gauge");
-    for sp in &spaces {
-        let _ = writeln!(
-            out,
-            "levee_challenge_difficulty{{space=\"{}\"}} {}",
-            sp.snapshot().id,
-            sp.shield.difficulty.load(Relaxed)
-        );
-    }
+    // The largest difficulty among the spaces summed under `_other`.
+    labelled.each_max(
+        |sp| sp.shield.difficulty.load(Relaxed) as u64,
+        |id, v| {
+            let _ = writeln!(out, "levee_challenge_difficulty{{space=\"{id}\"}} {v}");
+        },
+    );
     let _ = writeln!(
         out,
         "# HELP levee_queue_waiting Callers in a space's line.\n# TYPE levee_queue_waiting gauge"
     );
-    for sp in &spaces {
-        let _ = writeln!(
-            out,
-            "levee_queue_waiting{{space=\"{}\"}} {}",
-            sp.snapshot().id,
-            sp.shield.line.lock().expect("line lock").waiting()
-        );
-    }
+    labelled.each(
+        |sp| sp.shield.line.lock().expect("line lock").waiting(),
+        |id, v| {
+            let _ = writeln!(out, "levee_queue_waiting{{space=\"{id}\"}} {v}");
+        },
+    );
     type Scalar = fn(&SpaceCounters) -> &AtomicU64;
     let per_space: [(&str, &str, Scalar); 3] = [
         (
@@ -387,16 +387,114 @@ pub fn render(hub: &Hub) -> String {
     ];
     for (name, help, field) in per_space {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for s in &spaces {
-            let _ = writeln!(
-                out,
-                "{name}{{space=\"{}\"}} {}",
-                s.snapshot().id,
-                field(&s.counters).load(Relaxed)
-            );
+        labelled.each(
+            |s| field(&s.counters).load(Relaxed),
+            |id, v| {
+                let _ = writeln!(out, "{name}{{space=\"{id}\"}} {v}");
+            },
+        );
+    }
+    audience(&mut out, &spaces);
+    out
+}
+
+/// The node's audience sums (`docs/audience.md`), without a space label.
+fn audience(out: &mut String, spaces: &[Arc<Space>]) {
+    let now = crate::clock::wall_us();
+    let mut sum = [0u64; 5];
+    let mut listen_s = 0.0;
+    for s in spaces {
+        let f = s.audience.figures(now);
+        for (a, v) in sum.iter_mut().zip([
+            f.sessions,
+            f.view_sessions,
+            f.filtered_sessions,
+            f.refused_automated,
+            f.attempts,
+        ]) {
+            *a += v;
+        }
+        listen_s += f.listen_time_s;
+    }
+    for (i, (name, help)) in [
+        ("levee_audience_sessions_total", "Listener sessions started."),
+        (
+            "levee_audience_view_sessions_total",
+            "Sessions that took --view-after of audio.",
+        ),
+        (
+            "levee_audience_filtered_sessions_total",
+            "Sessions left out of the numbers as automated (never read, banned).",
+        ),
+        (
+            "levee_audience_refused_automated_total",
+            "Join attempts refused as automated (failed proof of work or ticket).",
+        ),
+        (
+            "levee_audience_join_attempts_total",
+            "Join attempts (join requests and ticketless stream requests).",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            sum[i]
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP levee_audience_listen_seconds_total Listen time of the sessions that counted, s.\n# TYPE levee_audience_listen_seconds_total counter\nlevee_audience_listen_seconds_total {listen_s:.1}"
+    );
+}
+
+/// The spaces that get a label of their own (the `limit` most listened) and the rest.
+struct Labelled<'a> {
+    own: Vec<(&'a Arc<Space>, String)>,
+    other: Vec<&'a Arc<Space>>,
+}
+
+/// The label the spaces without one of their own are summed under.
+pub const OTHER_SPACES: &str = "_other";
+
+impl<'a> Labelled<'a> {
+    fn new(spaces: &'a [Arc<Space>], limit: usize) -> Labelled<'a> {
+        let mut ranked: Vec<(u64, &'a Arc<Space>, String)> = spaces
+            .iter()
+            .map(|s| (s.track.listeners(), s, s.snapshot().id))
+            .collect();
+        // The most listened first; among equals, by id (a stable choice between scrapes).
+        ranked.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.2.cmp(&b.2)));
+        let other = ranked.iter().skip(limit).map(|r| r.1).collect();
+        ranked.truncate(limit);
+        Labelled {
+            own: ranked.into_iter().map(|(_, s, id)| (s, id)).collect(),
+            other,
         }
     }
-    out
+
+    /// `emit(label, value)` for each labelled space, then for `_other` (the sum), if any.
+    fn each(&self, value: impl Fn(&Space) -> u64, mut emit: impl FnMut(&str, u64)) {
+        for (s, id) in &self.own {
+            emit(id, value(s));
+        }
+        if !self.other.is_empty() {
+            emit(OTHER_SPACES, self.other.iter().map(|s| value(s)).sum());
+        }
+    }
+
+    /// As [`Labelled::each`], with `_other` the largest value rather than the sum (a gauge
+    /// such as a difficulty does not add).
+    fn each_max(&self, value: impl Fn(&Space) -> u64, mut emit: impl FnMut(&str, u64)) {
+        for (s, id) in &self.own {
+            emit(id, value(s));
+        }
+        if !self.other.is_empty() {
+            emit(OTHER_SPACES, self.other.iter().map(|s| value(s)).max().unwrap_or(0));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -412,6 +510,46 @@ mod tests {
             .collect();
         assert_eq!(lines.len(), 1, "{series} in:\n{text}");
         lines[0].rsplit_once(' ').unwrap().1.parse().unwrap()
+    }
+
+    #[test]
+    fn space_labels_are_bounded_and_the_rest_is_summed_under_other() {
+        let hub = Hub::new(crate::config::Config {
+            metrics_spaces: 5,
+            ..crate::config::Config::default()
+        });
+        for i in 0..30u64 {
+            let s = hub
+                .create(
+                    levee_core::space::NewSpace {
+                        title: format!("space {i}"),
+                        scheduled_start: None,
+                    },
+                    crate::shield::Access::Open,
+                    None,
+                )
+                .unwrap();
+            // Space i has i listeners' joins and i × 10 ingested packets.
+            s.track.counters.joins[0].fetch_add(i, Relaxed);
+            s.counters.ingest_packets.fetch_add(i * 10, Relaxed);
+        }
+        let text = render(&hub);
+        for family in ["levee_joins_total{", "levee_ingest_packets_total{"] {
+            let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(family)).collect();
+            let labels: std::collections::HashSet<&str> = lines
+                .iter()
+                .map(|l| l.split("space=\"").nth(1).unwrap().split('"').next().unwrap())
+                .collect();
+            assert_eq!(labels.len(), 6, "{family}: {labels:?}");
+            assert!(labels.contains(OTHER_SPACES));
+            let sum: u64 = lines
+                .iter()
+                .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+                .sum();
+            let want = if family.starts_with("levee_joins") { 435 } else { 4350 };
+            assert_eq!(sum, want, "{family}: the sum over the label is the node's");
+        }
+        assert!(text.contains("levee_audience_sessions_total 0"));
     }
 
     #[test]
