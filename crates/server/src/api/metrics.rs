@@ -10,10 +10,10 @@
 use crate::counters::SpaceCounters;
 use crate::fanout::{TrackCounters, FORMATS};
 use crate::hub::{Hub, Space};
-use std::sync::Arc;
 use crate::shield::{IngestReason, ShieldReason};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 /// Renders every counter in Prometheus text format 0.0.4.
 pub fn render(hub: &Hub) -> String {
@@ -188,9 +188,12 @@ pub fn render(hub: &Hub) -> String {
     for (name, kind, help, field) in per_format {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for f in FORMATS {
-            labelled.each(|s| field(&s.track.counters)[f.idx()].load(Relaxed), |id, v| {
-                let _ = writeln!(out, "{name}{{space=\"{id}\",format=\"{}\"}} {v}", f.label());
-            });
+            labelled.each(
+                |s| field(&s.track.counters)[f.idx()].load(Relaxed),
+                |id, v| {
+                    let _ = writeln!(out, "{name}{{space=\"{id}\",format=\"{}\"}} {v}", f.label());
+                },
+            );
         }
     }
     let sc = &hub.shield.counters;
@@ -417,7 +420,10 @@ fn audience(out: &mut String, spaces: &[Arc<Space>]) {
         listen_s += f.listen_time_s;
     }
     for (i, (name, help)) in [
-        ("levee_audience_sessions_total", "Listener sessions started."),
+        (
+            "levee_audience_sessions_total",
+            "Listener sessions started.",
+        ),
         (
             "levee_audience_view_sessions_total",
             "Sessions that took --view-after of audio.",
@@ -492,7 +498,10 @@ impl<'a> Labelled<'a> {
             emit(id, value(s));
         }
         if !self.other.is_empty() {
-            emit(OTHER_SPACES, self.other.iter().map(|s| value(s)).max().unwrap_or(0));
+            emit(
+                OTHER_SPACES,
+                self.other.iter().map(|s| value(s)).max().unwrap_or(0),
+            );
         }
     }
 }
@@ -538,7 +547,14 @@ mod tests {
             let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(family)).collect();
             let labels: std::collections::HashSet<&str> = lines
                 .iter()
-                .map(|l| l.split("space=\"").nth(1).unwrap().split('"').next().unwrap())
+                .map(|l| {
+                    l.split("space=\"")
+                        .nth(1)
+                        .unwrap()
+                        .split('"')
+                        .next()
+                        .unwrap()
+                })
                 .collect();
             assert_eq!(labels.len(), 6, "{family}: {labels:?}");
             assert!(labels.contains(OTHER_SPACES));
@@ -546,7 +562,11 @@ mod tests {
                 .iter()
                 .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
                 .sum();
-            let want = if family.starts_with("levee_joins") { 435 } else { 4350 };
+            let want = if family.starts_with("levee_joins") {
+                435
+            } else {
+                4350
+            };
             assert_eq!(sum, want, "{family}: the sum over the label is the node's");
         }
         assert!(text.contains("levee_audience_sessions_total 0"));
