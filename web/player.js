@@ -61,6 +61,8 @@
   const parts = location.pathname.split('/').filter(Boolean); // ["space", id, ...]
   const spaceId = decodeURIComponent(parts[1] || '');
   const apiUrl = `/api/spaces/${encodeURIComponent(spaceId)}`;
+  const dashLink = $('dashboard-link');
+  if (dashLink) dashLink.href = `/space/${encodeURIComponent(spaceId)}/dashboard`;
   // ?via=hls: play LL-HLS (what a cache or CDN carries) instead of the WebSocket.
   const VIA = new URLSearchParams(location.search).get('via');
 

@@ -28,6 +28,8 @@ fn space_json(space: &Space, base: &str, authority: &str, with_key: bool) -> Val
         "page": format!("{base}/space/{id}"),
         "host_page": format!("{base}/space/{id}/host"),
         "join": format!("{base}/api/spaces/{id}/join"),
+        "audience": format!("{base}/api/spaces/{id}/audience"),
+        "dashboard": format!("{base}/space/{id}/dashboard"),
     });
     let mut v = json!({
         "id": id,

@@ -4,6 +4,8 @@
 pub const LOBBY_HTML: &str = include_str!("../../../../web/lobby.html");
 /// A space's listening page.
 pub const SPACE_HTML: &str = include_str!("../../../../web/space.html");
+/// The audience dashboard (a space's at `/space/{id}/dashboard`, the node's at `/dashboard`).
+pub const DASHBOARD_HTML: &str = include_str!("../../../../web/dashboard.html");
 /// A space's host page (microphone → Opus → WebSocket).
 pub const HOST_HTML: &str = include_str!("../../../../web/host.html");
 
@@ -32,6 +34,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "capture-worklet.js",
         "text/javascript; charset=utf-8",
         include_str!("../../../../web/capture-worklet.js"),
+    ),
+    (
+        "dashboard.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../../../web/dashboard.js"),
     ),
     (
         "pow-worker.js",
