@@ -33,6 +33,9 @@ pub const STANDARD_ERROR: f64 = 1.04 / 128.0;
 pub const ERROR_BOUND: f64 = 0.025;
 /// Seconds of audio a session needs to count as a view, unless configured.
 pub const DEFAULT_VIEW_AFTER_S: u64 = 10;
+/// A session that lasted this much past the view rule without its view counted never kept
+/// up with its audio (its view is checked on every write once due, at least once a second).
+pub const NEVER_READ_GRACE_US: u64 = 2_000_000;
 /// Session length buckets: 8 an octave from 1 s up to about 2^24 s (194 days).
 pub const DURATION_BUCKETS: usize = 8 * 24 + 1;
 /// Samples a [`Series`] holds (then it halves its resolution).
@@ -380,8 +383,10 @@ impl Durations {
 /// Why a session was left out of views and uniques.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Filter {
-    /// Its socket stopped taking audio before it had [`Audience::view_after_us`] of it: a
-    /// client that never read (or stopped at once) is not a listener.
+    /// It did not keep up with its audio: cut for stalling before its view, or connected
+    /// for [`Audience::view_after_us`] plus [`NEVER_READ_GRACE_US`] without its view counted
+    /// (its socket held more than levee allows unacknowledged whenever the view came due).
+    /// A client that never reads is not a listener.
     NeverRead,
     /// Its source was banned by the time it left.
     Banned,
@@ -546,9 +551,10 @@ impl Audience {
         }
     }
 
-    /// Session of identity `id` took [`Audience::view_after_us`] of audio (called once per
-    /// session, while it listens; `banned`: its source is banned now, and it does not count).
-    /// Returns whether it counted.
+    /// Session of identity `id` took [`Audience::view_after_us`] of audio and keeps up
+    /// (called once per session, while it listens; `banned`: its source is banned now, and it
+    /// does not count). Returns whether it counted. A view is counted only so, live: a
+    /// session that ends without it is no view.
     pub fn view(&mut self, id: u64, banned: bool) -> bool {
         if banned {
             return false;
@@ -565,7 +571,9 @@ impl Audience {
         self.active_joined_us = self.active_joined_us.saturating_sub(d.joined_us as u128);
         let filter = if d.banned {
             Some(Filter::Banned)
-        } else if d.stalled && !d.viewed && d.listened_us < self.view_after_us {
+        } else if !d.viewed
+            && (d.stalled || d.listened_us >= self.view_after_us + NEVER_READ_GRACE_US)
+        {
             Some(Filter::NeverRead)
         } else {
             None
@@ -582,11 +590,6 @@ impl Audience {
                 self.uniques.insert(id);
                 self.listen_us += d.listened_us;
                 self.durations.add(d.listened_us);
-                if d.listened_us >= self.view_after_us && !d.viewed {
-                    // Ended before its view was counted live (a session is counted once).
-                    self.view_sessions += 1;
-                    self.viewers.insert(id);
-                }
             }
         }
         filter
@@ -967,6 +970,17 @@ mod tests {
         assert!((x.count() as f64 - 1600.0).abs() < 1600.0 * ERROR_BOUND);
     }
 
+    /// Ends session `id` after `listened_s`, its view counted first if it lasted that long
+    /// (as the fan-out engine tells a listener that keeps up).
+    fn done(a: &mut Audience, id: u64, joined_us: u64, listened_s: f64) -> Option<Filter> {
+        let mut d = leave(joined_us, listened_s);
+        if d.listened_us >= a.view_after_us {
+            a.view(id, false);
+            d.viewed = true;
+        }
+        a.leave(id, d)
+    }
+
     fn leave(joined_us: u64, listened_s: f64) -> Departure {
         Departure {
             joined_us,
@@ -984,14 +998,11 @@ mod tests {
         assert_eq!(a.leave(7, leave(0, 9.0)), None);
         let f = a.figures(20_000_000);
         assert_eq!((f.views, f.uniques, f.view_sessions), (0, 1, 0));
-        // Identity 8 listens twice, each time past 10 s (once counted live, once at its end).
+        // Identity 8 listens twice, each time past 10 s.
         a.join(30_000_000);
-        assert!(a.view(8, false));
-        let mut d = leave(30_000_000, 12.0);
-        d.viewed = true;
-        assert_eq!(a.leave(8, d), None);
+        assert_eq!(done(&mut a, 8, 30_000_000, 12.0), None);
         a.join(50_000_000);
-        assert_eq!(a.leave(8, leave(50_000_000, 11.0)), None);
+        assert_eq!(done(&mut a, 8, 50_000_000, 11.0), None);
         let f = a.figures(70_000_000);
         assert_eq!((f.views, f.view_sessions, f.uniques), (1, 2, 2));
         assert_eq!(f.sessions, 3);
@@ -1007,11 +1018,19 @@ mod tests {
         let mut d = leave(0, 3.0);
         d.stalled = true;
         assert_eq!(a.leave(1, d), Some(Filter::NeverRead));
-        // Stalled after listening long enough: a listener whose network failed.
+        // Stalled after its view: a listener whose network failed.
         a.join(0);
+        assert!(a.view(2, false));
         let mut d = leave(0, 30.0);
         d.stalled = true;
+        d.viewed = true;
         assert_eq!(a.leave(2, d), None);
+        // Connected for 40 s without once keeping up: its view never came.
+        a.join(0);
+        assert_eq!(a.leave(5, leave(0, 40.0)), Some(Filter::NeverRead));
+        // Left 11 s in, before its view was checked: a listener, not a view.
+        a.join(0);
+        assert_eq!(a.leave(6, leave(0, 11.0)), None);
         // Banned by the time it left, and banned when its view came due.
         a.join(0);
         assert!(!a.view(3, true));
@@ -1020,17 +1039,17 @@ mod tests {
         assert_eq!(a.leave(3, d), Some(Filter::Banned));
         a.refuse_automated(4);
         let f = a.figures(60_000_000);
-        assert_eq!((f.views, f.uniques), (1, 1));
+        assert_eq!((f.views, f.uniques), (1, 2));
         assert_eq!(
             (
                 f.filtered_sessions,
                 f.filtered_never_read,
                 f.filtered_banned
             ),
-            (2, 1, 1)
+            (3, 2, 1)
         );
-        assert_eq!((f.refused_automated, f.filtered_identities), (1, 3));
-        assert!((f.listen_time_s - 30.0).abs() < 1e-6);
+        assert_eq!((f.refused_automated, f.filtered_identities), (1, 4));
+        assert!((f.listen_time_s - 41.0).abs() < 1e-6);
     }
 
     #[test]
@@ -1040,7 +1059,7 @@ mod tests {
             a.join(i * 1_000_000);
         }
         for i in 0..3u64 {
-            a.leave(i, leave(i * 1_000_000, 20.0 + i as f64 * 10.0));
+            done(&mut a, i, i * 1_000_000, 20.0 + i as f64 * 10.0);
         }
         a.join(60_000_000);
         let f = a.figures(100_000_000);
@@ -1061,7 +1080,7 @@ mod tests {
                 node.join(0);
                 // Identities 25..50 listen on both nodes.
                 let id = if id < 25 { id + 100 * n as u64 } else { id };
-                node.leave(id, leave(0, 15.0));
+                done(node, id, 0, 15.0);
             }
         }
         let mut m = a.clone();
@@ -1078,7 +1097,7 @@ mod tests {
         a.attempt();
         a.join(5);
         a.join(6);
-        a.leave(1, leave(5, 12.0));
+        done(&mut a, 1, 5, 12.0);
         for h in hashes(3, 5000) {
             a.uniques.insert(h);
         }

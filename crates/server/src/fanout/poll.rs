@@ -27,6 +27,14 @@ impl Conn for TcpStream {
     fn shutdown_write(&mut self) {
         let _ = self.shutdown(Shutdown::Write);
     }
+    fn queued(&self) -> Option<usize> {
+        use std::os::fd::AsRawFd;
+        let mut n: libc::c_int = 0;
+        // SIOCOUTQ (TIOCOUTQ): bytes in the send queue not yet acknowledged by the peer.
+        // SAFETY: a valid socket descriptor and a pointer to an int, as the call expects.
+        let r = unsafe { libc::ioctl(self.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+        (r == 0).then_some(n.max(0) as usize)
+    }
 }
 
 /// Starts shard `id`'s thread.

@@ -38,7 +38,19 @@ pub trait Conn {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
     /// Stops sending (FIN) after what was written.
     fn shutdown_write(&mut self);
+    /// Bytes written but not yet acknowledged by the peer (`None`: unknown, taken as none).
+    /// Asked once when a listener's view comes due, and once a second after while it is
+    /// not keeping up.
+    fn queued(&self) -> Option<usize> {
+        None
+    }
 }
+
+/// A listener keeps up when at most this much of what it was written waits unacknowledged
+/// in its socket (4 s of 32-kb/s audio): its view counts only then (`docs/audience.md`).
+pub const VIEW_MAX_QUEUED: usize = 16 * 1024;
+/// While a listener whose view is due does not keep up, it is asked again this often.
+pub const VIEW_RECHECK_US: u64 = 1_000_000;
 
 /// Most slices in one vectored write (a partial item, a control frame, whole chunks).
 pub const MAX_IOV: usize = 16;
@@ -95,10 +107,11 @@ struct Ws {
 struct Slot<C, G> {
     conn: C,
     guard: G,
-    /// Monotonic µs of its join (its listen time and its view are counted from it).
+    /// Monotonic µs of its join (its listen time is counted from it).
     joined: u64,
-    /// Its view was counted (it took `Limits::view_after` of audio).
-    viewed: bool,
+    /// Monotonic µs at which its view is checked next (`Limits::view_after` after its join,
+    /// then every [`VIEW_RECHECK_US`] while it does not keep up); 0: counted.
+    view_at: u64,
     group: u32,
     pos: u32,
     format: Format,
@@ -248,7 +261,7 @@ impl<C: Conn, G: Session> Shard<C, G> {
             conn,
             guard,
             joined: now,
-            viewed: false,
+            view_at: now + (self.limits.view_after.as_micros() as u64).max(1),
             group: g,
             pos: members[format.idx()].len() as u32,
             format,
@@ -432,7 +445,6 @@ impl<C: Conn, G: Session> Shard<C, G> {
     fn pump(&mut self, key: u32, window: &Window<Chunk>, now: u64) -> Result<(), Leave> {
         let max_chunks = self.limits.max_batch.clamp(1, MAX_IOV - 2);
         let backlog = self.limits.join_backlog;
-        let view_after = self.limits.view_after.as_micros() as u64;
         let Shard {
             slots,
             groups,
@@ -505,11 +517,16 @@ impl<C: Conn, G: Session> Shard<C, G> {
                 }
                 return Ok(());
             }
-            // Audio went out: a listener that has been taking it for `view_after` is a view
-            // (one compare per write; its owner counts it once).
-            if !slot.viewed && now.saturating_sub(slot.joined) >= view_after {
-                slot.viewed = true;
-                slot.guard.viewed();
+            // Audio went out: a listener that has been taking it for `view_after` and keeps
+            // up (little of it waits unacknowledged) is a view. One compare per write; one
+            // question to the socket when the view is due; its owner counts it once.
+            if slot.view_at != 0 && now >= slot.view_at {
+                if slot.conn.queued().unwrap_or(0) <= VIEW_MAX_QUEUED {
+                    slot.view_at = 0;
+                    slot.guard.viewed();
+                } else {
+                    slot.view_at = now + VIEW_RECHECK_US;
+                }
             }
             // Account for what went out, item by item, in the order written.
             let mut left = written;
@@ -722,6 +739,8 @@ mod tests {
         inbound: Vec<u8>,
         eof: bool,
         shut: bool,
+        /// What the socket says waits unacknowledged.
+        queued: usize,
     }
 
     #[derive(Clone, Default)]
@@ -762,6 +781,9 @@ mod tests {
         }
         fn shutdown_write(&mut self) {
             self.0.borrow_mut().shut = true;
+        }
+        fn queued(&self) -> Option<usize> {
+            Some(self.0.borrow().queued)
         }
     }
 
@@ -967,6 +989,9 @@ mod tests {
         let (_never, _, never) = w.join_probed(Format::Ogg, 0);
         // Takes its headers and some audio, then nothing.
         let (stops, _, stopper) = w.join_probed(Format::Ws, UNLIMITED);
+        // Takes everything, but its peer acknowledges little of it: it does not keep up.
+        let (behind, _, late) = w.join_probed(Format::Ws, UNLIMITED);
+        behind.0.borrow_mut().queued = VIEW_MAX_QUEUED + 1;
         w.publish(20);
         stops.0.borrow_mut().room = 0;
         let stopped_at = w.now;
@@ -974,8 +999,15 @@ mod tests {
         assert!(reader.log().is_empty(), "no view before 1 s");
         w.publish(2);
         assert_eq!(reader.log(), [("viewed", 0, None)]);
+        assert!(late.log().is_empty(), "no view while it does not keep up");
+        behind.0.borrow_mut().queued = VIEW_MAX_QUEUED;
+        w.publish(48);
+        assert!(late.log().is_empty(), "asked again only a second later");
+        w.publish(2);
+        assert_eq!(late.log(), [("viewed", 0, None)], "it keeps up now");
         w.publish(100);
         assert_eq!(reader.log().len(), 1, "told once");
+        assert_eq!(late.log().len(), 1, "told once");
         // The stalled ones are cut, each told how long it took audio.
         w.shard.on_timer(w.now);
         assert_eq!(
