@@ -43,7 +43,7 @@ pub const MAX_SAMPLES: usize = 512;
 /// Longest client fingerprint (User-Agent) hashed into an identity; the rest is ignored.
 pub const MAX_FINGERPRINT: usize = 256;
 /// Largest encoded [`Audience`]: counters, histogram and three dense sketches.
-pub const MAX_ENCODED: usize = 256 + DURATION_BUCKETS * 9 + 3 * (3 + REGISTERS);
+pub const MAX_ENCODED: usize = 264 + DURATION_BUCKETS * 9 + 3 * (3 + REGISTERS);
 
 /// Largest register value: leading zeros of the 50 hash bits left, plus one.
 const MAX_RANK: u8 = (64 - PRECISION + 1) as u8;
@@ -390,6 +390,8 @@ pub enum Filter {
     NeverRead,
     /// Its source was banned by the time it left.
     Banned,
+    /// It sent what a listener may not (broken or oversized WebSocket frames, an upload).
+    Misbehaved,
 }
 
 /// How a session ended, as the fan-out engine saw it.
@@ -405,6 +407,8 @@ pub struct Departure {
     pub banned: bool,
     /// It was counted as a view while it listened.
     pub viewed: bool,
+    /// It was closed for sending what a listener may not.
+    pub misbehaved: bool,
 }
 
 /// One space's audience numbers on one node (or merged from several).
@@ -438,6 +442,8 @@ pub struct Audience {
     pub filtered_never_read: u64,
     /// Sessions left out as banned.
     pub filtered_banned: u64,
+    /// Sessions left out as misbehaved.
+    pub filtered_misbehaved: u64,
     /// Lengths of the ended sessions that counted.
     pub durations: Durations,
     /// Identities with a view.
@@ -480,12 +486,14 @@ pub struct Figures {
     pub queued: u64,
     /// Refused for capacity.
     pub refused: u64,
-    /// Filtered sessions (never read + banned).
+    /// Filtered sessions (never read + banned + misbehaved).
     pub filtered_sessions: u64,
     /// Of which never read.
     pub filtered_never_read: u64,
     /// Of which banned.
     pub filtered_banned: u64,
+    /// Of which misbehaved.
+    pub filtered_misbehaved: u64,
     /// Attempts refused as automated.
     pub refused_automated: u64,
     /// Distinct identities filtered.
@@ -512,6 +520,7 @@ impl Audience {
             view_sessions: 0,
             filtered_never_read: 0,
             filtered_banned: 0,
+            filtered_misbehaved: 0,
             durations: Durations::default(),
             viewers: Distinct::new(),
             uniques: Distinct::new(),
@@ -571,6 +580,8 @@ impl Audience {
         self.active_joined_us = self.active_joined_us.saturating_sub(d.joined_us as u128);
         let filter = if d.banned {
             Some(Filter::Banned)
+        } else if d.misbehaved {
+            Some(Filter::Misbehaved)
         } else if !d.viewed
             && (d.stalled || d.listened_us >= self.view_after_us + NEVER_READ_GRACE_US)
         {
@@ -583,6 +594,7 @@ impl Audience {
                 match f {
                     Filter::Banned => self.filtered_banned += 1,
                     Filter::NeverRead => self.filtered_never_read += 1,
+                    Filter::Misbehaved => self.filtered_misbehaved += 1,
                 }
                 self.filtered_ids.insert(id);
             }
@@ -613,9 +625,12 @@ impl Audience {
             admitted: self.sessions,
             queued: self.queued,
             refused: self.refused,
-            filtered_sessions: self.filtered_never_read + self.filtered_banned,
+            filtered_sessions: self.filtered_never_read
+                + self.filtered_banned
+                + self.filtered_misbehaved,
             filtered_never_read: self.filtered_never_read,
             filtered_banned: self.filtered_banned,
+            filtered_misbehaved: self.filtered_misbehaved,
             refused_automated: self.refused_automated,
             filtered_identities: self.filtered_ids.count(),
         }
@@ -640,6 +655,7 @@ impl Audience {
         self.view_sessions += o.view_sessions;
         self.filtered_never_read += o.filtered_never_read;
         self.filtered_banned += o.filtered_banned;
+        self.filtered_misbehaved += o.filtered_misbehaved;
         self.durations.merge(&o.durations);
         self.viewers.merge(&o.viewers);
         self.uniques.merge(&o.uniques);
@@ -664,6 +680,7 @@ impl Audience {
             self.view_sessions,
             self.filtered_never_read,
             self.filtered_banned,
+            self.filtered_misbehaved,
         ] {
             out.extend_from_slice(&v.to_be_bytes());
         }
@@ -697,11 +714,11 @@ impl Audience {
         if v != VERSION {
             return Err(AudienceError::Version(v));
         }
-        let mut f = [0u64; 13];
+        let mut f = [0u64; 14];
         for x in &mut f {
             *x = r.u64()?;
         }
-        let [view_after_us, attempts, queued, refused, refused_automated, sessions, active, peak, peak_at_us, listen_us, view_sessions, filtered_never_read, filtered_banned] =
+        let [view_after_us, attempts, queued, refused, refused_automated, sessions, active, peak, peak_at_us, listen_us, view_sessions, filtered_never_read, filtered_banned, filtered_misbehaved] =
             f;
         let active_joined_us = u128::from_be_bytes(r.take(16)?.try_into().expect("16 bytes"));
         let n = r.u16()? as usize;
@@ -746,6 +763,7 @@ impl Audience {
             view_sessions,
             filtered_never_read,
             filtered_banned,
+            filtered_misbehaved,
             durations,
             viewers,
             uniques,
@@ -988,6 +1006,7 @@ mod tests {
             stalled: false,
             banned: false,
             viewed: false,
+            misbehaved: false,
         }
     }
 

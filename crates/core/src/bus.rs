@@ -423,6 +423,9 @@ mod tests {
         let mut bad = m.to_vec();
         bad[0] = b'X';
         assert_eq!(decode_audience(&bad), Err(BusError::BadMagic));
+        // The fuzz target's seed (fuzz/corpus/audience_state) is a valid report.
+        let seed = include_bytes!("../../../fuzz/corpus/audience_state/report");
+        assert_eq!(decode_audience(seed).map(|r| r.node), Ok(7));
         let long = vec![0u8; MAX_AUDIENCE_MESSAGE + 1];
         assert!(matches!(decode_audience(&long), Err(BusError::TooLong(_))));
     }

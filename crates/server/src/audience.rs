@@ -183,6 +183,7 @@ impl Session for ListenerSession {
             stalled: why == Leave::Stalled,
             banned: self.banned(),
             viewed: self.viewed,
+            misbehaved: why == Leave::Refused,
         };
         self.space.audience.with(|a| a.leave(self.id, d));
         // Counted once: a drop after this (or without it) does nothing more.

@@ -129,6 +129,16 @@ struct Common {
     /// Base URL HLS listeners fetch from: a cache in front of --server (deploy/nginx).
     #[arg(long)]
     hls_via: Option<String>,
+    /// Hold the server's audience numbers (views, uniques, sessions, peak, filtered) against
+    /// what the run did; a mismatch fails the run (docs/audience.md).
+    #[arg(long)]
+    check_audience: bool,
+    /// Share of listeners whose sessions end --short-for after they join, 0..=1.
+    #[arg(long, default_value_t = 0.0)]
+    short_share: f64,
+    /// How long a short listener listens.
+    #[arg(long, value_parser = dur, default_value = "3s")]
+    short_for: Duration,
     /// Stall bound, ms.
     #[arg(long, default_value_t = 1000)]
     stall_ms: u64,
@@ -181,6 +191,9 @@ impl Common {
         sc.mix.ogg = ogg;
         sc.mix.hls = hls;
         sc.hls_via = self.hls_via.clone();
+        sc.audience.check = self.check_audience;
+        sc.audience.short_share = self.short_share;
+        sc.audience.short_for = self.short_for;
         sc.meter.stall_ms = self.stall_ms;
         sc.meter.playout_ms = self.playout_ms;
         sc.meter.read_every_ms = self.read_every_ms;

@@ -33,7 +33,7 @@ pub fn definitions(view_after_s: f64) -> Value {
         "listen_time_s": "audio time of every session that was not filtered: ended ones from their join to their last progress, open ones so far",
         "median_session_s": "median length of the ended sessions that were not filtered (log buckets, within 4.5 %)",
         "joins": "attempts: join requests and ticketless stream requests (a caller asking again with its place in line or a solved challenge goes on with its attempt); admitted: sessions started; queued: attempts given a place in line; refused: attempts refused for capacity (space, node or line full)",
-        "filtered": format!("left out of views, uniques and listen time: sessions cut for stalling before {view_after_s} s of audio (never read), sessions whose source was banned by their end, and attempts refused as automated (a proof of work or ticket that failed)"),
+        "filtered": format!("left out of views, uniques and listen time: sessions cut for stalling before {view_after_s} s of audio (never read), sessions whose source was banned by their end, sessions closed for sending what a listener may not (broken or oversized WebSocket frames), and attempts refused as automated (a proof of work or ticket that failed)"),
     })
 }
 
@@ -67,6 +67,7 @@ fn figures_json(f: &Figures) -> Value {
             "sessions": f.filtered_sessions,
             "never_read": f.filtered_never_read,
             "banned": f.filtered_banned,
+            "misbehaved": f.filtered_misbehaved,
             "refused_automated": f.refused_automated,
             "identities": f.filtered_identities,
         },

@@ -46,11 +46,16 @@ pub trait Conn {
     }
 }
 
-/// A listener keeps up when at most this much of what it was written waits unacknowledged
-/// in its socket (4 s of 32-kb/s audio): its view counts only then (`docs/audience.md`).
-pub const VIEW_MAX_QUEUED: usize = 16 * 1024;
+/// A listener keeps up when at most a quarter of what it was written, or this much if more,
+/// waits unacknowledged in its socket: its view counts only then (`docs/audience.md`). A
+/// client that does not read has its receive buffer and then levee's send buffer fill with
+/// what it does not take.
+pub const VIEW_MIN_QUEUED: usize = 4 * 1024;
 /// While a listener whose view is due does not keep up, it is asked again this often.
 pub const VIEW_RECHECK_US: u64 = 1_000_000;
+/// A listener that still does not keep up this long after its view came due gets no view in
+/// this session (a client that reads nothing, then everything at once, is no live listener).
+pub const VIEW_PATIENCE_US: u64 = 5_000_000;
 
 /// Most slices in one vectored write (a partial item, a control frame, whole chunks).
 pub const MAX_IOV: usize = 16;
@@ -102,6 +107,8 @@ struct Ws {
     dec: FrameDecoder,
     ctrl: Option<Bytes>,
     state: WsState,
+    /// It sent a broken frame (it is being closed for it): it leaves as refused.
+    broken: bool,
 }
 
 struct Slot<C, G> {
@@ -112,6 +119,8 @@ struct Slot<C, G> {
     /// Monotonic µs at which its view is checked next (`Limits::view_after` after its join,
     /// then every [`VIEW_RECHECK_US`] while it does not keep up); 0: counted.
     view_at: u64,
+    /// Bytes written to it (what its view is judged against).
+    written: u64,
     group: u32,
     pos: u32,
     format: Format,
@@ -253,6 +262,7 @@ impl<C: Conn, G: Session> Shard<C, G> {
                 dec: FrameDecoder::new(self.limits.max_ws_message),
                 ctrl: None,
                 state: WsState::Open,
+                broken: false,
             })
         });
         let cursor = track.join_cursor(format, self.limits.join_backlog);
@@ -262,6 +272,7 @@ impl<C: Conn, G: Session> Shard<C, G> {
             guard,
             joined: now,
             view_at: now + (self.limits.view_after.as_micros() as u64).max(1),
+            written: 0,
             group: g,
             pos: members[format.idx()].len() as u32,
             format,
@@ -445,6 +456,7 @@ impl<C: Conn, G: Session> Shard<C, G> {
     fn pump(&mut self, key: u32, window: &Window<Chunk>, now: u64) -> Result<(), Leave> {
         let max_chunks = self.limits.max_batch.clamp(1, MAX_IOV - 2);
         let backlog = self.limits.join_backlog;
+        let view_after = (self.limits.view_after.as_micros() as u64).max(1);
         let Shard {
             slots,
             groups,
@@ -520,10 +532,16 @@ impl<C: Conn, G: Session> Shard<C, G> {
             // Audio went out: a listener that has been taking it for `view_after` and keeps
             // up (little of it waits unacknowledged) is a view. One compare per write; one
             // question to the socket when the view is due; its owner counts it once.
+            slot.written += written as u64;
             if slot.view_at != 0 && now >= slot.view_at {
-                if slot.conn.queued().unwrap_or(0) <= VIEW_MAX_QUEUED {
+                let allowed = (slot.written / 4).max(VIEW_MIN_QUEUED as u64);
+                let due = slot.joined + view_after;
+                if slot.conn.queued().unwrap_or(0) as u64 <= allowed {
                     slot.view_at = 0;
                     slot.guard.viewed();
+                } else if now >= due + VIEW_PATIENCE_US {
+                    // Behind ever since its view came due: none this session.
+                    slot.view_at = 0;
                 } else {
                     slot.view_at = now + VIEW_RECHECK_US;
                 }
@@ -649,6 +667,7 @@ impl<C: Conn, G: Session> Shard<C, G> {
                 Err(e) => {
                     ws.ctrl = Some(wsframe::close_frame(e.close_code(), &e.to_string()));
                     ws.state = WsState::Closing;
+                    ws.broken = true;
                     return Ok(());
                 }
             }
@@ -676,7 +695,13 @@ impl<C: Conn, G: Session> Shard<C, G> {
             (Leave::Stalled, since) if since != 0 => since,
             _ => now,
         };
-        slot.guard.left(last.saturating_sub(slot.joined), why);
+        // A listener closed for a broken frame left for what it sent, however the closing
+        // handshake ended.
+        let told = match &slot.ws {
+            Some(ws) if ws.broken => Leave::Refused,
+            _ => why,
+        };
+        slot.guard.left(last.saturating_sub(slot.joined), told);
         self.free.push(key);
         let f = slot.format.idx();
         let g = slot.group as usize;
@@ -991,7 +1016,7 @@ mod tests {
         let (stops, _, stopper) = w.join_probed(Format::Ws, UNLIMITED);
         // Takes everything, but its peer acknowledges little of it: it does not keep up.
         let (behind, _, late) = w.join_probed(Format::Ws, UNLIMITED);
-        behind.0.borrow_mut().queued = VIEW_MAX_QUEUED + 1;
+        behind.0.borrow_mut().queued = usize::MAX / 2;
         w.publish(20);
         stops.0.borrow_mut().room = 0;
         let stopped_at = w.now;
@@ -1000,11 +1025,22 @@ mod tests {
         w.publish(2);
         assert_eq!(reader.log(), [("viewed", 0, None)]);
         assert!(late.log().is_empty(), "no view while it does not keep up");
-        behind.0.borrow_mut().queued = VIEW_MAX_QUEUED;
+        behind.0.borrow_mut().queued = VIEW_MIN_QUEUED;
         w.publish(48);
         assert!(late.log().is_empty(), "asked again only a second later");
         w.publish(2);
         assert_eq!(late.log(), [("viewed", 0, None)], "it keeps up now");
+        // One that is still behind 5 s after its view came due gets none, even if it catches
+        // up later.
+        let (slow, _, slow_probe) = w.join_probed(Format::Ws, UNLIMITED);
+        slow.0.borrow_mut().queued = usize::MAX / 2;
+        w.publish(50 + 250);
+        slow.0.borrow_mut().queued = 0;
+        w.publish(100);
+        assert!(
+            slow_probe.log().is_empty(),
+            "no view after falling behind for 5 s"
+        );
         w.publish(100);
         assert_eq!(reader.log().len(), 1, "told once");
         assert_eq!(late.log().len(), 1, "told once");

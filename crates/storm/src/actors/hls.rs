@@ -294,6 +294,8 @@ pub async fn listen(
             pages: s.reader.heard.pages,
             requests: s.requests,
             timed: true,
+            // Not a session at the server (HLS requests are not counted as listeners).
+            listened_us: 0,
             summary: s
                 .reader
                 .heard

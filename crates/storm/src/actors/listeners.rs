@@ -234,6 +234,11 @@ impl Ctx {
 /// out), as (join, leave) offsets from the run's start in µs.
 pub fn segments(sc: &Scenario, slot: &Slot) -> Vec<(u64, u64)> {
     let run_end = sc.run_length().as_micros() as u64;
+    if sc.audience.is_short(sc.seed, slot.index) {
+        // A short listener: one session that ends `short_for` after its join.
+        let short = sc.audience.short_for.as_micros() as u64;
+        return vec![(slot.join_us, (slot.join_us + short).min(run_end))];
+    }
     if sc.kind != Kind::Churn {
         return vec![(slot.join_us, run_end)];
     }
@@ -271,6 +276,8 @@ pub struct Lifecycle {
     pub ever_joined: bool,
     /// When the listener last left in a churn wave, until it has audio again.
     pub left_at: Option<u64>,
+    /// Its longest session with audio so far, µs.
+    pub longest_us: u64,
 }
 
 impl Lifecycle {
@@ -287,6 +294,7 @@ impl Lifecycle {
             rng: Rng::new(sc.seed ^ slot.index.wrapping_mul(0x2545_F491_4F6C_DD1D)),
             ever_joined: false,
             left_at: None,
+            longest_us: 0,
         }
     }
 
@@ -1046,6 +1054,7 @@ impl Worker {
             pages: a.reader.heard.pages,
             requests: 0,
             timed,
+            listened_us: a.join.first_audio_us.map_or(0, |t| now.saturating_sub(t)),
             summary: a
                 .reader
                 .heard
@@ -1077,6 +1086,12 @@ impl Worker {
             None => {
                 let joined = l.life.ever_joined;
                 self.agg.record_slot(joined);
+                if joined {
+                    let view_after = ctx.sc.audience.view_after.map(|d| d.as_micros() as u64);
+                    self.agg
+                        .audience
+                        .record_listener(l.life.longest_us, view_after);
+                }
                 self.table[key as usize] = None;
                 self.free.push(key);
                 self.live -= 1;
@@ -1112,6 +1127,11 @@ impl Worker {
 /// sessions here.
 pub(crate) fn account(agg: &mut Aggregate, life: &mut Lifecycle, rec: &SessionRecord) {
     agg.record_session(rec);
+    if rec.format != Format::Hls && rec.join_failure.is_none() {
+        life.longest_us = life.longest_us.max(rec.listened_us);
+        agg.audience.sessions += 1;
+        agg.audience.listen_us += rec.listened_us;
+    }
     if life.attempt() > 0 && rec.drop.is_none() {
         agg.retries += 1;
     }

@@ -270,6 +270,17 @@ pub async fn end_space(target: &Target, id: &str, key: &str) -> Result<()> {
     }
 }
 
+/// The server's audience numbers of `space` (`GET /api/spaces/{id}/audience`, without its
+/// series), as JSON.
+pub async fn space_audience(target: &Target, space: &str) -> Result<serde_json::Value> {
+    let path = format!("/api/spaces/{space}/audience?series=0");
+    let r = request(target, "GET", &path, &[], b"", Duration::from_secs(10)).await?;
+    if r.status != 200 {
+        return Err(Error::server(format!("GET {path} answered {}", r.status)));
+    }
+    serde_json::from_str(&r.body).map_err(|e| Error::server(format!("GET {path}: {e}")))
+}
+
 /// The levee counters of one space from `/metrics`: `name` or `name{format}` → value.
 pub async fn space_metrics(target: &Target, space: &str) -> Result<BTreeMap<String, f64>> {
     let r = request(target, "GET", "/metrics", &[], b"", Duration::from_secs(10)).await?;

@@ -37,6 +37,53 @@ pub struct SessionRecord {
     pub requests: u64,
     /// The listener measured timing on every frame (see `MeterConfig::timed_every`).
     pub timed: bool,
+    /// From its first audio to its end, µs (0 without audio); what the server counts as the
+    /// session's listen time.
+    pub listened_us: u64,
+}
+
+/// What the run's listeners did, as the server's audience numbers count it
+/// (`docs/audience.md`): streams only (HLS requests are not sessions), each listener an
+/// identity of its own (its source address).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AudienceTally {
+    /// Listeners with a session that got audio (distinct identities).
+    pub identities: u64,
+    /// Listeners whose longest session lasted the server's view rule plus
+    /// [`VIEW_MARGIN_US`]: the server must count each as a view.
+    pub viewers_sure: u64,
+    /// Listeners whose longest session lasted the view rule less [`VIEW_MARGIN_US`]: the
+    /// server may count each as a view, at most.
+    pub viewers_maybe: u64,
+    /// Stream sessions that got audio.
+    pub sessions: u64,
+    /// Their listen time, µs.
+    pub listen_us: u64,
+}
+
+/// How far a session's length may be from the view rule before the server's verdict on it
+/// is certain: the listener's and the server's clocks for the session differ by its join's
+/// exchange and the server's chunk (500 ms at most).
+pub const VIEW_MARGIN_US: u64 = 1_000_000;
+
+impl AudienceTally {
+    /// A listener of stream sessions retired: `longest_us` was its longest session with
+    /// audio; `view_after_us` the server's view rule, when known.
+    pub fn record_listener(&mut self, longest_us: u64, view_after_us: Option<u64>) {
+        self.identities += 1;
+        if let Some(v) = view_after_us {
+            self.viewers_sure += (longest_us >= v + VIEW_MARGIN_US) as u64;
+            self.viewers_maybe += (longest_us + VIEW_MARGIN_US >= v) as u64;
+        }
+    }
+
+    fn merge(&mut self, o: &AudienceTally) {
+        self.identities += o.identities;
+        self.viewers_sure += o.viewers_sure;
+        self.viewers_maybe += o.viewers_maybe;
+        self.sessions += o.sessions;
+        self.listen_us += o.listen_us;
+    }
 }
 
 /// Per-format counts, to hold against the server's own counters.
@@ -138,6 +185,9 @@ pub struct Aggregate {
     /// Joins through the join API (`join = "api"`).
     #[serde(default)]
     pub join_api: crate::observe::join::JoinStats,
+    /// What the stream listeners did, as audience numbers count it.
+    #[serde(default)]
+    pub audience: AudienceTally,
 }
 
 impl Aggregate {
@@ -215,6 +265,7 @@ impl Aggregate {
 
     /// Adds everything `o` counted.
     pub fn merge(&mut self, o: &Aggregate) {
+        self.audience.merge(&o.audience);
         macro_rules! add {
             ($($f:ident),*) => { $( self.$f += o.$f; )* };
         }
@@ -417,6 +468,7 @@ mod tests {
             pages: 0,
             requests: 0,
             timed: true,
+            listened_us: 0,
         }
     }
 

@@ -171,6 +171,49 @@ impl Default for HostConfig {
     }
 }
 
+/// The `[audience]` table: listeners that leave early, and whether the server's audience
+/// numbers must match what the run did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AudienceConfig {
+    /// Hold the server's numbers (views, uniques, sessions, peak, filtered) against what the
+    /// listeners and attackers did; a mismatch fails the run.
+    pub check: bool,
+    /// Share of listeners (0..=1) whose every session ends `short_for` after its join.
+    pub short_share: f64,
+    /// How long a short listener's session lasts (keep it well under the server's view
+    /// rule, `--view-after`).
+    #[serde(with = "dur")]
+    pub short_for: Duration,
+    /// The server's view rule, as it states it (`view_after_s` of its audience API); the run
+    /// asks the server at its start, so a scenario need not set it.
+    #[serde(default, with = "opt_dur", skip_serializing_if = "Option::is_none")]
+    pub view_after: Option<Duration>,
+}
+
+impl Default for AudienceConfig {
+    fn default() -> Self {
+        AudienceConfig {
+            check: false,
+            short_share: 0.0,
+            short_for: Duration::from_secs(3),
+            view_after: None,
+        }
+    }
+}
+
+impl AudienceConfig {
+    /// True when nothing is asked of the audience.
+    pub fn is_default(&self) -> bool {
+        *self == AudienceConfig::default()
+    }
+
+    /// Whether listener `index` of a run seeded `seed` is a short one.
+    pub fn is_short(&self, seed: u64, index: u64) -> bool {
+        self.short_share > 0.0 && hash3(seed ^ 0x5407, index, 0) < self.short_share
+    }
+}
+
 /// Share of listeners per delivery format.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -260,6 +303,10 @@ pub struct Scenario {
     /// default: `server` itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hls_via: Option<String>,
+    /// The audience check: short listeners, and the server's numbers held against what the
+    /// run did (`docs/audience.md`, `docs/storm.md`).
+    #[serde(default, skip_serializing_if = "AudienceConfig::is_default")]
+    pub audience: AudienceConfig,
     /// How listeners join (default: `api` for ddos-during-broadcast, else `direct`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub join: Option<crate::plan::scenario::JoinMode>,
@@ -332,6 +379,7 @@ impl Scenario {
             host: HostConfig::default(),
             mount: None,
             hls_via: None,
+            audience: AudienceConfig::default(),
             join: None,
             attack: Default::default(),
             objectives: Vec::new(),
@@ -384,6 +432,25 @@ impl Scenario {
             return Err(Error::invalid("host.bitrate must be within 8000..=512000"));
         }
         parse_cidr(&self.sources)?;
+        let a = &self.audience;
+        if !(0.0..=1.0).contains(&a.short_share) || a.short_for.is_zero() {
+            return Err(Error::invalid(
+                "audience: short_share within 0..=1, short_for above 0",
+            ));
+        }
+        if a.check && self.mount.is_some() {
+            return Err(Error::invalid(
+                "audience.check needs levee's audience API: not with a mount",
+            ));
+        }
+        if a.check && self.planned_listeners() > parse_cidr(&self.sources)?.len() as u64 {
+            return Err(Error::invalid(format!(
+                "audience.check: each listener needs an address (identity) of its own: {} listeners, {} addresses in {}",
+                self.planned_listeners(),
+                parse_cidr(&self.sources)?.len(),
+                self.sources
+            )));
+        }
         crate::plan::scenario::validate(self)?;
         crate::plan::mount::validate(self)?;
         crate::plan::target::Target::parse(&self.server)?;

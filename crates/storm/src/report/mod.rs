@@ -8,6 +8,7 @@
 //! in [`resolve`]. A missing metric fails its objective (a typo must not pass silently).
 
 pub mod attack;
+pub mod audience;
 pub mod ddos;
 pub mod html;
 pub mod join;
@@ -289,6 +290,10 @@ pub struct Report {
     /// LL-HLS listeners' requests and the origin's, when the run had HLS listeners.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hls: Option<HlsFigures>,
+    /// The server's audience numbers held against what the run did, when the server serves
+    /// them (`[audience]`; a failed check fails the run only with `check = true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<crate::report::audience::AudienceReport>,
     /// The generator's cost and health.
     pub generator: Generator,
     /// The synthetic host, when one ran.
@@ -590,6 +595,7 @@ pub fn build(inp: Inputs<'_>, objectives: &[Objective], steps: Vec<StepResult>) 
         bytes_received: a.bytes,
         by_format: a.by_format.clone(),
         hls: hls_figures(inp.scenario, a, inp.server.as_ref()),
+        audience: None,
         generator,
         host: inp.host,
         server: inp.server,
@@ -734,6 +740,9 @@ pub fn summary_text(r: &Report) -> String {
     }
     if let Some(k) = r.knee_listeners {
         s.push_str(&format!("knee: objectives held up to {k} listeners\n"));
+    }
+    if let Some(a) = &r.audience {
+        s.push_str(&crate::report::audience::text(a));
     }
     if !r.failures.is_empty() {
         s.push_str(&format!("join failures: {:?}\n", r.failures));

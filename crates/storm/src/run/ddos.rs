@@ -221,6 +221,23 @@ pub async fn run(sc: Scenario, out: Output) -> Result<DdosReport> {
     }
     d.attack = attack_report;
     judge(&mut d, &objectives);
+    if let Some(a) = d.base.audience.take() {
+        // The attackers' streams on the listeners' space are sessions there too (filtered).
+        let on_listen = attacked == listen;
+        let attack = attack_result
+            .as_ref()
+            .and_then(|r| r.as_ref().ok())
+            .filter(|_| on_listen);
+        run::audience_verdict(
+            &mut d.base,
+            &target,
+            &listen,
+            a.did,
+            attack,
+            sc.audience.check,
+        )
+        .await;
+    }
     if let Some(p) = &out.json {
         let text = serde_json::to_string_pretty(&d).map_err(|e| Error::server(e.to_string()))?;
         std::fs::write(p, text)

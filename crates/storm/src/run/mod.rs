@@ -87,7 +87,7 @@ fn progress_line(
 }
 
 /// Runs `sc`. See the module docs.
-pub async fn run(sc: Scenario, out: Output) -> Result<Report> {
+pub async fn run(mut sc: Scenario, out: Output) -> Result<Report> {
     sc.validate()?;
     let target = Target::parse(&sc.server)?;
     let objectives = if sc.objectives.is_empty() {
@@ -116,6 +116,18 @@ pub async fn run(sc: Scenario, out: Output) -> Result<Report> {
         }
     };
     let before = http::space_metrics(&target, &space).await.ok();
+    // The server's view rule, so that listeners know which of them it must count as views.
+    if sc.mount.is_none() {
+        match http::space_audience(&target, &space).await {
+            Ok(v) => {
+                if let Some(s) = v["view_after_s"].as_f64().filter(|s| *s >= 0.0) {
+                    sc.audience.view_after = Some(Duration::from_secs_f64(s));
+                }
+            }
+            Err(e) if sc.audience.check => return Err(e),
+            Err(_) => {}
+        }
+    }
     let procs = sc.procs.max(1);
     let start_us = now_us() + if procs > 1 { 2_000_000 } else { 1_000_000 };
     let run_end_us = start_us + sc.run_length().as_micros() as u64;
@@ -344,6 +356,23 @@ pub async fn run(sc: Scenario, out: Output) -> Result<Report> {
         rep.invalid_reasons
             .push(format!("synthetic host failed: {e}"));
     }
+    if sc.audience.view_after.is_some() {
+        let did = crate::report::audience::Did {
+            tally: agg.audience.clone(),
+            failed_sessions: agg.sessions_failed,
+            failed_listeners: agg.listeners_failed,
+            peak_seen: rep.listeners.peak_connected,
+        };
+        // An attack on the space changes what it serves: the ddos run judges with it.
+        if sc.kind != Kind::DdosDuringBroadcast {
+            audience_verdict(&mut rep, &target, &space, did, None, sc.audience.check).await;
+        } else {
+            rep.audience = Some(crate::report::audience::AudienceReport {
+                did,
+                ..crate::report::audience::AudienceReport::default()
+            });
+        }
+    }
     if let Some(p) = &out.json {
         let text = serde_json::to_string_pretty(&rep).map_err(|e| Error::server(e.to_string()))?;
         std::fs::write(p, text)
@@ -354,6 +383,43 @@ pub async fn run(sc: Scenario, out: Output) -> Result<Report> {
             .map_err(|e| Error::server(format!("write {}: {e}", p.display())))?;
     }
     Ok(rep)
+}
+
+/// Asks the server for the space's audience numbers (its sessions have all ended: the
+/// listeners are done) and holds them against `did`; with `check`, a mismatch fails the run.
+pub(crate) async fn audience_verdict(
+    rep: &mut Report,
+    target: &Target,
+    space: &str,
+    did: crate::report::audience::Did,
+    attack: Option<&crate::observe::attack::AttackResult>,
+    check: bool,
+) {
+    // The server counts a session when its shard sees the leaving: give the last ones a
+    // moment, bounded.
+    let deadline = now_us() + 5_000_000;
+    let served = loop {
+        match http::space_audience(target, space).await {
+            Ok(v) if v["listeners"].as_u64() == Some(0) || now_us() >= deadline => break Ok(v),
+            Ok(_) => sleep_until_us(now_us() + 100_000).await,
+            Err(e) => break Err(e),
+        }
+    };
+    match served {
+        Ok(v) => {
+            let a = crate::report::audience::judge(v, did, attack);
+            if check && !a.passed {
+                rep.passed = false;
+            }
+            rep.audience = Some(a);
+        }
+        Err(e) if check => {
+            rep.valid = false;
+            rep.invalid_reasons
+                .push(format!("the audience numbers could not be read: {e}"));
+        }
+        Err(_) => {}
+    }
 }
 
 #[cfg(test)]
