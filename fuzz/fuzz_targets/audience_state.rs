@@ -16,7 +16,9 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|msg: &[u8]| {
     match bus::decode_audience(msg) {
         Ok(r) => {
-            let again = bus::encode_audience(r.node, &r.space, &r.audience);
+            let again = bus::encode_audience(r.node, &r.space, &r.recent, &r.audience);
+            assert!(r.recent.len() <= bus::MAX_AUDIENCE_RECENT);
+            assert!(r.recent.windows(2).all(|w| w[0].0 < w[1].0));
             assert_eq!(&again[..], msg);
             let f = r.audience.figures(u64::MAX / 2);
             assert!(f.listeners <= f.sessions);

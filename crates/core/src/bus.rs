@@ -46,8 +46,11 @@ pub const MAX_LOAD_MESSAGE: usize = 4 + 8 + 2 + MAX_LOAD_ENTRIES * (1 + 32 + 4 +
 
 /// Magic of a node's audience report for one space (`crate::audience::Audience`).
 pub const AUDIENCE_MAGIC: &[u8; 4] = b"LVA1";
+/// Seconds of open sessions an audience report carries at most (for the cluster's peak).
+pub const MAX_AUDIENCE_RECENT: usize = 32;
 /// Longest audience report.
-pub const MAX_AUDIENCE_MESSAGE: usize = 4 + 8 + 1 + 32 + crate::audience::MAX_ENCODED;
+pub const MAX_AUDIENCE_MESSAGE: usize =
+    4 + 8 + 1 + 32 + 1 + MAX_AUDIENCE_RECENT * 12 + crate::audience::MAX_ENCODED;
 
 /// Why a bus message was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -339,18 +342,33 @@ pub struct AudienceReport {
     pub node: u64,
     /// The space.
     pub space: String,
+    /// Its open sessions on that node in its last seconds: (second since the epoch, open
+    /// sessions), oldest first, at most [`MAX_AUDIENCE_RECENT`].
+    pub recent: Vec<(u64, u32)>,
     /// Its numbers on that node.
     pub audience: crate::audience::Audience,
 }
 
-/// Encodes an audience report.
-pub fn encode_audience(node: u64, space: &str, audience: &crate::audience::Audience) -> Bytes {
+/// Encodes an audience report (the newest [`MAX_AUDIENCE_RECENT`] of `recent`, which is
+/// oldest first).
+pub fn encode_audience(
+    node: u64,
+    space: &str,
+    recent: &[(u64, u32)],
+    audience: &crate::audience::Audience,
+) -> Bytes {
+    let recent = &recent[recent.len().saturating_sub(MAX_AUDIENCE_RECENT)..];
     let a = audience.encode();
-    let mut b = BytesMut::with_capacity(13 + space.len() + a.len());
+    let mut b = BytesMut::with_capacity(14 + space.len() + recent.len() * 12 + a.len());
     b.put_slice(AUDIENCE_MAGIC);
     b.put_u64(node);
     b.put_u8(space.len() as u8);
     b.put_slice(space.as_bytes());
+    b.put_u8(recent.len() as u8);
+    for (t, n) in recent {
+        b.put_u64(*t);
+        b.put_u32(*n);
+    }
     b.put_slice(&a);
     b.freeze()
 }
@@ -370,11 +388,25 @@ pub fn decode_audience(msg: &[u8]) -> Result<AudienceReport, BusError> {
     if !is_valid_id(space) {
         return Err(BusError::Invalid("id"));
     }
+    let n = r.take(1)?[0] as usize;
+    if n > MAX_AUDIENCE_RECENT {
+        return Err(BusError::Invalid("recent seconds"));
+    }
+    let mut recent: Vec<(u64, u32)> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = r.u64()?;
+        let c = u32::from_be_bytes(r.take(4)?.try_into().map_err(|_| BusError::Truncated)?);
+        if recent.last().is_some_and(|&(l, _)| l >= t) {
+            return Err(BusError::Invalid("recent order"));
+        }
+        recent.push((t, c));
+    }
     let audience = crate::audience::Audience::decode(&msg[r.at..])
         .map_err(|_| BusError::Invalid("audience state"))?;
     Ok(AudienceReport {
         node,
         space: space.to_owned(),
+        recent,
         audience,
     })
 }
@@ -408,11 +440,19 @@ mod tests {
         a.attempt();
         a.join(1_700_000_000_000_000);
         a.view(42, false);
-        let m = encode_audience(7, "abcdefghjkmn", &a);
+        let recent = [(1_700_000_000, 3), (1_700_000_001, 4)];
+        let m = encode_audience(7, "abcdefghjkmn", &recent, &a);
         let r = decode_audience(&m).unwrap();
         assert_eq!(
             (r.node, r.space.as_str(), &r.audience),
             (7, "abcdefghjkmn", &a)
+        );
+        assert_eq!(r.recent, recent);
+        // Seconds out of order are refused.
+        let swapped = encode_audience(7, "abcdefghjkmn", &[recent[1], recent[0]], &a);
+        assert_eq!(
+            decode_audience(&swapped),
+            Err(BusError::Invalid("recent order"))
         );
         for cut in 0..m.len() {
             assert!(decode_audience(&m[..cut]).is_err(), "cut at {cut}");

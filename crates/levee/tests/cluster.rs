@@ -868,3 +868,82 @@ fn a_node_that_cannot_reach_nats_does_not_start() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("node name"));
 }
+
+#[test]
+fn three_nodes_count_one_audience_and_any_node_answers_for_all() {
+    // Three nodes share one address (the kernel spreads the storm's listeners and its
+    // synthetic host over them); each counts its own listeners and reports them on the bus;
+    // the storm asks whichever node answers and must find the whole audience, merged.
+    let nats = Nats::start();
+    let shared = format!("127.0.0.1:{}", free_port());
+    let nodes: Vec<Levee> = ["aud-1", "aud-2", "aud-3"]
+        .iter()
+        .map(|name| {
+            Levee::start(&[
+                "--listen",
+                &shared,
+                "--reuse-port",
+                "--nats",
+                &nats.url,
+                "--node",
+                name,
+                "--view-after",
+                "3s",
+            ])
+        })
+        .collect();
+    let json = std::env::temp_dir().join(format!("levee-storm-aud3-{}.json", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_levee"))
+        .args(["storm", "capacity", "--server"])
+        .arg(format!("http://{shared}"))
+        .args(["--listeners", "150", "--ramp", "1s", "--hold", "7s"])
+        .args([
+            "--short-share",
+            "0.3",
+            "--short-for",
+            "1s",
+            "--check-audience",
+        ])
+        .args([
+            "--ogg-share",
+            "0.5",
+            "--sources",
+            "127.34.0.0/16",
+            "--quiet",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .expect("storm runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("report")).unwrap();
+    let _ = std::fs::remove_file(&json);
+    assert!(out.status.success(), "{text}");
+    let a = &r["audience"];
+    assert_eq!(a["passed"], true, "{text}");
+    assert_eq!(
+        a["served"]["nodes"], 3,
+        "every node's numbers are in: {text}"
+    );
+    assert_eq!(a["served"]["uniques"], 150, "{text}");
+    // The listeners were spread: at least two nodes held some of them.
+    let id = r["space"].as_str().unwrap();
+    let holding = nodes
+        .iter()
+        .filter(|n| {
+            let r = n.http(
+                "GET",
+                &format!("/api/spaces/{id}/audience?series=0"),
+                &[],
+                b"",
+            );
+            let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+            // Each node answers for all of them...
+            assert_eq!(v["uniques"], 150, "{}", r.body);
+            // ...and its own series shows what it served itself.
+            n.metric("levee_audience_sessions_total") > 0.0
+        })
+        .count();
+    assert!(holding >= 2, "{holding} nodes held listeners");
+}

@@ -26,6 +26,9 @@ pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct SpaceAudience {
     state: Mutex<(Audience, Series)>,
+    /// Open sessions in the last [`levee_core::bus::MAX_AUDIENCE_RECENT`] seconds sampled
+    /// (second since the epoch, open sessions), for the cluster's peak.
+    recent: Mutex<std::collections::VecDeque<(u64, u32)>>,
 }
 
 impl SpaceAudience {
@@ -36,7 +39,18 @@ impl SpaceAudience {
                 Audience::new(view_after.as_micros() as u64),
                 Series::new(SAMPLE_EVERY.as_secs()),
             )),
+            recent: Mutex::new(std::collections::VecDeque::new()),
         }
+    }
+
+    /// Open sessions in the last seconds sampled, oldest first.
+    pub fn recent(&self) -> Vec<(u64, u32)> {
+        self.recent
+            .lock()
+            .expect("recent lock")
+            .iter()
+            .copied()
+            .collect()
     }
 
     fn lock(&self) -> MutexGuard<'_, (Audience, Series)> {
@@ -79,6 +93,15 @@ impl SpaceAudience {
             trouble,
         };
         g.1.record(s);
+        drop(g);
+        let mut r = self.recent.lock().expect("recent lock");
+        if r.back().is_some_and(|&(t, _)| t == s.t_s) {
+            r.pop_back();
+        }
+        if r.len() == levee_core::bus::MAX_AUDIENCE_RECENT {
+            r.pop_front();
+        }
+        r.push_back((s.t_s, s.listeners.min(u32::MAX as u64) as u32));
         s
     }
 

@@ -115,29 +115,64 @@ pub struct Cluster {
     audience: Mutex<RemoteAudience>,
 }
 
+/// Seconds of other nodes' open sessions kept per (space, node), for the cluster's peak.
+pub const AUDIENCE_RECENT_KEEP: usize = 120;
+
+/// One node's last report of one space.
+struct Reported {
+    audience: levee_core::audience::Audience,
+    at: tokio::time::Instant,
+    size: usize,
+    /// Its open sessions by second (the newest [`AUDIENCE_RECENT_KEEP`]).
+    recent: std::collections::BTreeMap<u64, u32>,
+}
+
 /// Other nodes' audience numbers per space, as they last reported them.
 #[derive(Default)]
 struct RemoteAudience {
-    /// space → node → (its numbers, when heard, their encoded size).
-    by_space: HashMap<
-        String,
-        HashMap<u64, (levee_core::audience::Audience, tokio::time::Instant, usize)>,
-    >,
+    /// space → node → its last report.
+    by_space: HashMap<String, HashMap<u64, Reported>>,
     /// Encoded bytes held, at most [`MAX_REMOTE_AUDIENCE_BYTES`].
     bytes: usize,
-    /// space → the most open sessions seen at once over the cluster, and when (µs).
+    /// space → the most open sessions seen at one second over the cluster, and when (µs).
     peaks: HashMap<String, (u64, u64)>,
 }
 
 impl RemoteAudience {
-    /// Open sessions of the other nodes that reported within [`AUDIENCE_TTL`].
-    fn fresh_active(&self, id: &str, now: tokio::time::Instant) -> u64 {
-        self.by_space.get(id).map_or(0, |m| {
-            m.values()
-                .filter(|(_, at, _)| now.duration_since(*at) < AUDIENCE_TTL)
-                .map(|(a, _, _)| a.active)
-                .sum()
-        })
+    /// Sums this node's `own` open sessions per second with the other nodes' reported ones
+    /// and keeps the largest sum as the space's peak when above the one kept. A node that did
+    /// not report a second counts its last value before it (a node reports when its numbers
+    /// change, and at least every [`AUDIENCE_REFRESH`]).
+    fn sample_peak(&mut self, id: &str, own: &[(u64, u32)]) {
+        let own: std::collections::BTreeMap<u64, u32> = own.iter().copied().collect();
+        let mut series: Vec<&std::collections::BTreeMap<u64, u32>> = vec![&own];
+        series.extend(
+            self.by_space
+                .get(id)
+                .into_iter()
+                .flat_map(|m| m.values())
+                .map(|r| &r.recent),
+        );
+        let seconds: std::collections::BTreeSet<u64> =
+            series.iter().flat_map(|m| m.keys().copied()).collect();
+        let hold = AUDIENCE_REFRESH.as_secs();
+        let at = |m: &std::collections::BTreeMap<u64, u32>, t: u64| {
+            m.range(..=t)
+                .next_back()
+                .filter(|(s, _)| t - **s <= hold)
+                .map_or(0, |(_, n)| *n as u64)
+        };
+        let mut best = (0, 0);
+        for t in seconds {
+            let sum: u64 = series.iter().map(|m| at(m, t)).sum();
+            if sum > best.0 {
+                best = (sum, t);
+            }
+        }
+        if best.0 > self.peaks.get(id).map_or(0, |p| p.0) {
+            self.peaks
+                .insert(id.to_owned(), (best.0, best.1 * 1_000_000));
+        }
     }
 }
 
@@ -393,11 +428,19 @@ impl ClusterLink for Link {
         mut own: levee_core::audience::Audience,
     ) -> (levee_core::audience::Audience, usize) {
         let now = tokio::time::Instant::now();
-        let remote = self.0.audience.lock().expect("audience lock");
+        let own_recent = self
+            .0
+            .hub
+            .upgrade()
+            .and_then(|h| h.get(id))
+            .map(|s| s.audience.recent())
+            .unwrap_or_default();
+        let mut remote = self.0.audience.lock().expect("audience lock");
+        remote.sample_peak(id, &own_recent);
         let mut nodes = 1;
-        for (a, at, _) in remote.by_space.get(id).into_iter().flat_map(|m| m.values()) {
-            let mut a = a.clone();
-            if now.duration_since(*at) >= AUDIENCE_TTL {
+        for r in remote.by_space.get(id).into_iter().flat_map(|m| m.values()) {
+            let mut a = r.audience.clone();
+            if now.duration_since(r.at) >= AUDIENCE_TTL {
                 // A node silent for long: its sessions are no longer open.
                 a.active = 0;
                 a.active_joined_us = 0;
@@ -405,7 +448,7 @@ impl ClusterLink for Link {
             own.merge(&a);
             nodes += 1;
         }
-        // The cluster's peak is the largest sum of open sessions seen at one time.
+        // The cluster's peak is the largest sum of the nodes' open sessions at one second.
         if let Some(&(peak, at)) = remote.peaks.get(id) {
             if peak > own.peak {
                 own.peak = peak;
@@ -446,23 +489,22 @@ async fn exchange_audience(cluster: Arc<Cluster>, mut reports: async_nats::Subsc
                     Ok(r) if r.node != cluster.id => {
                         let size = msg.payload.len();
                         let mut remote = cluster.audience.lock().expect("audience lock");
-                        let old = remote
-                            .by_space
-                            .get(&r.space)
-                            .and_then(|m| m.get(&r.node))
-                            .map(|e| e.2);
-                        let bytes = remote.bytes - old.unwrap_or(0) + size;
-                        if bytes > MAX_REMOTE_AUDIENCE_BYTES {
+                        let old = remote.by_space.get_mut(&r.space).and_then(|m| m.remove(&r.node));
+                        let old_size = old.as_ref().map_or(0, |e| e.size);
+                        remote.bytes -= old_size;
+                        if remote.bytes + size > MAX_REMOTE_AUDIENCE_BYTES {
                             cluster.counters.audience_dropped.fetch_add(1, Relaxed);
                             continue;
                         }
-                        remote.bytes = bytes;
-                        let now = tokio::time::Instant::now();
-                        remote
-                            .by_space
-                            .entry(r.space)
-                            .or_default()
-                            .insert(r.node, (r.audience, now, size));
+                        remote.bytes += size;
+                        let mut recent = old.map(|e| e.recent).unwrap_or_default();
+                        recent.extend(r.recent.iter().copied());
+                        while recent.len() > AUDIENCE_RECENT_KEEP {
+                            recent.pop_first();
+                        }
+                        let at = tokio::time::Instant::now();
+                        let reported = Reported { audience: r.audience, at, size, recent };
+                        remote.by_space.entry(r.space).or_default().insert(r.node, reported);
                     }
                     Ok(_) => {}
                     Err(_) => {
@@ -473,7 +515,6 @@ async fn exchange_audience(cluster: Arc<Cluster>, mut reports: async_nats::Subsc
             _ = every.tick() => {
                 let Some(hub) = cluster.hub.upgrade() else { break };
                 let now = tokio::time::Instant::now();
-                let wall = wall_us();
                 let spaces = hub.list();
                 let mut out = Vec::new();
                 // Spaces this node forgot are forgotten here too.
@@ -485,7 +526,7 @@ async fn exchange_audience(cluster: Arc<Cluster>, mut reports: async_nats::Subsc
                     remote.by_space.retain(|id, m| {
                         let keep = held.contains(id);
                         if !keep {
-                            freed += m.values().map(|e| e.2).sum::<usize>();
+                            freed += m.values().map(|e| e.size).sum::<usize>();
                         }
                         keep
                     });
@@ -493,17 +534,17 @@ async fn exchange_audience(cluster: Arc<Cluster>, mut reports: async_nats::Subsc
                     remote.peaks.retain(|id, _| held.contains(id));
                     for space in &spaces {
                         let id = space.snapshot().id;
-                        let (mark, active, msg) = space.audience.with(|a| {
+                        let recent = space.audience.recent();
+                        let (mark, msg) = space.audience.with(|a| {
                             let mark = audience_mark(a);
                             let due = match sent.get(&id) {
                                 Some((m, at)) => *m != mark || now.duration_since(*at) >= AUDIENCE_REFRESH,
                                 None => mark != [0; 8],
                             };
-                            (mark, a.active, due.then(|| bus::encode_audience(cluster.id, &id, a)))
+                            (mark, due.then(|| bus::encode_audience(cluster.id, &id, &recent, a)))
                         });
-                        let sum = active + remote.fresh_active(&id, now);
-                        if sum > remote.peaks.get(&id).map_or(0, |p| p.0) {
-                            remote.peaks.insert(id.clone(), (sum, wall));
+                        if !recent.is_empty() {
+                            remote.sample_peak(&id, &recent);
                         }
                         if let Some(m) = msg {
                             sent.insert(id, (mark, now));
