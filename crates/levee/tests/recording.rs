@@ -153,3 +153,79 @@ fn a_crash_loses_at_most_the_segment_being_written() {
     assert_eq!(levee.http("GET", "/healthz", &[], b"").status, 200);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_spaces_final_audience_is_kept_with_its_recording_and_served_after_a_restart() {
+    let dir = data_dir("audience");
+    let d = dir.to_str().unwrap();
+    let mut levee = Levee::start(&["--data-dir", d, "--view-after", "1s"]);
+    let space = levee.create_space("counted and kept");
+    let id = space["id"].as_str().unwrap().to_owned();
+    let _source = publish_sine(space["urls"]["source"].as_str().unwrap(), 1000, "32k", 30);
+    levee.wait_live(&id, Duration::from_secs(10));
+    // Two listeners from addresses of their own: 2 s each, two views.
+    let listeners: Vec<_> = (0..2)
+        .map(|i| {
+            let (addr, id) = (levee.addr, id.clone());
+            std::thread::spawn(move || {
+                let r = http_via(
+                    Some(source(41, i)),
+                    addr,
+                    "GET",
+                    &format!("/live/{id}.ogg"),
+                    &[],
+                    b"",
+                );
+                r.status
+            })
+        })
+        .collect();
+    // The space ends 2 s in: the listeners get the end of the stream and leave.
+    std::thread::sleep(Duration::from_secs(2));
+    let key = space["host_key"].as_str().unwrap();
+    let r = levee.http(
+        "DELETE",
+        &format!("/api/spaces/{id}"),
+        &[("Authorization", &format!("Bearer {key}"))],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    for l in listeners {
+        assert_eq!(l.join().unwrap(), 200);
+    }
+    let kept = dir.join(&id).join("audience.json");
+    wait_until(Duration::from_secs(15), "the final numbers on disk", || {
+        kept.exists()
+    });
+    let live: serde_json::Value = serde_json::from_str(
+        &levee
+            .http(
+                "GET",
+                &format!("/api/spaces/{id}/audience?series=0"),
+                &[],
+                b"",
+            )
+            .body,
+    )
+    .unwrap();
+    assert_eq!(live["views"], 2, "{live}");
+    assert_eq!(live["state"], "ended", "{live}");
+    // After a restart the node no longer holds the space: the numbers come from the disk.
+    assert!(levee.terminate().success());
+    let levee = Levee::start(&["--data-dir", d]);
+    let r = levee.http("GET", &format!("/api/spaces/{id}/audience"), &[], b"");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["source"], "recording", "{v}");
+    assert_eq!(v["views"], 2, "{v}");
+    assert_eq!(v["uniques"], 2, "{v}");
+    assert_eq!(v["sessions"], 2, "{v}");
+    assert!(v["definitions"]["view"].as_str().unwrap().contains("1 s"));
+    // A damaged file is refused with its reason; the server goes on.
+    std::fs::write(&kept, b"{\"views\": ").unwrap();
+    let r = levee.http("GET", &format!("/api/spaces/{id}/audience"), &[], b"");
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert!(r.body.contains("audience.json is unreadable"), "{}", r.body);
+    assert_eq!(levee.http("GET", "/healthz", &[], b"").status, 200);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -21,6 +21,12 @@ use std::time::Duration;
 
 /// How often each space's numbers are sampled for its series.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// A space that ended has its final numbers kept with its recording once this long passed
+/// and no listener is left anywhere in the cluster (other nodes report within
+/// `cluster::AUDIENCE_EVERY`)...
+pub const KEEP_AFTER_US: u64 = 5_000_000;
+/// ...or once this long passed, listeners or not.
+pub const KEEP_AT_MOST_US: u64 = 60_000_000;
 
 /// One space's numbers on this node and their series.
 #[derive(Debug)]
@@ -29,6 +35,9 @@ pub struct SpaceAudience {
     /// Open sessions in the last [`levee_core::bus::MAX_AUDIENCE_RECENT`] seconds sampled
     /// (second since the epoch, open sessions), for the cluster's peak.
     recent: Mutex<std::collections::VecDeque<(u64, u32)>>,
+    /// When this node first saw the space ended (µs; 0: not yet), and whether its final
+    /// numbers were kept.
+    ended: Mutex<(u64, bool)>,
 }
 
 impl SpaceAudience {
@@ -40,6 +49,7 @@ impl SpaceAudience {
                 Series::new(SAMPLE_EVERY.as_secs()),
             )),
             recent: Mutex::new(std::collections::VecDeque::new()),
+            ended: Mutex::new((0, false)),
         }
     }
 
@@ -149,8 +159,45 @@ pub fn sample_all(hub: &Hub) {
         node.uniques += s.uniques;
         node.filtered += s.filtered;
         node.trouble += s.trouble;
+        if !live && space.state() == levee_core::space::SpaceState::Ended {
+            keep_final(hub, &space, now);
+        }
     }
     hub.sample_node(node, now);
+}
+
+/// Keeps an ended space's final numbers with its recording, once (see [`KEEP_AFTER_US`]).
+fn keep_final(hub: &Hub, space: &Arc<Space>, now: u64) {
+    let Some(rec) = hub.recorder.get() else {
+        return;
+    };
+    let due = {
+        let mut e = space.audience.ended.lock().expect("ended lock");
+        if e.1 {
+            return;
+        }
+        if e.0 == 0 {
+            e.0 = now;
+        }
+        let waited = now.saturating_sub(e.0);
+        let due = waited >= KEEP_AT_MOST_US
+            || (waited >= KEEP_AFTER_US
+                && crate::api::audience::merged(hub, space).0.active == 0
+                && !rec.writing(&space.snapshot().id));
+        e.1 |= due;
+        due
+    };
+    if !due {
+        return;
+    }
+    let mut v = crate::api::audience::space_json(hub, space, false);
+    v["source"] = serde_json::json!("recording");
+    let id = space.snapshot().id;
+    match rec.keep_audience(&id, &v.to_string()) {
+        Ok(true) => tracing::info!(space = %id, "final audience numbers kept with the recording"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(space = %id, "final audience numbers not kept: {e}"),
+    }
 }
 
 /// A listener session as the fan-out engine holds it: the connection's accounting, and what

@@ -154,6 +154,12 @@ pub trait RecordLink: Send + Sync {
     fn delete(&self, id: &str) -> Result<(), String>;
     /// Whether space `id` is being recorded now (its last segment may still be coming).
     fn writing(&self, id: &str) -> bool;
+    /// Keeps space `id`'s final audience numbers with its recording (`Ok(false)`: it has
+    /// none); `Err` says what failed.
+    fn keep_audience(&self, id: &str, json: &str) -> Result<bool, String>;
+    /// Space `id`'s audience numbers kept with its recording, if any (`Err`: the file is
+    /// unreadable, and why).
+    fn kept_audience(&self, id: &str) -> Option<Result<serde_json::Value, String>>;
 }
 
 impl Hub {

@@ -34,6 +34,11 @@ pub const RECORD_TAP: usize = 3_000;
 pub const SEGMENTS_FILE: &str = "segments.lvr";
 /// The init segment's file.
 pub const INIT_FILE: &str = "init.mp4";
+/// A recording's final audience numbers (`docs/audience.md`), written once its space ended
+/// and its listeners left.
+pub const AUDIENCE_FILE: &str = "audience.json";
+/// Largest audience file read back.
+pub const MAX_AUDIENCE_FILE: u64 = 64 * 1024;
 /// How often recordings past `--retention` are looked for while running.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(3_600);
 
@@ -186,6 +191,44 @@ impl RecordLink for Arc<Recorder> {
     }
     fn writing(&self, id: &str) -> bool {
         self.recording.lock().expect("recording lock").contains(id)
+    }
+    fn keep_audience(&self, id: &str, json: &str) -> Result<bool, String> {
+        let dir = self.space_dir(id);
+        if !dir.join(SEGMENTS_FILE).is_file() {
+            return Ok(false);
+        }
+        // Written whole or not at all: a temporary file, flushed, then renamed.
+        let tmp = dir.join(format!("{AUDIENCE_FILE}.tmp"));
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(json.as_bytes())?;
+            f.sync_data()?;
+            fs::rename(&tmp, dir.join(AUDIENCE_FILE))
+        };
+        write().map(|()| true).map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            format!("{}: {e}", dir.join(AUDIENCE_FILE).display())
+        })
+    }
+    fn kept_audience(&self, id: &str) -> Option<Result<serde_json::Value, String>> {
+        let path = self.space_dir(id).join(AUDIENCE_FILE);
+        let len = fs::metadata(&path).ok()?.len();
+        if len > MAX_AUDIENCE_FILE {
+            return Some(Err(format!(
+                "{} is {len} bytes, over {MAX_AUDIENCE_FILE}",
+                path.display()
+            )));
+        }
+        Some(
+            fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+                .and_then(|v: serde_json::Value| match v["views"].as_u64() {
+                    Some(_) => Ok(v),
+                    None => Err("no views in it".into()),
+                })
+                .map_err(|e| format!("{} is unreadable: {e}", path.display())),
+        )
     }
 }
 

@@ -102,18 +102,35 @@ pub(super) struct AudienceQuery {
     series: Option<u8>,
 }
 
-/// `GET /api/spaces/{id}/audience`.
+/// `GET /api/spaces/{id}/audience`: the space's numbers, or, for a space this node no
+/// longer holds, those kept with its recording (`"source": "recording"`).
 pub(super) async fn space_audience(
     State(hub): State<Arc<Hub>>,
     Path(id): Path<String>,
     Query(q): Query<AudienceQuery>,
 ) -> Response {
     let Some(space) = hub.find(&id).await else {
-        return error(StatusCode::NOT_FOUND, format!("no space '{id}'"));
+        let kept = levee_core::space::is_valid_id(&id)
+            .then(|| hub.recorder.get().and_then(|r| r.kept_audience(&id)))
+            .flatten();
+        return match kept {
+            Some(Ok(v)) => Json(v).into_response(),
+            Some(Err(why)) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the recording's audience numbers cannot be read: {why}"),
+            ),
+            None => error(StatusCode::NOT_FOUND, format!("no space '{id}'")),
+        };
     };
+    Json(space_json(&hub, &space, q.series != Some(0))).into_response()
+}
+
+/// A space's audience answer: its numbers merged over the cluster, their definitions and
+/// window, and (`with_series`) this node's series of them.
+pub fn space_json(hub: &Hub, space: &Space, with_series: bool) -> Value {
     let now = wall_us();
     let info = space.snapshot();
-    let (counts, nodes) = merged(&hub, &space);
+    let (counts, nodes) = merged(hub, space);
     let mut v = figures_json(&counts.figures(now));
     let view_after_s = counts.view_after_us as f64 / 1e6;
     v["space"] = json!(info.id);
@@ -126,11 +143,12 @@ pub(super) async fn space_audience(
     v["nodes"] = json!(nodes);
     v["view_after_s"] = json!(view_after_s);
     v["definitions"] = definitions(view_after_s);
-    if q.series != Some(0) {
+    v["source"] = json!("live");
+    if with_series {
         // The series is this node's own (the dashboard of a node shows what it serves).
         v["series"] = series_json(&space.audience.snapshot().1);
     }
-    Json(v).into_response()
+    v
 }
 
 /// `GET /api/audience`: the node's totals over its spaces, its series, and its most listened
