@@ -226,3 +226,75 @@ fn a_failed_ticket_is_filtered_and_a_ticket_carries_one_identity() {
     assert_eq!(r.status, 404);
     assert!(r.body.contains("no space"), "{}", r.body);
 }
+
+#[test]
+fn an_hls_player_is_a_session_that_ends_when_it_stops_asking() {
+    let levee = Levee::start(&["--view-after", "2s"]);
+    let space = levee.create_space("hls sessions");
+    let id = space["id"].as_str().unwrap().to_owned();
+    let _source = publish_sine(space["urls"]["source"].as_str().unwrap(), 1000, "32k", 60);
+    levee.wait_live(&id, Duration::from_secs(10));
+    let pl = format!("/live/{id}/hls/index.m3u8");
+    // The test's own look at the playlist (a client of its own: another User-Agent).
+    wait_until(Duration::from_secs(10), "a part", || {
+        levee
+            .http("GET", &pl, &[("User-Agent", "look")], b"")
+            .body
+            .contains("#EXT-X-PART:")
+    });
+    // A player follows the live edge for 3 s: the playlist, then every hinted part, with
+    // the blocking reload that names the next; two such players share an address, kept
+    // apart by the playlist's `session` parameter.
+    let play = |session: &str| {
+        let end = Instant::now() + Duration::from_secs(3);
+        let first = levee.http("GET", &format!("{pl}?session={session}"), &[], b"");
+        let mut body = first.body;
+        while Instant::now() < end {
+            let hint = body
+                .lines()
+                .find(|l| l.starts_with("#EXT-X-PRELOAD-HINT:"))
+                .and_then(|l| l.split("URI=\"p").nth(1))
+                .map(|u| u.trim_end_matches(".m4s\"").to_owned())
+                .expect("a preload hint");
+            let (m, p) = hint.split_once('.').unwrap();
+            let part = levee.http("GET", &format!("/live/{id}/hls/p{m}.{p}.m4s"), &[], b"");
+            assert_eq!(part.status, 200);
+            body = levee
+                .http(
+                    "GET",
+                    &format!(
+                        "{pl}?session={session}&_HLS_msn={m}&_HLS_part={}",
+                        p.parse::<u64>().unwrap() + 1
+                    ),
+                    &[],
+                    b"",
+                )
+                .body;
+        }
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| play("a"));
+        s.spawn(|| play("b"));
+    });
+    let a = audience(&levee, &id);
+    assert_eq!(
+        a["listeners"], 3,
+        "two players, and the test's own look at the playlist: {a}"
+    );
+    assert_eq!(levee.metric("levee_audience_hls_sessions"), 3.0);
+    // They stopped asking: their sessions end after the idle bound.
+    wait_until(Duration::from_secs(15), "the HLS sessions to end", || {
+        audience(&levee, &id)["listeners"] == 0
+    });
+    let a = audience(&levee, &id);
+    let text = a.to_string();
+    assert_eq!(a["sessions"], 3, "{text}");
+    assert_eq!(a["view_sessions"], 2, "each player listened 3 s: {text}");
+    // One identity (address and User-Agent): one view, one unique listener; the look at the
+    // playlist fetched no audio and is filtered as never read. Parts carry no `session`:
+    // each counts for every session of its identity.
+    assert_eq!(a["views"], 1, "{text}");
+    assert_eq!(a["uniques"], 1, "{text}");
+    assert_eq!(a["filtered"]["never_read"], 1, "{text}");
+    assert_eq!(levee.metric("levee_audience_hls_sessions"), 0.0);
+}

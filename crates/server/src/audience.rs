@@ -27,6 +27,27 @@ pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 pub const KEEP_AFTER_US: u64 = 5_000_000;
 /// ...or once this long passed, listeners or not.
 pub const KEEP_AT_MOST_US: u64 = 60_000_000;
+/// An HLS listener session ends when its player asked nothing for this long (LL-HLS players
+/// ask every part, plain HLS ones every segment).
+pub const HLS_IDLE_US: u64 = 8_000_000;
+/// HLS listener sessions a node holds at most (about 100 bytes each); requests of further
+/// ones are served and not counted (`levee_audience_hls_untracked_total`).
+pub const MAX_HLS_SESSIONS: u64 = 100_000;
+/// Longest `session` query parameter taken from an HLS playlist URL.
+pub const MAX_HLS_SESSION_TOKEN: usize = 64;
+
+/// One HLS listener session: its player's requests, a few seconds apart at most.
+#[derive(Debug)]
+struct HlsSession {
+    /// Its `session` parameter, hashed (0: none).
+    token: u64,
+    ip: IpAddr,
+    first_us: u64,
+    last_us: u64,
+    /// Parts, segments and init segments it fetched.
+    media: u32,
+    viewed: bool,
+}
 
 /// One space's numbers on this node and their series.
 #[derive(Debug)]
@@ -38,6 +59,8 @@ pub struct SpaceAudience {
     /// When this node first saw the space ended (µs; 0: not yet), and whether its final
     /// numbers were kept.
     ended: Mutex<(u64, bool)>,
+    /// Its HLS listener sessions, by identity hash.
+    hls: Mutex<std::collections::HashMap<u64, Vec<HlsSession>>>,
 }
 
 impl SpaceAudience {
@@ -50,7 +73,101 @@ impl SpaceAudience {
             )),
             recent: Mutex::new(std::collections::VecDeque::new()),
             ended: Mutex::new((0, false)),
+            hls: Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// An HLS request of identity hash `id` from `ip` at `now_us`: of its session `token`
+    /// (the playlist URL's `session` parameter, hashed), or, without one, of every session of
+    /// the identity (media URLs carry no parameter: what a player on that address fetches
+    /// counts for each of its sessions). `media`: it fetched audio (a part, segment or init
+    /// segment). A session starts at its first request; one that has asked for
+    /// [`Audience::view_after_us`] and fetched audio is a view.
+    pub fn hls_request(
+        &self,
+        hub: &Hub,
+        id: u64,
+        token: Option<u64>,
+        ip: IpAddr,
+        media: bool,
+        now_us: u64,
+    ) {
+        let view_after = self.lock().0.view_after_us;
+        let mut m = self.hls.lock().expect("hls lock");
+        let sessions = m.entry(id).or_default();
+        let mut found = false;
+        for s in sessions
+            .iter_mut()
+            .filter(|s| token.is_none_or(|t| s.token == t))
+        {
+            found = true;
+            s.last_us = s.last_us.max(now_us);
+            s.media += media as u32;
+            if !s.viewed && s.media > 0 && s.last_us - s.first_us >= view_after {
+                let banned = hub.shield.banned(ip, mono_us()).is_some();
+                s.viewed = self.with(|a| a.view(id, banned));
+                // Asked once: a banned source's session does not count later either.
+                s.viewed |= banned;
+            }
+        }
+        if found {
+            return;
+        }
+        let held = &hub.node.hls_sessions;
+        if held.load(Relaxed) >= MAX_HLS_SESSIONS {
+            hub.node.hls_untracked.fetch_add(1, Relaxed);
+            if sessions.is_empty() {
+                m.remove(&id);
+            }
+            return;
+        }
+        held.fetch_add(1, Relaxed);
+        sessions.push(HlsSession {
+            token: token.unwrap_or(0),
+            ip,
+            first_us: now_us,
+            last_us: now_us,
+            media: media as u32,
+            viewed: false,
+        });
+        self.with(|a| a.join(now_us));
+    }
+
+    /// Ends the HLS sessions idle for [`HLS_IDLE_US`] at `now_us`: each leaves with its span
+    /// as listen time; one that fetched no audio never read.
+    pub fn sweep_hls(&self, hub: &Hub, now_us: u64) {
+        let mut m = self.hls.lock().expect("hls lock");
+        if m.is_empty() {
+            return;
+        }
+        let mut ended = Vec::new();
+        m.retain(|&id, sessions| {
+            sessions.retain(|s| {
+                let idle = now_us.saturating_sub(s.last_us) >= HLS_IDLE_US;
+                if idle {
+                    ended.push((
+                        id,
+                        Departure {
+                            joined_us: s.first_us,
+                            listened_us: s.last_us - s.first_us,
+                            stalled: s.media == 0,
+                            banned: hub.shield.banned(s.ip, mono_us()).is_some(),
+                            viewed: s.viewed,
+                            misbehaved: false,
+                        },
+                    ));
+                }
+                !idle
+            });
+            !sessions.is_empty()
+        });
+        hub.node.hls_sessions.fetch_sub(ended.len() as u64, Relaxed);
+        drop(m);
+        self.with(|a| {
+            for (id, d) in ended {
+                a.leave(id, d);
+            }
+        });
     }
 
     /// Open sessions in the last seconds sampled, oldest first.
@@ -140,6 +257,7 @@ pub fn sample_all(hub: &Hub) {
         ..Sample::default()
     };
     for space in hub.list() {
+        space.audience.sweep_hls(hub, now);
         // A space that is neither live nor listened to is not sampled (its sketches are not
         // counted again each second): its newest sample stands for it.
         let live = space.state() == levee_core::space::SpaceState::Live;

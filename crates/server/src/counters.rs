@@ -30,6 +30,11 @@ pub struct NodeCounters {
     pub ingest_errors: IngestErrorCounters,
     /// HLS requests answered, by kind (`levee_hls_requests_total{kind}`).
     pub hls: HlsCounters,
+    /// HLS listener sessions held now (`crate::audience`, at most
+    /// [`crate::audience::MAX_HLS_SESSIONS`]).
+    pub hls_sessions: AtomicU64,
+    /// HLS requests of sessions not counted: the node held its most sessions.
+    pub hls_untracked: AtomicU64,
 }
 
 /// HLS requests this node answered, by kind: what reaches the origin behind a cache.

@@ -22,7 +22,7 @@ pub const MAX_LISTED_SPACES: usize = 100;
 /// What each number means, served beside the numbers (`docs/audience.md` says the same).
 pub fn definitions(view_after_s: f64) -> Value {
     json!({
-        "session": "one admitted connection to the space's audio (progressive Ogg or WebSocket), from its first audio to its leaving",
+        "session": "one admitted connection to the space's audio (progressive Ogg or WebSocket), from its first audio to its leaving; for LL-HLS, a player's requests (its address and User-Agent, and the playlist URL's `session` parameter if any) until it is silent for 8 s",
         "view": format!("a listener identity with at least one session that took {view_after_s} s of audio; counted once per identity, however many sessions it had"),
         "view_sessions": format!("sessions that took {view_after_s} s of audio (not distinct)"),
         "identity": "the identity in the listener's join ticket where the space hands out tickets; otherwise the source address with the client's User-Agent, hashed with a key secret to the cluster",

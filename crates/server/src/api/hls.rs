@@ -8,11 +8,12 @@
 //! 410. Media answers are immutable and cacheable for a day; playlists for a second (a blocking
 //! reload's answer, which names one state of the playlist, for [`BLOCKED_MAX_AGE_S`]).
 
-use super::reply::error;
+use super::reply::{error, Peer};
 use crate::hub::{Hub, Space};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use bytes::Bytes;
 use levee_core::hls::{self, File, Hls, Lookup};
 use std::sync::atomic::Ordering::Relaxed;
@@ -61,6 +62,42 @@ async fn space_of(hub: &Hub, id: &str) -> Result<Arc<Space>, Response> {
         c.listen(&space);
     }
     Ok(space)
+}
+
+/// Counts an HLS request toward its listener session (`docs/audience.md`): the session is the
+/// player's identity (its address and User-Agent), with the playlist URL's `session`
+/// parameter when it carries one (players on one address keep apart). Behind a cache the
+/// origin sees the cache's requests: its sessions are the cache's, unless the cache is a
+/// trusted proxy whose `X-Forwarded-For` names the player.
+fn session(
+    hub: &Hub,
+    space: &Space,
+    peer: std::net::SocketAddr,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    media: bool,
+) {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let ip = hub.shield.source_ip(peer.ip(), text("x-forwarded-for"));
+    let id = hub.identity.hash(&levee_core::audience::Identity::Source {
+        ip,
+        fingerprint: text("user-agent").unwrap_or(""),
+    });
+    let token = crate::http1::query_param(query, "session")
+        .filter(|t| !t.is_empty() && t.len() <= crate::audience::MAX_HLS_SESSION_TOKEN)
+        .map(|t| {
+            hub.identity.hash(&levee_core::audience::Identity::Source {
+                ip: std::net::IpAddr::from([0, 0, 0, 0]),
+                fingerprint: t,
+            }) | 1
+        });
+    space
+        .audience
+        .hls_request(hub, id, token, ip, media, crate::clock::wall_us());
 }
 
 /// Waits until `ready` holds for the space's packaging or `bound` passes; returns whether it
@@ -125,12 +162,14 @@ pub(super) async fn playlist(
     State(hub): State<Arc<Hub>>,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
+    Extension(Peer(peer)): Extension<Peer>,
     headers: HeaderMap,
 ) -> Response {
     let space = match space_of(&hub, &id).await {
         Ok(s) => s,
         Err(r) => return r,
     };
+    session(&hub, &space, peer, &headers, query.as_deref(), false);
     let blocking = match hls::blocking_params(query.as_deref().unwrap_or("")) {
         Ok(b) => b,
         Err(why) => return not_there(StatusCode::BAD_REQUEST, why),
@@ -176,6 +215,8 @@ pub(super) async fn playlist(
 pub(super) async fn file(
     State(hub): State<Arc<Hub>>,
     Path((id, name)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    Extension(Peer(peer)): Extension<Peer>,
     headers: HeaderMap,
 ) -> Response {
     let Some(f) = File::parse(&name) else {
@@ -185,6 +226,7 @@ pub(super) async fn file(
         Ok(s) => s,
         Err(r) => return r,
     };
+    session(&hub, &space, peer, &headers, query.as_deref(), true);
     let c = &hub.node.hls;
     match f {
         File::Init => c.init.fetch_add(1, Relaxed),

@@ -398,6 +398,20 @@ pub fn render(hub: &Hub) -> String {
         );
     }
     audience(&mut out, &spaces);
+    scalar(
+        &mut out,
+        "levee_audience_hls_sessions",
+        "gauge",
+        "HLS listener sessions held now.",
+        node.hls_sessions.load(Relaxed),
+    );
+    scalar(
+        &mut out,
+        "levee_audience_hls_untracked_total",
+        "counter",
+        "HLS requests of sessions not counted: the node held its most HLS sessions.",
+        node.hls_untracked.load(Relaxed),
+    );
     out
 }
 

@@ -294,8 +294,8 @@ pub async fn listen(
             pages: s.reader.heard.pages,
             requests: s.requests,
             timed: true,
-            // Not a session at the server (HLS requests are not counted as listeners).
-            listened_us: 0,
+            // The server's HLS session spans the player's requests.
+            listened_us: s.join.first_audio_us.map_or(0, |t| now.saturating_sub(t)),
             summary: s
                 .reader
                 .heard
@@ -318,6 +318,13 @@ pub async fn listen(
     agg.lock()
         .unwrap_or_else(|e| e.into_inner())
         .record_slot(life.ever_joined);
+    if life.ever_joined {
+        let view_after = ctx.sc.audience.view_after.map(|d| d.as_micros() as u64);
+        agg.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .audience
+            .record_listener(life.longest_us, view_after);
+    }
 }
 
 /// One session: join (playlist, newest part) by `audio_deadline`, then part after part until

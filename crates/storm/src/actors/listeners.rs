@@ -1127,7 +1127,7 @@ impl Worker {
 /// sessions here.
 pub(crate) fn account(agg: &mut Aggregate, life: &mut Lifecycle, rec: &SessionRecord) {
     agg.record_session(rec);
-    if rec.format != Format::Hls && rec.join_failure.is_none() {
+    if rec.join_failure.is_none() {
         life.longest_us = life.longest_us.max(rec.listened_us);
         agg.audience.sessions += 1;
         agg.audience.listen_us += rec.listened_us;

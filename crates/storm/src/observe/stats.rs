@@ -43,8 +43,8 @@ pub struct SessionRecord {
 }
 
 /// What the run's listeners did, as the server's audience numbers count it
-/// (`docs/audience.md`): streams only (HLS requests are not sessions), each listener an
-/// identity of its own (its source address).
+/// (`docs/audience.md`): each listener an identity of its own (its source address), each of
+/// its connections (an HLS listener: its run of requests) a session.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AudienceTally {
     /// Listeners with a session that got audio (distinct identities).

@@ -117,7 +117,7 @@ pub fn judge(served: Value, did: Did, attack: Option<&AttackResult>) -> Audience
             t.sessions as f64,
             t.sessions as f64 + failed_streams + attack_streams,
             format!(
-                "{} stream sessions got audio; up to {failed_streams} more were admitted but failed before audio, {attack_streams} attackers' streams were answered",
+                "{} sessions got audio; up to {failed_streams} more were admitted but failed before audio, {attack_streams} attackers' streams were answered",
                 t.sessions
             ),
         ),

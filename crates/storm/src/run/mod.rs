@@ -395,9 +395,10 @@ pub(crate) async fn audience_verdict(
     attack: Option<&crate::observe::attack::AttackResult>,
     check: bool,
 ) {
-    // The server counts a session when its shard sees the leaving: give the last ones a
+    // The server counts a session when its shard sees the leaving (an HLS one once its
+    // player has been silent for the server's idle bound, 8 s): give the last ones a
     // moment, bounded.
-    let deadline = now_us() + 5_000_000;
+    let deadline = now_us() + 15_000_000;
     let served = loop {
         match http::space_audience(target, space).await {
             Ok(v) if v["listeners"].as_u64() == Some(0) || now_us() >= deadline => break Ok(v),
