@@ -12,6 +12,7 @@ const SERVER: &[&[&str]] = &[
     &["fanout"],
     &["config"],
     &["shield"],
+    &["audience"],
     &["hub"],
     &["cluster", "recorder"],
     &["api"],

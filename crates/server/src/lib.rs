@@ -120,6 +120,6 @@ async fn shield_ticker(hub: Arc<Hub>) {
             space.shield.tick(now);
         }
         // The audience series (the same second: one walk of the spaces' list a second).
-        audience::sample_all(&hub);
+        api::audience::sample_all(&hub);
     }
 }

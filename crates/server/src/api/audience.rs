@@ -5,15 +5,18 @@
 
 use super::reply::error;
 use crate::clock::wall_us;
+use crate::fanout::FORMATS;
 use crate::hub::{Hub, Space};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use levee_core::audience::Sample;
 use levee_core::audience::{Audience, Figures, Series, ERROR_BOUND};
 use levee_core::hls::rfc3339_ms;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 /// Spaces listed in the node's answer, the most listened first.
@@ -210,4 +213,85 @@ pub(super) async fn node_audience(
         v["series"] = series_json(&series);
     }
     Json(v).into_response()
+}
+
+/// Delivery trouble of a space so far: lagging listeners that skipped ahead and stalled ones
+/// cut, every format.
+pub fn trouble(space: &Space) -> u64 {
+    let c = &space.track.counters;
+    FORMATS
+        .iter()
+        .map(|f| c.lag_skips[f.idx()].load(Relaxed) + c.stall_cuts[f.idx()].load(Relaxed))
+        .sum()
+}
+
+/// Samples every space that is live or has listeners, and the node's sums (called every
+/// [`SAMPLE_EVERY`]).
+pub fn sample_all(hub: &Hub) {
+    let now = wall_us();
+    let mut node = Sample {
+        t_s: now / 1_000_000,
+        ..Sample::default()
+    };
+    for space in hub.list() {
+        space.audience.sweep_hls(&hub.shield, &hub.node, now);
+        // A space that is neither live nor listened to is not sampled (its sketches are not
+        // counted again each second): its newest sample stands for it.
+        let live = space.state() == levee_core::space::SpaceState::Live;
+        let s = if live || space.track.listeners() > 0 {
+            let queue = space.shield.line.lock().expect("line lock").waiting();
+            space.audience.sample(now, queue, trouble(&space))
+        } else {
+            match space.audience.last_sample() {
+                Some(s) => s,
+                None => continue,
+            }
+        };
+        node.listeners += s.listeners;
+        node.joins += s.joins;
+        node.queue += s.queue;
+        node.views += s.views;
+        node.uniques += s.uniques;
+        node.filtered += s.filtered;
+        node.trouble += s.trouble;
+        if !live && space.state() == levee_core::space::SpaceState::Ended {
+            keep_final(hub, &space, now);
+        }
+    }
+    hub.sample_node(node, now);
+}
+
+/// Keeps an ended space's final numbers with its recording, once (see
+/// [`crate::audience::KEEP_AFTER_US`]).
+fn keep_final(hub: &Hub, space: &Arc<Space>, now: u64) {
+    let Some(rec) = hub.recorder.get() else {
+        return;
+    };
+    let due = {
+        let mut e = space.audience.ended.lock().expect("ended lock");
+        if e.1 {
+            return;
+        }
+        if e.0 == 0 {
+            e.0 = now;
+        }
+        let waited = now.saturating_sub(e.0);
+        let due = waited >= crate::audience::KEEP_AT_MOST_US
+            || (waited >= crate::audience::KEEP_AFTER_US
+                && merged(hub, space).0.active == 0
+                && !rec.writing(&space.snapshot().id));
+        e.1 |= due;
+        due
+    };
+    if !due {
+        return;
+    }
+    let mut v = space_json(hub, space, false);
+    v["source"] = serde_json::json!("recording");
+    let id = space.snapshot().id;
+    match rec.keep_audience(&id, &v.to_string()) {
+        Ok(true) => tracing::info!(space = %id, "final audience numbers kept with the recording"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(space = %id, "final audience numbers not kept: {e}"),
+    }
 }

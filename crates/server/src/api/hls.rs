@@ -95,9 +95,15 @@ fn session(
                 fingerprint: t,
             }) | 1
         });
-    space
-        .audience
-        .hls_request(hub, id, token, ip, media, crate::clock::wall_us());
+    space.audience.hls_request(
+        &hub.shield,
+        &hub.node,
+        id,
+        token,
+        ip,
+        media,
+        crate::clock::wall_us(),
+    );
 }
 
 /// Waits until `ready` holds for the space's packaging or `bound` passes; returns whether it

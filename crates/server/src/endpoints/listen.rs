@@ -4,14 +4,18 @@
 //! writer shards (`fanout/`), which writes it the space's shared chunks. See
 //! `fanout::shard` for the hot path and its bounds.
 
-use crate::audience::ListenerSession;
+use crate::clock::{mono_us, wall_us};
+use crate::fanout::shard::Leave;
+use crate::fanout::Session;
 use crate::fanout::{Format, NewListener};
 use crate::http1::respond;
 use crate::hub::{Hub, Space};
 use crate::ws::ws_close;
 use bytes::Bytes;
+use levee_core::audience::Departure;
 use levee_core::space::SpaceState;
 use levee_core::wsframe;
+use std::net::IpAddr;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -91,4 +95,76 @@ fn hand_over(
             ip,
         )),
     });
+}
+
+/// A listener session as the fan-out engine holds it: the connection's accounting, and what
+/// its numbers need (its identity's hash, its address for the ban check, its join time).
+pub struct ListenerSession {
+    _conn: Box<dyn Send>,
+    hub: Arc<Hub>,
+    space: Arc<Space>,
+    id: u64,
+    ip: IpAddr,
+    joined_us: u64,
+    viewed: bool,
+}
+
+impl ListenerSession {
+    /// Counts a session of identity hash `id` from `ip` starting now; `conn` is dropped with
+    /// it.
+    pub fn start(
+        conn: Box<dyn Send>,
+        hub: Arc<Hub>,
+        space: Arc<Space>,
+        id: u64,
+        ip: IpAddr,
+    ) -> ListenerSession {
+        let joined_us = wall_us();
+        space.audience.with(|a| a.join(joined_us));
+        ListenerSession {
+            _conn: conn,
+            hub,
+            space,
+            id,
+            ip,
+            joined_us,
+            viewed: false,
+        }
+    }
+
+    fn banned(&self) -> bool {
+        self.hub.shield.banned(self.ip, mono_us()).is_some()
+    }
+}
+
+impl Session for ListenerSession {
+    fn viewed(&mut self) {
+        let banned = self.banned();
+        self.viewed = self.space.audience.with(|a| a.view(self.id, banned));
+    }
+
+    fn left(&mut self, listened_us: u64, why: Leave) {
+        let d = Departure {
+            joined_us: self.joined_us,
+            listened_us,
+            stalled: why == Leave::Stalled,
+            banned: self.banned(),
+            viewed: self.viewed,
+            misbehaved: why == Leave::Refused,
+        };
+        self.space.audience.with(|a| a.leave(self.id, d));
+        // Counted once: a drop after this (or without it) does nothing more.
+        self.joined_us = 0;
+    }
+}
+
+impl Drop for ListenerSession {
+    /// A session dropped without [`Session::left`] (its shard went away, or it never reached
+    /// one) still leaves the count of open sessions.
+    fn drop(&mut self) {
+        if self.joined_us != 0 {
+            let listened = wall_us().saturating_sub(self.joined_us);
+            self.left(listened, Leave::Gone);
+        }
+    }
 }

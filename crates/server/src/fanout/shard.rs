@@ -815,9 +815,12 @@ mod tests {
     const SEC: u64 = 1_000_000;
     const UNLIMITED: usize = usize::MAX;
 
+    /// What a probe was told: ("viewed" | "left", listened µs, why it left).
+    type Told = (&'static str, u64, Option<Leave>);
+
     /// A listener's owner that notes what the shard told it.
     #[derive(Clone, Default)]
-    struct Probe(Arc<std::sync::Mutex<Vec<(&'static str, u64, Option<Leave>)>>>);
+    struct Probe(Arc<std::sync::Mutex<Vec<Told>>>);
 
     impl Session for Probe {
         fn viewed(&mut self) {
@@ -832,7 +835,7 @@ mod tests {
     }
 
     impl Probe {
-        fn log(&self) -> Vec<(&'static str, u64, Option<Leave>)> {
+        fn log(&self) -> Vec<Told> {
             self.0.lock().unwrap().clone()
         }
     }
