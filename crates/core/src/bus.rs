@@ -45,7 +45,7 @@ pub const MAX_LOAD_ENTRIES: usize = 1024;
 pub const MAX_LOAD_MESSAGE: usize = 4 + 8 + 2 + MAX_LOAD_ENTRIES * (1 + 32 + 4 + 4);
 
 /// Magic of a node's audience report for one space (`crate::audience::Audience`).
-pub const AUDIENCE_MAGIC: &[u8; 4] = b"LVA1";
+pub const AUDIENCE_MAGIC: &[u8; 4] = b"LVN1";
 /// Seconds of open sessions an audience report carries at most (for the cluster's peak).
 pub const MAX_AUDIENCE_RECENT: usize = 32;
 /// Longest audience report.

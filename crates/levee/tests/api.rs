@@ -293,3 +293,40 @@ fn operator_actions_are_kept_in_the_audit_log_with_who_and_when() {
     assert_eq!(v["entries"].as_array().unwrap().len(), 1);
     assert_eq!(v["entries"][0]["action"], "unban");
 }
+
+#[test]
+fn the_shipped_grafana_dashboard_asks_only_for_series_levee_serves() {
+    // deploy/grafana/levee.json must parse, and every metric its queries name must be one
+    // that /metrics serves (a renamed metric would leave a panel empty without a word).
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/grafana/levee.json"
+    ))
+    .expect("deploy/grafana/levee.json");
+    let dash: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let levee = Levee::start(&[]);
+    let metrics = levee.http("GET", "/metrics", &[], b"").body;
+    // Every family has its TYPE line, with or without samples yet.
+    let served: std::collections::HashSet<&str> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let mut asked = 0;
+    for p in dash["panels"].as_array().expect("panels") {
+        for t in p["targets"].as_array().expect("targets") {
+            let expr = t["expr"].as_str().expect("expr");
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("levee_") || word.starts_with("process_") {
+                    asked += 1;
+                    assert!(
+                        served.contains(word),
+                        "panel {:?} asks for {word}, which /metrics does not serve",
+                        p["title"]
+                    );
+                }
+            }
+        }
+    }
+    assert!(asked >= 15, "{asked} series asked for");
+}

@@ -53,8 +53,8 @@ struct HlsSession {
 #[derive(Debug)]
 pub struct SpaceAudience {
     state: Mutex<(Audience, Series)>,
-    /// Open sessions in the last [`levee_core::bus::MAX_AUDIENCE_RECENT`] seconds sampled
-    /// (second since the epoch, open sessions), for the cluster's peak.
+    /// The most sessions open in each of the last [`levee_core::bus::MAX_AUDIENCE_RECENT`]
+    /// seconds (second since the epoch, open sessions), for the cluster's peak.
     recent: Mutex<std::collections::VecDeque<(u64, u32)>>,
     /// When this node first saw the space ended (µs; 0: not yet), and whether its final
     /// numbers were kept.
@@ -132,7 +132,32 @@ impl SpaceAudience {
             media: media as u32,
             viewed: false,
         });
-        self.with(|a| a.join(now_us));
+        self.join(now_us);
+    }
+
+    /// A session starts at `now_us`: counted, and the second's most open sessions noted.
+    pub fn join(&self, now_us: u64) {
+        let active = self.with(|a| {
+            a.join(now_us);
+            a.active
+        });
+        self.note_second(now_us / 1_000_000, active);
+    }
+
+    /// Notes `open` sessions in second `t_s`: each second keeps the most it saw.
+    fn note_second(&self, t_s: u64, open: u64) {
+        let open = open.min(u32::MAX as u64) as u32;
+        let mut r = self.recent.lock().expect("recent lock");
+        match r.back_mut() {
+            Some((t, n)) if *t == t_s => *n = (*n).max(open),
+            Some((t, _)) if *t > t_s => {}
+            _ => {
+                if r.len() == levee_core::bus::MAX_AUDIENCE_RECENT {
+                    r.pop_front();
+                }
+                r.push_back((t_s, open));
+            }
+        }
     }
 
     /// Ends the HLS sessions idle for [`HLS_IDLE_US`] at `now_us`: each leaves with its span
@@ -223,14 +248,7 @@ impl SpaceAudience {
         };
         g.1.record(s);
         drop(g);
-        let mut r = self.recent.lock().expect("recent lock");
-        if r.back().is_some_and(|&(t, _)| t == s.t_s) {
-            r.pop_back();
-        }
-        if r.len() == levee_core::bus::MAX_AUDIENCE_RECENT {
-            r.pop_front();
-        }
-        r.push_back((s.t_s, s.listeners.min(u32::MAX as u64) as u32));
+        self.note_second(s.t_s, s.listeners);
         s
     }
 

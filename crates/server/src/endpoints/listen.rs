@@ -120,7 +120,7 @@ impl ListenerSession {
         ip: IpAddr,
     ) -> ListenerSession {
         let joined_us = wall_us();
-        space.audience.with(|a| a.join(joined_us));
+        space.audience.join(joined_us);
         ListenerSession {
             _conn: conn,
             hub,
