@@ -343,12 +343,13 @@ impl Durations {
 
     /// Counts a session of `us` µs.
     pub fn add(&mut self, us: u64) {
-        self.counts[Self::bucket(us)] += 1;
+        let c = &mut self.counts[Self::bucket(us)];
+        *c = c.saturating_add(1);
     }
 
     /// Sessions counted.
     pub fn total(&self) -> u64 {
-        self.counts.iter().sum()
+        self.counts.iter().fold(0u64, |t, c| t.saturating_add(*c))
     }
 
     /// The `q`-quantile in seconds (the geometric middle of its bucket; under 1 s: 0.5),
@@ -361,7 +362,7 @@ impl Durations {
         let rank = ((total as f64 * q).ceil() as u64).clamp(1, total);
         let mut seen = 0;
         for (i, &c) in self.counts.iter().enumerate() {
-            seen += c;
+            seen = c.saturating_add(seen);
             if seen >= rank {
                 return Some(match i {
                     0 => 0.5,
@@ -375,7 +376,7 @@ impl Durations {
     /// Adds `other`'s sessions.
     pub fn merge(&mut self, other: &Durations) {
         for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
-            *a += b;
+            *a = a.saturating_add(*b);
         }
     }
 }
@@ -600,7 +601,7 @@ impl Audience {
             }
             None => {
                 self.uniques.insert(id);
-                self.listen_us += d.listened_us;
+                self.listen_us = self.listen_us.saturating_add(d.listened_us);
                 self.durations.add(d.listened_us);
             }
         }
@@ -625,9 +626,10 @@ impl Audience {
             admitted: self.sessions,
             queued: self.queued,
             refused: self.refused,
-            filtered_sessions: self.filtered_never_read
-                + self.filtered_banned
-                + self.filtered_misbehaved,
+            filtered_sessions: self
+                .filtered_never_read
+                .saturating_add(self.filtered_banned)
+                .saturating_add(self.filtered_misbehaved),
             filtered_never_read: self.filtered_never_read,
             filtered_banned: self.filtered_banned,
             filtered_misbehaved: self.filtered_misbehaved,
@@ -640,22 +642,28 @@ impl Audience {
     /// sessions add; the peak is the larger of the two (a cluster's peak is its nodes' sum
     /// at one moment, which the node answering samples itself: see `docs/audience.md`).
     pub fn merge(&mut self, o: &Audience) {
-        self.attempts += o.attempts;
-        self.queued += o.queued;
-        self.refused += o.refused;
-        self.refused_automated += o.refused_automated;
-        self.sessions += o.sessions;
-        self.active += o.active;
-        self.active_joined_us += o.active_joined_us;
+        // Saturating: another node's report is checked for form, not for sense, and a
+        // hostile one must not wrap (or, in a debug build, stop) the sums.
+        for (a, b) in [
+            (&mut self.attempts, o.attempts),
+            (&mut self.queued, o.queued),
+            (&mut self.refused, o.refused),
+            (&mut self.refused_automated, o.refused_automated),
+            (&mut self.sessions, o.sessions),
+            (&mut self.active, o.active),
+            (&mut self.listen_us, o.listen_us),
+            (&mut self.view_sessions, o.view_sessions),
+            (&mut self.filtered_never_read, o.filtered_never_read),
+            (&mut self.filtered_banned, o.filtered_banned),
+            (&mut self.filtered_misbehaved, o.filtered_misbehaved),
+        ] {
+            *a = a.saturating_add(b);
+        }
+        self.active_joined_us = self.active_joined_us.saturating_add(o.active_joined_us);
         if o.peak > self.peak {
             self.peak = o.peak;
             self.peak_at_us = o.peak_at_us;
         }
-        self.listen_us += o.listen_us;
-        self.view_sessions += o.view_sessions;
-        self.filtered_never_read += o.filtered_never_read;
-        self.filtered_banned += o.filtered_banned;
-        self.filtered_misbehaved += o.filtered_misbehaved;
         self.durations.merge(&o.durations);
         self.viewers.merge(&o.viewers);
         self.uniques.merge(&o.uniques);
@@ -1108,6 +1116,26 @@ mod tests {
         assert_eq!((f.attempts, f.sessions, f.view_sessions), (100, 100, 100));
         assert_eq!((f.uniques, f.views), (75, 75));
         assert_eq!(m.durations.total(), 100);
+    }
+
+    #[test]
+    fn a_report_of_absurd_counts_saturates_rather_than_wraps() {
+        let mut huge = Audience::new(1);
+        huge.attempts = u64::MAX;
+        huge.filtered_banned = u64::MAX;
+        huge.filtered_never_read = u64::MAX;
+        huge.active_joined_us = u128::MAX;
+        huge.durations.counts[3] = u64::MAX;
+        let mut a = Audience::new(1);
+        a.attempt();
+        a.join(1);
+        done(&mut a, 1, 1, 5.0);
+        a.merge(&huge);
+        a.merge(&huge);
+        let f = a.figures(u64::MAX);
+        assert_eq!((f.attempts, f.filtered_sessions), (u64::MAX, u64::MAX));
+        assert_eq!(a.durations.total(), u64::MAX);
+        assert!(f.median_session_s.is_some());
     }
 
     #[test]

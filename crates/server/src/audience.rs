@@ -243,7 +243,7 @@ impl SpaceAudience {
             queue,
             views: f.views,
             uniques: f.uniques,
-            filtered: f.filtered_sessions + f.refused_automated,
+            filtered: f.filtered_sessions.saturating_add(f.refused_automated),
             trouble,
         };
         g.1.record(s);

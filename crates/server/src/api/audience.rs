@@ -164,15 +164,13 @@ pub(super) async fn node_audience(
     let mut total = Audience::new(hub.config.view_after.as_micros() as u64);
     let mut spaces: Vec<(Figures, String, String, &'static str)> = Vec::new();
     for space in hub.list() {
-        let counts = space.audience.counts();
-        total.merge(&counts);
+        // Merged and counted under the space's lock: no copy of its sketches.
+        let figures = space.audience.with(|a| {
+            total.merge(a);
+            a.figures(now)
+        });
         let info = space.snapshot();
-        spaces.push((
-            counts.figures(now),
-            info.id,
-            info.title,
-            info.state.as_str(),
-        ));
+        spaces.push((figures, info.id, info.title, info.state.as_str()));
     }
     spaces.sort_by(|a, b| {
         b.0.listeners
@@ -203,7 +201,7 @@ pub(super) async fn node_audience(
             "peak": f.peak,
             "views": f.views,
             "uniques": f.uniques,
-            "filtered": f.filtered_sessions + f.refused_automated,
+            "filtered": f.filtered_sessions.saturating_add(f.refused_automated),
         }))
         .collect::<Vec<_>>());
     v["window"] = json!({ "from": time(hub.started_us), "to": time(now) });
