@@ -242,7 +242,7 @@ async fn media(
         MediaKind::ListenOgg => {
             let head_only = head.method == "HEAD";
             drop(head);
-            listen::ogg(stream, hub, space, head_only, Box::new(guard), who).await
+            listen::ogg(stream, hub, space, head_only, guard, who).await
         }
         MediaKind::ListenWs | MediaKind::PublishWs => {
             let Some(key) = head.header("sec-websocket-key").map(str::to_owned) else {
@@ -274,7 +274,7 @@ async fn media(
                 return;
             }
             if kind == MediaKind::ListenWs {
-                listen::ws(stream, hub, space, rest, Box::new(guard), who).await
+                listen::ws(stream, hub, space, rest, guard, who).await
             } else {
                 ingest::websocket(stream, peer, hub, space, rest).await
             }

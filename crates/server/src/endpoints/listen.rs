@@ -23,12 +23,12 @@ use tokio::net::TcpStream;
 const OGG_RESPONSE: &str = "HTTP/1.1 200 OK\r\nContent-Type: audio/ogg\r\nCache-Control: no-cache, no-store\r\nAccess-Control-Allow-Origin: *\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n";
 
 /// Serves a progressive Ogg/Opus listener (`GET /live/{id}.ogg`).
-pub async fn ogg(
+pub async fn ogg<G: Send + 'static>(
     mut stream: TcpStream,
     hub: Arc<Hub>,
     space: Arc<Space>,
     head_only: bool,
-    guard: Box<dyn Send>,
+    guard: G,
     who: Who,
 ) {
     if space.state() == SpaceState::Ended {
@@ -42,12 +42,12 @@ pub async fn ogg(
 
 /// Serves a WebSocket listener (`GET /live/{id}/ws`, after the 101 answer). `rest` is what
 /// the client sent after its request head.
-pub async fn ws(
+pub async fn ws<G: Send + 'static>(
     mut stream: TcpStream,
     hub: Arc<Hub>,
     space: Arc<Space>,
     rest: Bytes,
-    guard: Box<dyn Send>,
+    guard: G,
     who: Who,
 ) {
     if space.state() == SpaceState::Ended {
@@ -64,13 +64,13 @@ pub async fn ws(
 /// Who a listener is, for the audience numbers: its identity's hash and its address.
 pub type Who = (u64, std::net::IpAddr);
 
-fn hand_over(
+fn hand_over<G: Send + 'static>(
     stream: TcpStream,
     hub: &Arc<Hub>,
     space: &Arc<Space>,
     format: Format,
     rest: Bytes,
-    guard: Box<dyn Send>,
+    guard: G,
     (id, ip): Who,
 ) {
     let _ = socket2::SockRef::from(&stream).set_send_buffer_size(hub.config.listener_sndbuf);
@@ -99,8 +99,8 @@ fn hand_over(
 
 /// A listener session as the fan-out engine holds it: the connection's accounting, and what
 /// its numbers need (its identity's hash, its address for the ban check, its join time).
-pub struct ListenerSession {
-    _conn: Box<dyn Send>,
+pub struct ListenerSession<G: Send> {
+    _conn: G,
     hub: Arc<Hub>,
     space: Arc<Space>,
     id: u64,
@@ -109,16 +109,16 @@ pub struct ListenerSession {
     viewed: bool,
 }
 
-impl ListenerSession {
+impl<G: Send> ListenerSession<G> {
     /// Counts a session of identity hash `id` from `ip` starting now; `conn` is dropped with
     /// it.
     pub fn start(
-        conn: Box<dyn Send>,
+        conn: G,
         hub: Arc<Hub>,
         space: Arc<Space>,
         id: u64,
         ip: IpAddr,
-    ) -> ListenerSession {
+    ) -> ListenerSession<G> {
         let joined_us = wall_us();
         space.audience.join(joined_us);
         ListenerSession {
@@ -137,7 +137,7 @@ impl ListenerSession {
     }
 }
 
-impl Session for ListenerSession {
+impl<G: Send> Session for ListenerSession<G> {
     fn viewed(&mut self) {
         let banned = self.banned();
         self.viewed = self.space.audience.with(|a| a.view(self.id, banned));
@@ -158,7 +158,7 @@ impl Session for ListenerSession {
     }
 }
 
-impl Drop for ListenerSession {
+impl<G: Send> Drop for ListenerSession<G> {
     /// A session dropped without [`Session::left`] (its shard went away, or it never reached
     /// one) still leaves the count of open sessions.
     fn drop(&mut self) {
