@@ -26,11 +26,16 @@ impl Drop for TempDir {
 /// Edges named `names` of the cluster behind `nats`, sharing one new loopback address
 /// (`--reuse-port`: the kernel spreads connections over them), and that address.
 fn shared_edges(nats: &str, names: &[&str]) -> (Vec<Levee>, String) {
+    shared_edges_with(nats, names, &[])
+}
+
+/// As [`shared_edges`], each node started with the flags `extra` too.
+fn shared_edges_with(nats: &str, names: &[&str], extra: &[&str]) -> (Vec<Levee>, String) {
     let shared = format!("127.0.0.1:{}", free_port());
     let edges = names
         .iter()
         .map(|name| {
-            Levee::start(&[
+            let mut args = vec![
                 "--listen",
                 &shared,
                 "--reuse-port",
@@ -38,7 +43,9 @@ fn shared_edges(nats: &str, names: &[&str]) -> (Vec<Levee>, String) {
                 nats,
                 "--node",
                 name,
-            ])
+            ];
+            args.extend_from_slice(extra);
+            Levee::start(&args)
         })
         .collect();
     (edges, shared)
@@ -875,23 +882,11 @@ fn three_nodes_count_one_audience_and_any_node_answers_for_all() {
     // synthetic host over them); each counts its own listeners and reports them on the bus;
     // the storm asks whichever node answers and must find the whole audience, merged.
     let nats = Nats::start();
-    let shared = format!("127.0.0.1:{}", free_port());
-    let nodes: Vec<Levee> = ["aud-1", "aud-2", "aud-3"]
-        .iter()
-        .map(|name| {
-            Levee::start(&[
-                "--listen",
-                &shared,
-                "--reuse-port",
-                "--nats",
-                &nats.url,
-                "--node",
-                name,
-                "--view-after",
-                "3s",
-            ])
-        })
-        .collect();
+    let (nodes, shared) = shared_edges_with(
+        &nats.url,
+        &["aud-1", "aud-2", "aud-3"],
+        &["--view-after", "3s"],
+    );
     let json = std::env::temp_dir().join(format!("levee-storm-aud3-{}.json", std::process::id()));
     let out = Command::new(env!("CARGO_BIN_EXE_levee"))
         .args(["storm", "capacity", "--server"])
