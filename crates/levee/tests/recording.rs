@@ -32,14 +32,7 @@ fn a_space_is_recorded_and_its_replay_plays_whole_once_it_ends() {
     wait_until(Duration::from_secs(15), "ffmpeg to finish its 5 s", || {
         !source.running()
     });
-    let key = space["host_key"].as_str().unwrap();
-    let r = levee.http(
-        "DELETE",
-        &format!("/api/spaces/{id}"),
-        &[("Authorization", &format!("Bearer {key}"))],
-        b"",
-    );
-    assert_eq!(r.status, 200);
+    levee.end_space(&space);
     let mut pl = String::new();
     wait_until(Duration::from_secs(5), "the replay playlist", || {
         pl = levee
@@ -63,6 +56,7 @@ fn a_space_is_recorded_and_its_replay_plays_whole_once_it_ends() {
     let r = levee.http("HEAD", &format!("/live/{id}/replay.ogg"), &[], b"");
     assert!(r.head.contains("audio/ogg"), "{}", r.head);
     // The host deletes the recording; nobody else can.
+    let key = space["host_key"].as_str().unwrap();
     let path = format!("/live/{id}/replay");
     let r = levee.http("DELETE", &path, &[], b"");
     assert_eq!(r.status, 401, "{}", r.body);
@@ -182,14 +176,7 @@ fn a_spaces_final_audience_is_kept_with_its_recording_and_served_after_a_restart
         .collect();
     // The space ends 2 s in: the listeners get the end of the stream and leave.
     std::thread::sleep(Duration::from_secs(2));
-    let key = space["host_key"].as_str().unwrap();
-    let r = levee.http(
-        "DELETE",
-        &format!("/api/spaces/{id}"),
-        &[("Authorization", &format!("Bearer {key}"))],
-        b"",
-    );
-    assert_eq!(r.status, 200);
+    levee.end_space(&space);
     for l in listeners {
         assert_eq!(l.join().unwrap(), 200);
     }
