@@ -33,6 +33,9 @@ pub const HLS_IDLE_US: u64 = 8_000_000;
 /// HLS listener sessions a node holds at most (about 100 bytes each); requests of further
 /// ones are served and not counted (`levee_audience_hls_untracked_total`).
 pub const MAX_HLS_SESSIONS: u64 = 100_000;
+/// HLS sessions one identity (address and User-Agent) holds at most: a client cannot make
+/// every media request of its address walk thousands of its own `session` tokens.
+pub const MAX_HLS_SESSIONS_PER_IDENTITY: usize = 16;
 /// Longest `session` query parameter taken from an HLS playlist URL.
 pub const MAX_HLS_SESSION_TOKEN: usize = 64;
 
@@ -52,6 +55,8 @@ struct HlsSession {
 /// One space's numbers on this node and their series.
 #[derive(Debug)]
 pub struct SpaceAudience {
+    /// The view rule, µs (also in the numbers; kept here so HLS requests need no lock for it).
+    view_after_us: u64,
     state: Mutex<(Audience, Series)>,
     /// The most sessions open in each of the last [`levee_core::bus::MAX_AUDIENCE_RECENT`]
     /// seconds (second since the epoch, open sessions), for the cluster's peak.
@@ -67,6 +72,7 @@ impl SpaceAudience {
     /// No audience yet; a session counts as a view after `view_after`.
     pub fn new(view_after: Duration) -> SpaceAudience {
         SpaceAudience {
+            view_after_us: view_after.as_micros() as u64,
             state: Mutex::new((
                 Audience::new(view_after.as_micros() as u64),
                 Series::new(SAMPLE_EVERY.as_secs()),
@@ -94,7 +100,7 @@ impl SpaceAudience {
         media: bool,
         now_us: u64,
     ) {
-        let view_after = self.lock().0.view_after_us;
+        let view_after = self.view_after_us;
         let mut m = self.hls.lock().expect("hls lock");
         let sessions = m.entry(id).or_default();
         let mut found = false;
@@ -104,7 +110,7 @@ impl SpaceAudience {
         {
             found = true;
             s.last_us = s.last_us.max(now_us);
-            s.media += media as u32;
+            s.media = s.media.saturating_add(media as u32);
             if !s.viewed && s.media > 0 && s.last_us - s.first_us >= view_after {
                 let banned = shield.banned(ip, mono_us()).is_some();
                 s.viewed = self.with(|a| a.view(id, banned));
@@ -116,7 +122,8 @@ impl SpaceAudience {
             return;
         }
         let held = &node.hls_sessions;
-        if held.load(Relaxed) >= MAX_HLS_SESSIONS {
+        if held.load(Relaxed) >= MAX_HLS_SESSIONS || sessions.len() >= MAX_HLS_SESSIONS_PER_IDENTITY
+        {
             node.hls_untracked.fetch_add(1, Relaxed);
             if sessions.is_empty() {
                 m.remove(&id);
@@ -216,9 +223,9 @@ impl SpaceAudience {
         f(&mut self.lock().0)
     }
 
-    /// A copy of the numbers and their series.
-    pub fn snapshot(&self) -> (Audience, Series) {
-        self.lock().clone()
+    /// A copy of the series.
+    pub fn series(&self) -> Series {
+        self.lock().1.clone()
     }
 
     /// A copy of the numbers alone.
@@ -255,5 +262,33 @@ impl SpaceAudience {
     /// The newest sample recorded.
     pub fn last_sample(&self) -> Option<Sample> {
         self.lock().1.samples().last().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_identity_holds_at_most_its_bound_of_hls_sessions_and_idle_ones_end() {
+        let hub = crate::hub::Hub::new(crate::config::Config::default());
+        let a = SpaceAudience::new(Duration::from_secs(2));
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        // One address asks with 20 session tokens: 16 sessions, 4 requests not counted.
+        for t in 1..=20u64 {
+            a.hls_request(&hub.shield, &hub.node, 7, Some(t), ip, false, 1_000_000);
+        }
+        assert_eq!(hub.node.hls_sessions.load(Relaxed), 16);
+        assert_eq!(hub.node.hls_untracked.load(Relaxed), 4);
+        assert_eq!(a.counts().active, 16);
+        // A media request without a token counts for each of them; 3 s on, they are views.
+        a.hls_request(&hub.shield, &hub.node, 7, None, ip, true, 4_000_000);
+        assert_eq!(a.counts().view_sessions, 16);
+        // Silent for the idle bound: all end, none filtered (each fetched audio).
+        a.sweep_hls(&hub.shield, &hub.node, 4_000_000 + HLS_IDLE_US);
+        let f = a.figures(20_000_000);
+        assert_eq!((f.listeners, f.sessions, f.views), (0, 16, 1));
+        assert_eq!(f.filtered_sessions, 0);
+        assert_eq!(hub.node.hls_sessions.load(Relaxed), 0);
     }
 }

@@ -149,7 +149,7 @@ pub fn space_json(hub: &Hub, space: &Space, with_series: bool) -> Value {
     v["source"] = json!("live");
     if with_series {
         // The series is this node's own (the dashboard of a node shows what it serves).
-        v["series"] = series_json(&space.audience.snapshot().1);
+        v["series"] = series_json(&space.audience.series());
     }
     v
 }

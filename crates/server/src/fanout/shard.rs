@@ -117,7 +117,8 @@ struct Slot<C, G> {
     /// Monotonic µs of its join (its listen time is counted from it).
     joined: u64,
     /// Monotonic µs at which its view is checked next (`Limits::view_after` after its join,
-    /// then every [`VIEW_RECHECK_US`] while it does not keep up); 0: counted.
+    /// then every [`VIEW_RECHECK_US`] while it does not keep up); 0: counted, or given up
+    /// after [`VIEW_PATIENCE_US`].
     view_at: u64,
     /// Bytes written to it (what its view is judged against).
     written: u64,
