@@ -271,24 +271,25 @@ mod tests {
 
     #[test]
     fn one_identity_holds_at_most_its_bound_of_hls_sessions_and_idle_ones_end() {
-        let hub = crate::hub::Hub::new(crate::config::Config::default());
+        let shield = Shield::new(crate::config::Config::default().shield);
+        let node = NodeCounters::default();
         let a = SpaceAudience::new(Duration::from_secs(2));
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         // One address asks with 20 session tokens: 16 sessions, 4 requests not counted.
         for t in 1..=20u64 {
-            a.hls_request(&hub.shield, &hub.node, 7, Some(t), ip, false, 1_000_000);
+            a.hls_request(&shield, &node, 7, Some(t), ip, false, 1_000_000);
         }
-        assert_eq!(hub.node.hls_sessions.load(Relaxed), 16);
-        assert_eq!(hub.node.hls_untracked.load(Relaxed), 4);
+        assert_eq!(node.hls_sessions.load(Relaxed), 16);
+        assert_eq!(node.hls_untracked.load(Relaxed), 4);
         assert_eq!(a.counts().active, 16);
         // A media request without a token counts for each of them; 3 s on, they are views.
-        a.hls_request(&hub.shield, &hub.node, 7, None, ip, true, 4_000_000);
+        a.hls_request(&shield, &node, 7, None, ip, true, 4_000_000);
         assert_eq!(a.counts().view_sessions, 16);
         // Silent for the idle bound: all end, none filtered (each fetched audio).
-        a.sweep_hls(&hub.shield, &hub.node, 4_000_000 + HLS_IDLE_US);
+        a.sweep_hls(&shield, &node, 4_000_000 + HLS_IDLE_US);
         let f = a.figures(20_000_000);
         assert_eq!((f.listeners, f.sessions, f.views), (0, 16, 1));
         assert_eq!(f.filtered_sessions, 0);
-        assert_eq!(hub.node.hls_sessions.load(Relaxed), 0);
+        assert_eq!(node.hls_sessions.load(Relaxed), 0);
     }
 }
