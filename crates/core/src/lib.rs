@@ -9,6 +9,8 @@
 //! - [`ingest`]: source validation (Ogg/Opus or single packets) and real-time pacing.
 //! - [`cadence`]: chunk duration as a function of the audience (latency vs. CPU).
 //! - [`space`]: identity, host key and the `scheduled → live → ended` state machine.
+//! - [`stage`]: speakers, roles and requests to speak; the mixer's jitter buffers, limiter and
+//!   mix-minus.
 //! - [`audit`]: the bounded log of operator actions.
 //! - [`audience`]: views, unique listeners (HyperLogLog), sessions and listen time, mergeable.
 //! - [`admission`]: the waiting room as two counters (FIFO, pre-queue lottery, honest ETAs).
@@ -43,6 +45,7 @@ pub mod ring;
 pub mod sketch;
 pub mod source;
 pub mod space;
+pub mod stage;
 pub mod ticket;
 pub mod wire;
 pub mod wsframe;
