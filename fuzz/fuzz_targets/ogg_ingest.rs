@@ -89,7 +89,7 @@ fn round_trip(head: &opus::OpusHead, packets: &[AudioPacket], cadence: u8) {
                 seq += 1;
                 got.push(packet);
             }
-            WireMessage::Stats { .. } => {}
+            WireMessage::Stats { .. } | WireMessage::Stage { .. } => {}
         }
     }
     let want: Vec<Bytes> = packets.iter().map(|p| p.data.clone()).collect();

@@ -34,6 +34,15 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(out.len(), STATS_LEN);
             assert_eq!(&out[..], &data[..STATS_LEN]);
         }
+        Ok(WireMessage::Stage {
+            revision,
+            on_stage,
+            speaking,
+        }) => {
+            wire::put_stage(&mut out, revision, on_stage, speaking);
+            assert_eq!(out.len(), wire::STAGE_LEN);
+            assert_eq!(&out[..], &data[..wire::STAGE_LEN]);
+        }
         Ok(WireMessage::Head(h)) => {
             assert_eq!(data[0], wire::KIND_HEAD);
             assert_eq!(&h[..], &data[1..]);
@@ -41,14 +50,19 @@ fuzz_target!(|data: &[u8]| {
         Err(WireError::Empty) => assert!(data.is_empty()),
         Err(WireError::UnknownKind(k)) => {
             assert_eq!(k, data[0]);
-            assert!(![wire::KIND_HEAD, wire::KIND_AUDIO, wire::KIND_STATS].contains(&k));
+            assert!(![
+                wire::KIND_HEAD,
+                wire::KIND_AUDIO,
+                wire::KIND_STATS,
+                wire::KIND_STAGE
+            ].contains(&k));
         }
         Err(WireError::Truncated(k)) => {
             assert_eq!(k, data[0]);
-            let need = if k == wire::KIND_AUDIO {
-                AUDIO_HEADER
-            } else {
-                STATS_LEN
+            let need = match k {
+                wire::KIND_AUDIO => AUDIO_HEADER,
+                wire::KIND_STAGE => wire::STAGE_LEN,
+                _ => STATS_LEN,
             };
             assert!(data.len() < need);
         }

@@ -176,6 +176,9 @@ pub struct WsMux {
     headers: Bytes,
     pending: Pending,
     stats: Option<(u64, u32)>,
+    /// The stage as last set, and whether it is still to be sent.
+    stage: Option<(u32, u32, u32)>,
+    stage_due: bool,
 }
 
 impl WsMux {
@@ -189,12 +192,23 @@ impl WsMux {
             headers: ws.freeze(),
             pending: Pending::default(),
             stats: None,
+            stage: None,
+            stage_due: false,
         }
     }
 
     /// Queues live statistics to lead the next chunk.
     pub fn set_stats(&mut self, server_us: u64, listeners: u32) {
         self.stats = Some((server_us, listeners));
+        // The stage is repeated with the statistics, so that a new listener learns it.
+        self.stage_due |= self.stage.is_some();
+    }
+
+    /// Queues who is on the stage and who speaks to lead the next chunk (and to be repeated
+    /// with every STATS message).
+    pub fn set_stage(&mut self, revision: u32, on_stage: u32, speaking: u32) {
+        self.stage = Some((revision, on_stage, speaking));
+        self.stage_due = true;
     }
 }
 
@@ -220,11 +234,18 @@ impl Muxer for WsMux {
             return;
         }
         let per_packet = 4 + wire::AUDIO_HEADER;
-        let mut ws =
-            BytesMut::with_capacity(p.bytes + per_packet * p.packets.len() + 2 + wire::STATS_LEN);
+        let mut ws = BytesMut::with_capacity(
+            p.bytes + per_packet * p.packets.len() + 4 + wire::STATS_LEN + wire::STAGE_LEN,
+        );
         if let Some((server_us, listeners)) = self.stats.take() {
             let mut body = BytesMut::with_capacity(wire::STATS_LEN);
             wire::put_stats(&mut body, server_us, listeners);
+            wsframe::encode_frame(OP_BINARY, &body, &mut ws);
+        }
+        if let Some((revision, on_stage, speaking)) = self.stage.filter(|_| self.stage_due) {
+            self.stage_due = false;
+            let mut body = BytesMut::with_capacity(wire::STAGE_LEN);
+            wire::put_stage(&mut body, revision, on_stage, speaking);
             wsframe::encode_frame(OP_BINARY, &body, &mut ws);
         }
         for p in &p.packets {
@@ -390,6 +411,34 @@ mod tests {
                 &OpusHead::new(1).to_bytes()
             ))]
         );
+    }
+
+    #[test]
+    fn ws_chunks_carry_the_stage_when_it_changes_and_with_each_stats() {
+        let mut m = WsMux::new(&OpusHead::new(1));
+        let kinds = |m: &mut WsMux, n| -> Vec<WireMessage> {
+            mux_all(m, &packets(n), 960)
+                .iter()
+                .flat_map(|c| ws_messages(&c.bytes))
+                .filter(|w| !matches!(w, WireMessage::Audio { .. }))
+                .collect()
+        };
+        assert!(kinds(&mut m, 2).is_empty(), "no stage, no stage message");
+        m.set_stage(3, 0b11, 0b10);
+        let stage = WireMessage::Stage {
+            revision: 3,
+            on_stage: 0b11,
+            speaking: 0b10,
+        };
+        assert_eq!(
+            kinds(&mut m, 2),
+            vec![stage.clone()],
+            "once, then not again"
+        );
+        m.set_stats(5, 1);
+        let again = kinds(&mut m, 2);
+        assert_eq!(again.len(), 2);
+        assert_eq!(again[1], stage, "repeated with the statistics");
     }
 
     #[test]

@@ -630,6 +630,11 @@ impl Mixer {
         self.inputs[slot].muted = muted;
     }
 
+    /// Whether slot `slot` takes a mix-minus back.
+    pub fn set_wants_return(&mut self, slot: usize, wants: bool) {
+        self.inputs[slot].wants_return = wants;
+    }
+
     /// Samples slot `slot` holds.
     pub fn buffered(&self, slot: usize) -> usize {
         self.inputs[slot].pcm.len()

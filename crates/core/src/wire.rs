@@ -7,6 +7,7 @@
 //! | 0x01 | HEAD  | the space's 19-byte `OpusHead` (channels, pre-skip)                 |
 //! | 0x02 | AUDIO | seq u64 · capture time u64 (µs since the Unix epoch) · Opus packet   |
 //! | 0x03 | STATS | server time u64 (µs since the Unix epoch) · listeners u32          |
+//! | 0x04 | STAGE | revision u32 · on stage u32 · speaking u32 (a bit per mixer slot)     |
 //!
 //! The same AUDIO layout carries packets from a browser host to the server; there the
 //! sequence number is the host's own and the server renumbers packets per space.
@@ -20,6 +21,12 @@ pub const KIND_HEAD: u8 = 0x01;
 pub const KIND_AUDIO: u8 = 0x02;
 /// Message kind: live statistics of the space.
 pub const KIND_STATS: u8 = 0x03;
+
+/// Message kind: who is on the stage and who speaks (slot 0 is the host; the speakers'
+/// slots are in `GET /api/spaces/{id}/stage`, fetched again when the revision moves).
+pub const KIND_STAGE: u8 = 0x04;
+/// Size of a STAGE message.
+pub const STAGE_LEN: usize = 13;
 
 /// Bytes an AUDIO message adds before the Opus packet.
 pub const AUDIO_HEADER: usize = 17;
@@ -46,6 +53,15 @@ pub enum WireMessage {
         server_us: u64,
         /// Listeners of the space at that time.
         listeners: u32,
+    },
+    /// Who is on the stage and who speaks.
+    Stage {
+        /// Grows when the roster changes.
+        revision: u32,
+        /// Bit per mixer slot: connected.
+        on_stage: u32,
+        /// Bit per mixer slot: speaking.
+        speaking: u32,
     },
 }
 
@@ -87,6 +103,14 @@ pub fn put_stats(out: &mut BytesMut, server_us: u64, listeners: u32) {
     out.put_u32(listeners);
 }
 
+/// Appends a STAGE message body.
+pub fn put_stage(out: &mut BytesMut, revision: u32, on_stage: u32, speaking: u32) {
+    out.put_u8(KIND_STAGE);
+    out.put_u32(revision);
+    out.put_u32(on_stage);
+    out.put_u32(speaking);
+}
+
 /// Decodes one message body.
 pub fn decode(msg: &Bytes) -> Result<WireMessage, WireError> {
     let kind = *msg.first().ok_or(WireError::Empty)?;
@@ -116,6 +140,18 @@ pub fn decode(msg: &Bytes) -> Result<WireMessage, WireError> {
                 listeners: u32::from_be_bytes([msg[9], msg[10], msg[11], msg[12]]),
             })
         }
+        KIND_STAGE => {
+            if msg.len() < STAGE_LEN {
+                return Err(WireError::Truncated(kind));
+            }
+            let be32 =
+                |at: usize| u32::from_be_bytes([msg[at], msg[at + 1], msg[at + 2], msg[at + 3]]);
+            Ok(WireMessage::Stage {
+                revision: be32(1),
+                on_stage: be32(5),
+                speaking: be32(9),
+            })
+        }
         other => Err(WireError::UnknownKind(other)),
     }
 }
@@ -123,6 +159,26 @@ pub fn decode(msg: &Bytes) -> Result<WireMessage, WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stage_round_trips_and_is_checked() {
+        let mut b = BytesMut::new();
+        put_stage(&mut b, 7, 0b101, 0b100);
+        assert_eq!(b.len(), STAGE_LEN);
+        let m = b.split().freeze();
+        assert_eq!(
+            decode(&m),
+            Ok(WireMessage::Stage {
+                revision: 7,
+                on_stage: 0b101,
+                speaking: 0b100
+            })
+        );
+        assert_eq!(
+            decode(&m.slice(..12)),
+            Err(WireError::Truncated(KIND_STAGE))
+        );
+    }
 
     #[test]
     fn audio_and_stats_round_trip() {

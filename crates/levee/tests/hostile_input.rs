@@ -1035,7 +1035,7 @@ async fn ws_keep_listening(
                         last = Some(now);
                         h.seqs.push(seq);
                     }
-                    WireMessage::Stats { .. } => {}
+                    WireMessage::Stats { .. } | WireMessage::Stage { .. } => {}
                 }
                 continue;
             }

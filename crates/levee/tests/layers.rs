@@ -12,7 +12,7 @@ const SERVER: &[&[&str]] = &[
     &["fanout"],
     &["config"],
     &["shield"],
-    &["audience"],
+    &["audience", "stage"],
     &["hub"],
     &["cluster", "recorder"],
     &["api"],

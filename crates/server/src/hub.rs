@@ -32,6 +32,8 @@ pub struct Space {
     pub remote_listeners: std::sync::atomic::AtomicU64,
     /// Its audience numbers on this node (`docs/audience.md`).
     pub audience: crate::audience::SpaceAudience,
+    /// Its stage: speakers, and the mixer while any is connected.
+    pub stage: Arc<crate::stage::Stage>,
 }
 
 impl Space {
@@ -332,6 +334,7 @@ impl Hub {
             origin: Mutex::new((String::new(), 0)),
             remote_listeners: std::sync::atomic::AtomicU64::new(0),
             audience: crate::audience::SpaceAudience::new(self.config.view_after),
+            stage: Arc::default(),
         });
         spaces.insert(info.id, space.clone());
         Ok(space)

@@ -18,6 +18,7 @@ pub mod hub;
 pub mod random;
 pub mod recorder;
 pub mod shield;
+pub mod stage;
 pub mod ws;
 
 pub use config::Config;

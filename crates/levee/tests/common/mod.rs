@@ -419,7 +419,7 @@ pub async fn ws_listen_from(
                     last = Some(now);
                     heard.seqs.push(seq);
                 }
-                Ok(WireMessage::Stats { .. }) => {}
+                Ok(WireMessage::Stats { .. } | WireMessage::Stage { .. }) => {}
                 Err(e) => panic!("listener got an undecodable message: {e}"),
             },
             Message::Close(frame) => {

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod replay;
 pub mod reply;
 pub mod spaces;
+pub mod stage;
 pub mod web;
 
 use crate::http1::Rewind;
@@ -76,6 +77,23 @@ pub fn router(hub: Arc<Hub>) -> Router {
         )
         .route("/api/spaces/{id}/join", axum::routing::post(join::join))
         .route("/api/spaces/{id}/audience", get(audience::space_audience))
+        .route("/api/spaces/{id}/stage", get(stage::stage))
+        .route(
+            "/api/spaces/{id}/speakers",
+            axum::routing::post(stage::invite),
+        )
+        .route(
+            "/api/spaces/{id}/speakers/{speaker_id}",
+            axum::routing::patch(stage::patch).delete(stage::remove),
+        )
+        .route(
+            "/api/spaces/{id}/requests",
+            axum::routing::post(stage::request),
+        )
+        .route(
+            "/api/spaces/{id}/requests/{request_id}",
+            get(stage::request_answer).delete(stage::decline),
+        )
         .route("/api/audience", get(audience::node_audience))
         .route("/live/{id}/hls/index.m3u8", get(hls::playlist))
         .route("/live/{id}/hls/{file}", get(hls::file))

@@ -10,6 +10,7 @@ use crate::clock::{mono_us, wall_us};
 use crate::http1::{respond, Head};
 use crate::hub::{Hub, Space};
 use crate::shield::{IngestReason, Refusal, Wire};
+use crate::stage::{Connection, Gone, Programme, ReturnPacket, RETURN_QUEUE};
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use levee_core::ingest::{single_packet, IngestError, MinRate, OggIngest, Pacer};
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 
 /// Window over which a source's delivery rate is judged.
 pub const MIN_RATE_WINDOW_US: u64 = 10_000_000;
@@ -77,6 +79,8 @@ enum End {
     SpaceEnded,
     /// The source sent a close frame (WebSocket).
     Closed,
+    /// The speaker was removed from the stage (or left it).
+    Removed,
 }
 
 impl End {
@@ -90,6 +94,11 @@ impl End {
                 "replaced by a newer source for this space\n".into(),
             ),
             End::SpaceEnded | End::Closed => (410, "Gone", "this space has ended\n".into()),
+            End::Removed => (
+                403,
+                "Forbidden",
+                "no longer a speaker of this space\n".into(),
+            ),
         }
     }
 
@@ -106,6 +115,10 @@ impl End {
             ),
             End::SpaceEnded => (wsframe::CLOSE_GOING_AWAY, "this space has ended".into()),
             End::Closed => (wsframe::CLOSE_NORMAL, String::new()),
+            End::Removed => (
+                wsframe::CLOSE_POLICY,
+                "no longer a speaker of this space".into(),
+            ),
         }
     }
 }
@@ -150,8 +163,21 @@ fn replaced_or_ended(space: &Space) -> End {
     }
 }
 
-/// Publishes a batch to the space, making it live. Returns false if the space ended.
+/// Publishes a host's batch: to the stage's mixer while speakers are connected, else to the
+/// space as it is (making it live). Returns false if the space ended.
 pub(crate) fn publish(hub: &Hub, space: &Space, packets: &mut Vec<AudioPacket>) -> bool {
+    if packets.is_empty() {
+        return true;
+    }
+    if space.stage.feed_host(packets) {
+        packets.clear();
+        return space.state() != SpaceState::Ended;
+    }
+    publish_direct(hub, space, packets)
+}
+
+/// Publishes a batch to the space's track, making it live. Returns false if the space ended.
+fn publish_direct(hub: &Hub, space: &Space, packets: &mut Vec<AudioPacket>) -> bool {
     if packets.is_empty() {
         return true;
     }
@@ -168,6 +194,135 @@ pub(crate) fn publish(hub: &Hub, space: &Space, packets: &mut Vec<AudioPacket>) 
     true
 }
 
+/// The stage's programme goes to the space's track as a source's packets do: the first one
+/// makes the space live, records it and claims it in the cluster.
+struct StageOut {
+    hub: Arc<Hub>,
+    space: Arc<Space>,
+    started: std::sync::atomic::AtomicBool,
+}
+
+impl Programme for StageOut {
+    fn publish(&self, packet: AudioPacket) -> bool {
+        let (hub, space) = (&self.hub, &self.space);
+        if !self.started.swap(true, Relaxed) {
+            space.counters.sources.fetch_add(1, Relaxed);
+            if let Some(c) = hub.cluster.get() {
+                c.claim(space);
+            }
+            if let Some(r) = hub.recorder.get() {
+                r.record(space);
+            }
+        }
+        publish_direct(hub, space, &mut vec![packet])
+    }
+    fn stage_changed(&self, revision: u32, on_stage: u32, speaking: u32) {
+        self.space.track.set_stage(revision, on_stage, speaking);
+    }
+}
+
+/// Who a source is: the host (who takes the space over), or a speaker (who feeds the mixer).
+enum Feed {
+    Host(Claim, Option<mpsc::Sender<ReturnPacket>>),
+    Speaker(Connection),
+}
+
+impl Feed {
+    /// The host, or the speaker whose key is `key`, connected to the stage (`returns`: where
+    /// its mix-minus goes). None: the key opens nothing.
+    fn open(
+        hub: &Arc<Hub>,
+        space: &Arc<Space>,
+        key: &str,
+        returns: Option<mpsc::Sender<ReturnPacket>>,
+    ) -> Option<Feed> {
+        if space.info.lock().expect("space lock").key_matches(key) {
+            space.stage.set_host_returns(returns.clone());
+            return Some(Feed::Host(Claim::default(), returns));
+        }
+        let (id, slot, muted) = space.stage.speaker_by_key(key)?;
+        let out = Arc::new(StageOut {
+            hub: hub.clone(),
+            space: space.clone(),
+            started: Default::default(),
+        });
+        match space.stage.connect(id, slot, muted, returns, out) {
+            Ok(c) => Some(Feed::Speaker(c)),
+            Err(e) => {
+                tracing::error!("speaker not connected: {e}");
+                None
+            }
+        }
+    }
+
+    /// Whether a newer source replaced this one (or the space ended).
+    fn lost(&self, space: &Space) -> bool {
+        match self {
+            Feed::Host(c, _) => c.lost(space),
+            Feed::Speaker(_) => space.state() == SpaceState::Ended,
+        }
+    }
+
+    /// Delivers a batch; `ws` says how a refusal goes on the wire.
+    fn deliver(
+        &mut self,
+        hub: &Hub,
+        space: &Arc<Space>,
+        packets: &mut Vec<AudioPacket>,
+        ws: bool,
+    ) -> Result<(), End> {
+        match self {
+            Feed::Host(claim, _) => {
+                if !packets.is_empty() {
+                    claim.take(hub, space);
+                }
+                if publish(hub, space, packets) {
+                    Ok(())
+                } else {
+                    Err(End::SpaceEnded)
+                }
+            }
+            Feed::Speaker(c) => {
+                let fed = c.feed(packets);
+                packets.clear();
+                fed.map_err(|g| match g {
+                    Gone::Replaced => End::Replaced,
+                    Gone::Removed => End::Removed,
+                    Gone::Undecodable(why) => {
+                        space.counters.ingest_errors.fetch_add(1, Relaxed);
+                        let wire = if ws {
+                            Wire::Close(wsframe::CLOSE_INVALID)
+                        } else {
+                            Wire::Http(IngestReason::BadOpus.http_status())
+                        };
+                        End::Refused(refuse(hub, IngestReason::BadOpus, wire, why))
+                    }
+                })
+            }
+        }
+    }
+
+    /// The source leaves.
+    fn release(&self, space: &Space) {
+        match self {
+            Feed::Host(c, returns) => {
+                c.release(space);
+                if let Some(tx) = returns {
+                    space.stage.clear_host_returns(tx);
+                }
+            }
+            Feed::Speaker(_) => {}
+        }
+    }
+
+    fn role(&self) -> &'static str {
+        match self {
+            Feed::Host(..) => "host",
+            Feed::Speaker(_) => "speaker",
+        }
+    }
+}
+
 /// Icecast-compatible source: `PUT /live/{id}.ogg` (with `Expect: 100-continue`, as ffmpeg
 /// sends) or legacy `SOURCE`, Basic auth `source:<host key>`, body Ogg/Opus until the
 /// connection closes.
@@ -179,13 +334,18 @@ pub async fn icecast(
     head: Head,
     rest: Bytes,
 ) {
-    let key_ok = basic_password(head.header("authorization"))
-        .is_some_and(|k| space.info.lock().expect("space lock").key_matches(&k));
-    if !key_ok {
+    let password = basic_password(head.header("authorization")).unwrap_or_default();
+    let known = space
+        .info
+        .lock()
+        .expect("space lock")
+        .key_matches(&password)
+        || space.stage.speaker_by_key(&password).is_some();
+    if !known {
         let r = refuse_http(
             &hub,
             IngestReason::BadKey,
-            "publishing needs Basic auth source:<host key>",
+            "publishing needs Basic auth source:<host key> or source:<speaker key>",
         );
         return respond(
             &mut stream,
@@ -228,9 +388,18 @@ pub async fn icecast(
     if stream.write_all(go).await.is_err() {
         return;
     }
-    let mut claim = Claim::default();
+    let Some(mut feed) = Feed::open(&hub, &space, &password, None) else {
+        return respond(
+            &mut stream,
+            403,
+            "Forbidden",
+            "",
+            "no longer a speaker of this space\n",
+        )
+        .await;
+    };
     let id = space.snapshot().id;
-    tracing::info!(space = %id, %peer, "icecast source connected");
+    tracing::info!(space = %id, %peer, role = feed.role(), "icecast source connected");
 
     let mut ingest = OggIngest::new();
     let mut pacer = Pacer::new(mono_us(), hub.config.source_burst.as_micros() as u64);
@@ -270,14 +439,14 @@ pub async fn icecast(
                 }
             }
         };
-        if claim.lost(&space) {
+        if feed.lost(&space) {
             break Err(replaced_or_ended(&space));
         }
         if let Err(e) = ingest.push(&data, wall_us(), &mut packets) {
             let reason = reason_of(&e);
             space.counters.ingest_errors.fetch_add(1, Relaxed);
             // Packets completed before the error were valid: they still reach listeners.
-            publish(&hub, &space, &mut packets);
+            let _ = feed.deliver(&hub, &space, &mut packets, false);
             let hint = if reason == IngestReason::NotOgg {
                 format!(" (declared Content-Type: {declared}); levee takes Ogg/Opus")
             } else {
@@ -290,11 +459,8 @@ pub async fn icecast(
             )));
         }
         let samples: u64 = packets.iter().map(|p| p.samples as u64).sum();
-        if !packets.is_empty() {
-            claim.take(&hub, &space);
-        }
-        if !publish(&hub, &space, &mut packets) {
-            break Err(End::SpaceEnded);
+        if let Err(end) = feed.deliver(&hub, &space, &mut packets, false) {
+            break Err(end);
         }
         if let Err(ratio) = min_rate.record(samples, mono_us()) {
             break Err(End::Refused(refuse_http(
@@ -308,7 +474,8 @@ pub async fn icecast(
             tokio::time::sleep(Duration::from_micros(wait)).await;
         }
     };
-    claim.release(&space);
+    feed.release(&space);
+    drop(feed);
     match outcome {
         Ok(()) => {
             tracing::info!(space = %id, %peer, "icecast source ended");
@@ -337,11 +504,13 @@ struct Hello {
 }
 
 /// Reads the next whole message; `Err(None)` on EOF or a read error, `Err(Some(refusal))`
-/// (not counted yet) on a framing error (`bad_frame`) or a timeout (`idle`).
+/// (not counted yet) on a framing error (`bad_frame`) or when nothing whole came by
+/// `deadline` (`idle`). Cancel-safe: bytes read are kept in `dec`.
 async fn next_message(
     stream: &mut TcpStream,
     dec: &mut FrameDecoder,
     buf: &mut [u8],
+    deadline: tokio::time::Instant,
     timeout: Duration,
 ) -> Result<Message, Option<Refusal>> {
     loop {
@@ -357,7 +526,7 @@ async fn next_message(
                 )));
             }
         }
-        match tokio::time::timeout(timeout, stream.read(buf)).await {
+        match tokio::time::timeout_at(deadline, stream.read(buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => return Err(None),
             Ok(Ok(n)) => dec.push(&buf[..n]),
             Err(_) => {
@@ -371,8 +540,30 @@ async fn next_message(
     }
 }
 
-/// Browser (or synthetic) host: WebSocket `GET /live/{id}/publish`. The first message is a
-/// text `{"key": ...}`; then binary AUDIO messages (see `levee_core::wire`).
+/// The next return packet, or never if there is no return feed.
+async fn next_return(rx: &mut Option<mpsc::Receiver<ReturnPacket>>) -> ReturnPacket {
+    match rx {
+        Some(rx) => match rx.recv().await {
+            Some(p) => p,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// How long a return packet may take to write before the speaker counts as not reading.
+pub const RETURN_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What came first on a WebSocket source: a message, or a return packet to send.
+enum Next {
+    Message(Result<Message, Option<Refusal>>),
+    Return(ReturnPacket),
+}
+
+/// Browser (or synthetic) host or speaker: WebSocket `GET /live/{id}/publish`. The first
+/// message is a text `{"key": ...}` (the host key or a speaker key); then binary AUDIO
+/// messages (see `levee_core::wire`). While speakers are on the stage, the server sends each
+/// of them (and the host) AUDIO messages back: the mix of everyone else.
 pub async fn websocket(
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -384,7 +575,16 @@ pub async fn websocket(
     let mut dec = FrameDecoder::new(cfg.max_ws_ingest_message);
     dec.push(&rest);
     let mut buf = vec![0u8; READ_CHUNK];
-    let hello = match next_message(&mut stream, &mut dec, &mut buf, cfg.header_timeout).await {
+    let hello_by = tokio::time::Instant::now() + cfg.header_timeout;
+    let hello = match next_message(
+        &mut stream,
+        &mut dec,
+        &mut buf,
+        hello_by,
+        cfg.header_timeout,
+    )
+    .await
+    {
         Ok(Message::Text(t)) => serde_json::from_str::<Hello>(&t).ok(),
         Ok(_) => None,
         Err(Some(r)) => {
@@ -393,18 +593,6 @@ pub async fn websocket(
         }
         Err(None) => return,
     };
-    let authorized =
-        hello.is_some_and(|h| space.info.lock().expect("space lock").key_matches(&h.key));
-    if !authorized {
-        let r = refuse(
-            &hub,
-            IngestReason::BadKey,
-            Wire::Close(wsframe::CLOSE_POLICY),
-            "first message must be {\"key\": \"<host key>\"} with this space's host key",
-        );
-        let (code, why) = End::Refused(r).close();
-        return close(&mut stream, code, &why).await;
-    }
     if space.state() == SpaceState::Ended {
         return close(
             &mut stream,
@@ -413,29 +601,69 @@ pub async fn websocket(
         )
         .await;
     }
-    let mut claim = Claim::default();
+    let (tx, rx) = mpsc::channel(RETURN_QUEUE);
+    let Some(mut feed) = hello.and_then(|h| Feed::open(&hub, &space, &h.key, Some(tx))) else {
+        let r = refuse(
+            &hub,
+            IngestReason::BadKey,
+            Wire::Close(wsframe::CLOSE_POLICY),
+            "first message must be {\"key\": \"<host key or speaker key>\"} with a key of this space",
+        );
+        let (code, why) = End::Refused(r).close();
+        return close(&mut stream, code, &why).await;
+    };
+    let mut returns = Some(rx);
     let mut ready = BytesMut::new();
     wsframe::encode_frame(wsframe::OP_TEXT, br#"{"type":"ready"}"#, &mut ready);
     if stream.write_all(&ready).await.is_err() {
+        feed.release(&space);
         return;
     }
     let id = space.snapshot().id;
-    tracing::info!(space = %id, %peer, "websocket source connected");
+    tracing::info!(space = %id, %peer, role = feed.role(), "websocket source connected");
     let mut pacer = Pacer::new(mono_us(), cfg.source_burst.as_micros() as u64);
     let mut min_rate = MinRate::new(mono_us(), MIN_RATE_WINDOW_US, cfg.min_source_realtime);
     let mut packets = Vec::new();
+    let mut return_seq = 0u64;
+    let mut out = BytesMut::new();
+    let mut idle_by = tokio::time::Instant::now() + cfg.source_idle_timeout;
     let end: Option<End> = loop {
-        let msg = match next_message(&mut stream, &mut dec, &mut buf, cfg.source_idle_timeout).await
-        {
-            Ok(m) => m,
-            Err(e) => {
+        let next = tokio::select! {
+            m = next_message(&mut stream, &mut dec, &mut buf, idle_by, cfg.source_idle_timeout) => Next::Message(m),
+            r = next_return(&mut returns) => Next::Return(r),
+        };
+        let msg = match next {
+            Next::Return(r) => {
+                out.clear();
+                wsframe::encode_header(
+                    wsframe::OP_BINARY,
+                    wire::AUDIO_HEADER + r.data.len(),
+                    &mut out,
+                );
+                wire::put_audio(&mut out, return_seq, r.capture_us, &r.data);
+                return_seq += 1;
+                match tokio::time::timeout(RETURN_WRITE_TIMEOUT, stream.write_all(&out)).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(_)) => break None,
+                    Err(_) => {
+                        let wire = Wire::Close(wsframe::CLOSE_POLICY);
+                        let why = "the return audio was not read for 2 s";
+                        break Some(End::Refused(refuse(&hub, IngestReason::Idle, wire, why)));
+                    }
+                }
+            }
+            Next::Message(Ok(m)) => {
+                idle_by = tokio::time::Instant::now() + cfg.source_idle_timeout;
+                m
+            }
+            Next::Message(Err(e)) => {
                 break e.map(|r| {
                     space.counters.ingest_errors.fetch_add(1, Relaxed);
                     End::Refused(r.counted(&hub.shield.counters, &hub.node))
                 });
             }
         };
-        if claim.lost(&space) {
+        if feed.lost(&space) {
             break Some(replaced_or_ended(&space));
         }
         let packet = match msg {
@@ -456,7 +684,7 @@ pub async fn websocket(
                         &hub,
                         IngestReason::BadStructure,
                         Wire::Close(wsframe::CLOSE_UNSUPPORTED),
-                        "hosts send AUDIO messages (kind 0x02) only",
+                        "sources send AUDIO messages (kind 0x02) only",
                     )));
                 }
                 Err(e) => {
@@ -470,7 +698,7 @@ pub async fn websocket(
                 }
             },
             Message::Ping(p) => {
-                let mut out = BytesMut::new();
+                out.clear();
                 wsframe::encode_frame(wsframe::OP_PONG, &p, &mut out);
                 if stream.write_all(&out).await.is_err() {
                     break None;
@@ -490,10 +718,9 @@ pub async fn websocket(
         match packet {
             Ok(p) => {
                 let samples = p.samples as u64;
-                claim.take(&hub, &space);
                 packets.push(p);
-                if !publish(&hub, &space, &mut packets) {
-                    break Some(End::SpaceEnded);
+                if let Err(end) = feed.deliver(&hub, &space, &mut packets, true) {
+                    break Some(end);
                 }
                 if let Err(ratio) = min_rate.record(samples, mono_us()) {
                     let wire = Wire::Close(wsframe::CLOSE_POLICY);
@@ -517,7 +744,8 @@ pub async fn websocket(
             }
         }
     };
-    claim.release(&space);
+    feed.release(&space);
+    drop(feed);
     let end = end.map(|e| e.close());
     tracing::info!(space = %id, %peer, reason = ?end, "websocket source ended");
     if let Some((code, why)) = end {

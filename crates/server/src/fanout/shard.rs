@@ -942,7 +942,7 @@ mod tests {
                 wsframe::OP_BINARY => match wire::decode(&payload).unwrap() {
                     WireMessage::Head(_) => Got::Head,
                     WireMessage::Audio { seq, .. } => Got::Audio(seq),
-                    WireMessage::Stats { .. } => Got::Stats,
+                    WireMessage::Stats { .. } | WireMessage::Stage { .. } => Got::Stats,
                 },
                 wsframe::OP_PONG => Got::Pong(payload.to_vec()),
                 wsframe::OP_CLOSE => Got::Close(u16::from_be_bytes([payload[0], payload[1]])),

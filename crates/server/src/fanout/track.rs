@@ -356,6 +356,16 @@ impl Track {
         }
     }
 
+    /// Who is on the stage and who speaks: a STAGE message leads the next WebSocket chunk and
+    /// is repeated with each STATS message (`levee_core::wire`).
+    pub fn set_stage(&self, revision: u32, on_stage: u32, speaking: u32) {
+        self.inner
+            .lock()
+            .expect("track lock")
+            .ws
+            .set_stage(revision, on_stage, speaking);
+    }
+
     /// Seals what is pending (a source stopped) and tells the shards.
     pub fn flush(self: &Arc<Self>) {
         let sealed = {

@@ -1,0 +1,324 @@
+//! The stage with real ffmpeg speakers: the host invites speakers, each publishes a tone with
+//! its own key, and a WebSocket listener decodes the programme with libopus. Both tones are in
+//! the mix; a mute takes one out within 1 s; a third speaker joins without a gap; a wrong key
+//! and undecodable audio are refused and nobody else hears a glitch.
+
+mod common;
+
+use common::{goertzel, publish_sine, Levee};
+use futures_util::{SinkExt, StreamExt};
+use levee_core::wire::{self, WireMessage};
+use levee_server::stage::codec::Decoder;
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+/// What the listener got: per audio message, when it arrived, its sequence number, and its
+/// decoded samples.
+#[derive(Default)]
+struct Got {
+    packets: Vec<(Instant, u64, Vec<f32>)>,
+    stage: Vec<(Instant, u32, u32, u32)>,
+}
+
+fn invite(levee: &Levee, space: &Value, name: &str) -> Value {
+    let id = space["id"].as_str().unwrap();
+    let auth = format!("Bearer {}", space["host_key"].as_str().unwrap());
+    let r = levee.http(
+        "POST",
+        &format!("/api/spaces/{id}/speakers"),
+        &[
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/json"),
+        ],
+        json!({ "name": name }).to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    assert!(v["key"].as_str().unwrap().len() >= 32);
+    assert!(v["urls"]["source"]
+        .as_str()
+        .unwrap()
+        .starts_with("icecast://source:"));
+    v
+}
+
+fn stage(levee: &Levee, id: &str) -> Value {
+    let r = levee.http("GET", &format!("/api/spaces/{id}/stage"), &[], b"");
+    assert_eq!(r.status, 200, "{}", r.body);
+    serde_json::from_str(&r.body).unwrap()
+}
+
+/// Strength of `f` against `other` in the samples that arrived in `[from, to)`.
+fn tones(got: &Got, from: Instant, to: Instant, freqs: &[f64]) -> Vec<f64> {
+    let x: Vec<f64> = got
+        .packets
+        .iter()
+        .filter(|(at, ..)| *at >= from && *at < to)
+        .flat_map(|(_, _, pcm)| pcm.iter().map(|&v| v as f64))
+        .collect();
+    assert!(
+        x.len() >= 9_600,
+        "at least 200 ms of audio in the window, got {}",
+        x.len()
+    );
+    let n = x.len() as f64;
+    freqs
+        .iter()
+        .map(|&f| 2.0 * goertzel(&x, 48_000.0, f) / n)
+        .collect()
+}
+
+async fn listen(url: String, got: Arc<Mutex<Got>>, stop: Arc<std::sync::atomic::AtomicBool>) {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect("listener connects");
+    let mut dec = Decoder::new().unwrap();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let m = match tokio::time::timeout(Duration::from_secs(3), ws.next()).await {
+            Ok(Some(Ok(m))) => m,
+            other => panic!("listener stream ended: {other:?}"),
+        };
+        if let Message::Binary(b) = m {
+            match wire::decode(&b).expect("a valid message") {
+                WireMessage::Audio { seq, packet, .. } => {
+                    let pcm = dec.decode(&packet).expect("the programme decodes").to_vec();
+                    got.lock().unwrap().packets.push((Instant::now(), seq, pcm));
+                }
+                WireMessage::Stage {
+                    revision,
+                    on_stage,
+                    speaking,
+                } => got
+                    .lock()
+                    .unwrap()
+                    .stage
+                    .push((Instant::now(), revision, on_stage, speaking)),
+                _ => {}
+            }
+        }
+    }
+}
+
+async fn sleep(s: f64) {
+    tokio::time::sleep(Duration::from_secs_f64(s)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speakers_are_mixed_a_mute_takes_one_out_and_a_third_joins_without_a_gap() {
+    let levee = Levee::start(&[]);
+    let space = levee.create_space("interview");
+    let id = space["id"].as_str().unwrap().to_owned();
+    let (a, b, c) = (
+        invite(&levee, &space, "Ada"),
+        invite(&levee, &space, "Bo"),
+        invite(&levee, &space, "Cy"),
+    );
+    let source = |v: &Value| v["urls"]["source"].as_str().unwrap().to_owned();
+    let _fa = publish_sine(&source(&a), 440, "32k", 40);
+    let _fb = publish_sine(&source(&b), 1000, "32k", 40);
+    levee.wait_live(&id, Duration::from_secs(10));
+
+    let got = Arc::new(Mutex::new(Got::default()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ws = space["urls"]["ws"].as_str().unwrap().to_owned();
+    let listener = tokio::spawn(listen(ws, got.clone(), stop.clone()));
+
+    // Both tones are in the programme.
+    sleep(2.5).await;
+    let now = Instant::now();
+    let t = tones(
+        &got.lock().unwrap(),
+        now - Duration::from_secs(1),
+        now,
+        &[440.0, 1000.0, 700.0],
+    );
+    assert!(t[0] > 0.05 && t[1] > 0.05, "both speakers heard: {t:?}");
+    assert!(t[2] < t[0] / 20.0, "and nothing else: {t:?}");
+    let st = stage(&levee, &id);
+    assert_eq!(st["mixing"], true);
+    let speakers = st["speakers"].as_array().unwrap();
+    assert_eq!(speakers.len(), 3);
+    assert!(
+        speakers[0]["on_stage"] == true && speakers[0]["speaking"] == true,
+        "{st}"
+    );
+    assert!(speakers[2]["on_stage"] == false, "{st}");
+    // The speaking indicators travel in the stream: the listener saw slots 1 and 2 speak.
+    assert!(
+        got.lock()
+            .unwrap()
+            .stage
+            .iter()
+            .any(|s| s.3 & 0b110 == 0b110),
+        "STAGE messages say who speaks"
+    );
+
+    // Bo is muted by the host: 1 kHz leaves within 1 s.
+    let auth = format!("Bearer {}", space["host_key"].as_str().unwrap());
+    let muted_at = Instant::now();
+    let r = levee.http(
+        "PATCH",
+        &format!(
+            "/api/spaces/{id}/speakers/{}",
+            b["speaker_id"].as_str().unwrap()
+        ),
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        br#"{"muted": true}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Bo cannot unmute what the host muted.
+    let bo_auth = format!("Bearer {}", b["key"].as_str().unwrap());
+    let r = levee.http(
+        "PATCH",
+        &format!(
+            "/api/spaces/{id}/speakers/{}",
+            b["speaker_id"].as_str().unwrap()
+        ),
+        &[
+            ("Authorization", &bo_auth),
+            ("Content-Type", "application/json"),
+        ],
+        br#"{"muted": false}"#,
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    sleep(1.6).await;
+    let t = tones(
+        &got.lock().unwrap(),
+        muted_at + Duration::from_secs(1),
+        Instant::now(),
+        &[440.0, 1000.0],
+    );
+    assert!(t[0] > 0.05 && t[1] < t[0] / 20.0, "muted within 1 s: {t:?}");
+
+    // Cy joins mid-broadcast: no gap for the listener, and 700 Hz comes in.
+    let joined_at = Instant::now();
+    let _fc = publish_sine(&source(&c), 700, "32k", 40);
+    sleep(2.5).await;
+    let now = Instant::now();
+    let t = tones(
+        &got.lock().unwrap(),
+        now - Duration::from_secs(1),
+        now,
+        &[440.0, 700.0, 1000.0],
+    );
+    assert!(
+        t[0] > 0.05 && t[1] > 0.05 && t[2] < t[0] / 20.0,
+        "Ada and Cy heard, Bo not: {t:?}"
+    );
+    {
+        let g = got.lock().unwrap();
+        let around: Vec<&(Instant, u64, Vec<f32>)> = g
+            .packets
+            .iter()
+            .filter(|p| p.0 >= joined_at - Duration::from_secs(1))
+            .collect();
+        for w in around.windows(2) {
+            assert_eq!(w[1].1, w[0].1 + 1, "no sequence gap while Cy joined");
+            let apart = w[1].0 - w[0].0;
+            assert!(
+                apart < Duration::from_millis(300),
+                "audio kept flowing: {apart:?} apart"
+            );
+        }
+        // And no dropout in the decoded audio: every 20 ms of the steady speaker is there.
+        let quiet = around
+            .iter()
+            .filter(|p| {
+                let e: f32 = p.2.iter().map(|v| v * v).sum::<f32>() / p.2.len().max(1) as f32;
+                e < 1e-4
+            })
+            .count();
+        assert_eq!(quiet, 0, "no silent frame while Cy joined");
+    }
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    listener.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_key_and_undecodable_audio_are_refused_and_nobody_hears_a_glitch() {
+    let levee = Levee::start(&[]);
+    let space = levee.create_space("bad input");
+    let id = space["id"].as_str().unwrap().to_owned();
+    let a = invite(&levee, &space, "Ada");
+    let bad = invite(&levee, &space, "Mallory");
+    let _fa = publish_sine(a["urls"]["source"].as_str().unwrap(), 440, "32k", 30);
+    levee.wait_live(&id, Duration::from_secs(10));
+
+    // A wrong speaker key: refused with a reason, on both ingest paths.
+    let wrong = "0123456789abcdef0123456789abcdef";
+    let basic = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("source:{wrong}")
+        )
+    );
+    let r = levee.http(
+        "PUT",
+        &format!("/live/{id}.ogg"),
+        &[("Authorization", &basic), ("Content-Type", "audio/ogg")],
+        b"OggS",
+    );
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.body.contains("speaker key"), "{}", r.body);
+
+    let got = Arc::new(Mutex::new(Got::default()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listener = tokio::spawn(listen(
+        space["urls"]["ws"].as_str().unwrap().to_owned(),
+        got.clone(),
+        stop.clone(),
+    ));
+    sleep(1.5).await;
+
+    // Mallory, over the WebSocket, sends a packet whose TOC is valid but whose body libopus
+    // cannot decode... or one the ingest refuses outright: either way the connection ends
+    // with a reason.
+    let publish = bad["urls"]["publish"].as_str().unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(publish).await.unwrap();
+    ws.send(Message::Text(
+        json!({ "key": bad["key"] }).to_string().into(),
+    ))
+    .await
+    .unwrap();
+    let ready = ws.next().await.unwrap().unwrap();
+    assert!(ready.to_text().unwrap().contains("ready"));
+    let started = Instant::now();
+    let mut msg = bytes::BytesMut::new();
+    // Code 3 (several frames), count 0: an invalid Opus packet (RFC 6716 §3.2.5).
+    wire::put_audio(&mut msg, 0, 0, &[0x03, 0x00, 0xff, 0xff]);
+    ws.send(Message::Binary(msg.freeze())).await.unwrap();
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Close(f)))) => break f.expect("a close frame with a reason"),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no close: {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(close.code), 1007, "{close:?}");
+    assert!(!close.reason.is_empty());
+
+    sleep(1.5).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    listener.await.unwrap();
+    let g = got.lock().unwrap();
+    let around: Vec<&(Instant, u64, Vec<f32>)> = g
+        .packets
+        .iter()
+        .filter(|p| p.0 >= started - Duration::from_millis(500))
+        .collect();
+    assert!(around.len() > 50);
+    for w in around.windows(2) {
+        assert_eq!(w[1].1, w[0].1 + 1, "no sequence gap");
+        assert!(w[1].0 - w[0].0 < Duration::from_millis(300));
+    }
+    let t = tones(&g, started, Instant::now(), &[440.0]);
+    assert!(t[0] > 0.05, "Ada is heard throughout: {t:?}");
+    assert!(levee.metric("levee_ingest_errors_total{reason=\"bad_opus\"}") >= 1.0);
+}
