@@ -322,3 +322,94 @@ async fn a_wrong_key_and_undecodable_audio_are_refused_and_nobody_hears_a_glitch
     assert!(t[0] > 0.05, "Ada is heard throughout: {t:?}");
     assert!(levee.metric("levee_ingest_errors_total{reason=\"bad_opus\"}") >= 1.0);
 }
+
+/// A speaker on the WebSocket: sends a tone as AUDIO messages in real time (capture time: the
+/// wall clock when encoded) and decodes what the server sends back. Returns the received
+/// samples of the last second and the mouth-to-ear delays (arrival minus capture) of every
+/// return packet.
+async fn ws_speaker(url: String, key: String, freq: f32, seconds: f64) -> (Vec<f32>, Vec<u64>) {
+    use levee_server::stage::codec::Encoder;
+    let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    let (mut tx, mut rx) = ws.split();
+    tx.send(Message::Text(json!({ "key": key }).to_string().into()))
+        .await
+        .unwrap();
+    let ready = rx.next().await.unwrap().unwrap();
+    assert!(ready.to_text().unwrap().contains("ready"), "{ready:?}");
+    let sender = tokio::spawn(async move {
+        let mut enc = Encoder::programme().unwrap();
+        let frames = (seconds * 50.0) as usize;
+        let start = tokio::time::Instant::now();
+        for f in 0..frames {
+            let pcm: Vec<f32> = (0..960)
+                .map(|k| {
+                    let t = (f * 960 + k) as f32 / 48_000.0;
+                    0.2 * (2.0 * std::f32::consts::PI * freq * t).sin()
+                })
+                .collect();
+            let packet = enc.encode(&pcm).unwrap().to_vec();
+            let mut msg = bytes::BytesMut::new();
+            wire::put_audio(&mut msg, f as u64, levee_server::clock::wall_us(), &packet);
+            tx.send(Message::Binary(msg.freeze())).await.unwrap();
+            tokio::time::sleep_until(start + Duration::from_millis(20 * (f as u64 + 1))).await;
+        }
+        tx.send(Message::Close(None)).await.ok();
+    });
+    let mut dec = Decoder::new().unwrap();
+    let mut pcm = Vec::new();
+    let mut delays = Vec::new();
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(3), rx.next()).await {
+        if let Message::Binary(b) = m {
+            if let Ok(WireMessage::Audio {
+                capture_us, packet, ..
+            }) = wire::decode(&b)
+            {
+                delays.push(levee_server::clock::wall_us().saturating_sub(capture_us));
+                pcm.extend_from_slice(dec.decode(&packet).unwrap());
+            }
+        }
+    }
+    sender.await.unwrap();
+    let tail = pcm[pcm.len().saturating_sub(48_000)..].to_vec();
+    (tail, delays)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_speakers_hear_each_other_not_themselves_within_300_ms() {
+    let levee = Levee::start(&[]);
+    let space = levee.create_space("two browsers");
+    let (x, y) = (invite(&levee, &space, "Xi"), invite(&levee, &space, "Yu"));
+    let url = x["urls"]["publish"].as_str().unwrap().to_owned();
+    let key = |v: &Value| v["key"].as_str().unwrap().to_owned();
+    let (hx, hy) = tokio::join!(
+        ws_speaker(url.clone(), key(&x), 440.0, 4.0),
+        ws_speaker(url, key(&y), 1000.0, 4.0)
+    );
+    for ((tail, delays), own, other) in [(hx, 440.0, 1000.0), (hy, 1000.0, 440.0)] {
+        assert!(
+            tail.len() >= 24_000,
+            "a return feed arrived: {} samples",
+            tail.len()
+        );
+        let x: Vec<f64> = tail.iter().map(|&v| v as f64).collect();
+        let n = x.len() as f64;
+        let (mine, theirs) = (
+            2.0 * goertzel(&x, 48_000.0, own) / n,
+            2.0 * goertzel(&x, 48_000.0, other) / n,
+        );
+        assert!(theirs > 0.05, "hears the other speaker: {theirs}");
+        assert!(mine < theirs / 20.0, "not themselves: {mine} vs {theirs}");
+        let mut d = delays.clone();
+        d.sort_unstable();
+        let median = d[d.len() / 2];
+        eprintln!(
+            "speaker-to-speaker mouth-to-ear: median {} ms, p95 {} ms over {} packets",
+            median / 1000,
+            d[d.len() * 95 / 100] / 1000,
+            d.len()
+        );
+        assert!(median < 300_000, "median mouth-to-ear {median} µs");
+    }
+}
