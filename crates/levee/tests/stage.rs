@@ -138,6 +138,9 @@ async fn speakers_are_mixed_a_mute_takes_one_out_and_a_third_joins_without_a_gap
     assert!(t[2] < t[0] / 20.0, "and nothing else: {t:?}");
     let st = stage(&levee, &id);
     assert_eq!(st["mixing"], true);
+    assert_eq!(levee.metric("levee_stage_mixing"), 1.0);
+    assert_eq!(levee.metric("levee_stage_inputs"), 2.0);
+    assert!(levee.metric("levee_stage_frames_total") > 50.0);
     let speakers = st["speakers"].as_array().unwrap();
     assert_eq!(speakers.len(), 3);
     assert!(

@@ -67,6 +67,55 @@ pub fn render(hub: &Hub) -> String {
         "Spaces held by this node.",
         spaces.len() as u64,
     );
+    let stages: Vec<&crate::stage::Stage> = spaces.iter().map(|s| &*s.stage).collect();
+    scalar(
+        &mut out,
+        "levee_stage_mixing",
+        "gauge",
+        "Spaces whose stage mixer runs (a speaker is connected).",
+        stages.iter().filter(|s| s.mixing()).count() as u64,
+    );
+    scalar(
+        &mut out,
+        "levee_stage_inputs",
+        "gauge",
+        "Host and speaker inputs connected to stage mixers.",
+        stages
+            .iter()
+            .map(|s| s.on_stage().count_ones() as u64)
+            .sum(),
+    );
+    for (name, help, get) in [
+        (
+            "levee_stage_frames_total",
+            "Programme frames (20 ms) mixed and encoded.",
+            (|c: &crate::stage::StageCounters| &c.frames)
+                as fn(&crate::stage::StageCounters) -> &std::sync::atomic::AtomicU64,
+        ),
+        (
+            "levee_stage_minus_encodes_total",
+            "Mix-minus frames encoded for speaking speakers.",
+            |c| &c.minus_encodes,
+        ),
+        (
+            "levee_stage_returns_dropped_total",
+            "Return packets lost because a speaker did not read them.",
+            |c| &c.returns_dropped,
+        ),
+        (
+            "levee_stage_decode_errors_total",
+            "Speaker packets that did not decode.",
+            |c| &c.decode_errors,
+        ),
+        (
+            "levee_stage_skipped_frames_total",
+            "Mixer frames skipped after a stall.",
+            |c| &c.skipped,
+        ),
+    ] {
+        let v: u64 = stages.iter().map(|s| get(&s.counters).load(Relaxed)).sum();
+        scalar(&mut out, name, "counter", help, v);
+    }
     let _ = writeln!(out, "# HELP levee_ingest_errors_total Sources refused or dropped, by reason.\n# TYPE levee_ingest_errors_total counter");
     for r in IngestReason::ALL {
         let _ = writeln!(

@@ -325,6 +325,7 @@ async fn run(stage: Arc<Stage>, out: Arc<dyn Programme>) {
     let mut frame = Frame::default();
     let mut clock = FrameClock::new(mono_us());
     let mut told = (u32::MAX, u32::MAX, u32::MAX);
+    let mut told_skipped = 0;
     let buffered_us = PREBUFFER as u64 * 1_000_000 / RATE as u64;
     loop {
         let due = clock.due(mono_us());
@@ -402,10 +403,14 @@ async fn run(stage: Arc<Stage>, out: Arc<dyn Programme>) {
                 out.stage_changed(revision, on_stage, frame.speaking);
             }
         }
-        stage
-            .counters
-            .skipped
-            .store(clock.skipped(), std::sync::atomic::Ordering::Relaxed);
+        let skipped = clock.skipped();
+        if skipped > told_skipped {
+            stage
+                .counters
+                .skipped
+                .fetch_add(skipped - told_skipped, Relaxed);
+            told_skipped = skipped;
+        }
         let wait = clock.next_us().saturating_sub(mono_us());
         tokio::time::sleep(Duration::from_micros(wait)).await;
     }
