@@ -18,7 +18,8 @@ use tokio_tungstenite::tungstenite::Message;
 /// decoded samples.
 #[derive(Default)]
 struct Got {
-    packets: Vec<(Instant, u64, Vec<f32>)>,
+    /// (arrival, sequence number, samples, arrival minus capture time µs).
+    packets: Vec<(Instant, u64, Vec<f32>, u64)>,
     stage: Vec<(Instant, u32, u32, u32)>,
 }
 
@@ -56,7 +57,7 @@ fn tones(got: &Got, from: Instant, to: Instant, freqs: &[f64]) -> Vec<f64> {
         .packets
         .iter()
         .filter(|(at, ..)| *at >= from && *at < to)
-        .flat_map(|(_, _, pcm)| pcm.iter().map(|&v| v as f64))
+        .flat_map(|(_, _, pcm, _)| pcm.iter().map(|&v| v as f64))
         .collect();
     assert!(
         x.len() >= 9_600,
@@ -82,9 +83,17 @@ async fn listen(url: String, got: Arc<Mutex<Got>>, stop: Arc<std::sync::atomic::
         };
         if let Message::Binary(b) = m {
             match wire::decode(&b).expect("a valid message") {
-                WireMessage::Audio { seq, packet, .. } => {
+                WireMessage::Audio {
+                    seq,
+                    packet,
+                    capture_us,
+                } => {
                     let pcm = dec.decode(&packet).expect("the programme decodes").to_vec();
-                    got.lock().unwrap().packets.push((Instant::now(), seq, pcm));
+                    let delay = levee_server::clock::wall_us().saturating_sub(capture_us);
+                    got.lock()
+                        .unwrap()
+                        .packets
+                        .push((Instant::now(), seq, pcm, delay));
                 }
                 WireMessage::Stage {
                     revision,
@@ -215,7 +224,7 @@ async fn speakers_are_mixed_a_mute_takes_one_out_and_a_third_joins_without_a_gap
     );
     {
         let g = got.lock().unwrap();
-        let around: Vec<&(Instant, u64, Vec<f32>)> = g
+        let around: Vec<&(Instant, u64, Vec<f32>, u64)> = g
             .packets
             .iter()
             .filter(|p| p.0 >= joined_at - Duration::from_secs(1))
@@ -311,7 +320,7 @@ async fn a_wrong_key_and_undecodable_audio_are_refused_and_nobody_hears_a_glitch
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     listener.await.unwrap();
     let g = got.lock().unwrap();
-    let around: Vec<&(Instant, u64, Vec<f32>)> = g
+    let around: Vec<&(Instant, u64, Vec<f32>, u64)> = g
         .packets
         .iter()
         .filter(|p| p.0 >= started - Duration::from_millis(500))
@@ -386,10 +395,30 @@ async fn websocket_speakers_hear_each_other_not_themselves_within_300_ms() {
     let (x, y) = (invite(&levee, &space, "Xi"), invite(&levee, &space, "Yu"));
     let url = x["urls"]["publish"].as_str().unwrap().to_owned();
     let key = |v: &Value| v["key"].as_str().unwrap().to_owned();
-    let (hx, hy) = tokio::join!(
+    let got = Arc::new(Mutex::new(Got::default()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ws = space["urls"]["ws"].as_str().unwrap().to_owned();
+    let (hx, hy, ()) = tokio::join!(
         ws_speaker(url.clone(), key(&x), 440.0, 4.0),
-        ws_speaker(url, key(&y), 1000.0, 4.0)
+        ws_speaker(url, key(&y), 1000.0, 4.0),
+        async {
+            // A listener joins once the stage is live, and leaves before the speakers do.
+            sleep(0.8).await;
+            let l = tokio::spawn(listen(ws, got.clone(), stop.clone()));
+            sleep(3.0).await;
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            l.await.unwrap();
+        }
     );
+    let mut d: Vec<u64> = got.lock().unwrap().packets.iter().map(|p| p.3).collect();
+    assert!(d.len() > 50, "the listener heard the stage");
+    d.sort_unstable();
+    eprintln!(
+        "speaker-to-listener (WebSocket) mouth-to-ear: median {} ms, p95 {} ms",
+        d[d.len() / 2] / 1000,
+        d[d.len() * 95 / 100] / 1000
+    );
+    assert!(d[d.len() / 2] < 400_000);
     for ((tail, delays), own, other) in [(hx, 440.0, 1000.0), (hy, 1000.0, 440.0)] {
         assert!(
             tail.len() >= 24_000,

@@ -17,6 +17,11 @@ pub const PROGRAMME_COMPLEXITY: i32 = 8;
 /// Encoder complexity of a mix-minus: one per speaking speaker, so cheaper.
 pub const RETURN_COMPLEXITY: i32 = 5;
 
+/// The linked libopus's version string.
+pub fn libopus_version() -> &'static str {
+    opus::version()
+}
+
 /// A codec error, with libopus's description.
 #[derive(Debug, Clone)]
 pub struct CodecError(pub String);
