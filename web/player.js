@@ -13,12 +13,14 @@
 //   0x01 HEAD  + 19-byte OpusHead
 //   0x02 AUDIO + seq u64 + capture time u64 (µs since epoch) + one Opus packet
 //   0x03 STATS + server time u64 (µs since epoch) + listeners u32
+//   0x04 STAGE + revision u32 + on-stage bits u32 + speaking bits u32 (stage.js shows them)
 'use strict';
 
 (() => {
   const KIND_HEAD = 0x01;
   const KIND_AUDIO = 0x02;
   const KIND_STATS = 0x03;
+  const KIND_STAGE = 0x04;
 
   const TARGET_LEAD_S = 0.18;     // playout buffer when chunks are small
   const LEAD_OVER_CHUNK_S = 0.12; // headroom over the largest burst (server chunk) seen
@@ -538,6 +540,12 @@
       case KIND_STATS:
         if (dv.byteLength < 13) return;
         onStats(Number(dv.getBigUint64(1)), dv.getUint32(9));
+        break;
+      case KIND_STAGE:
+        if (dv.byteLength < 13) return;
+        window.dispatchEvent(new CustomEvent('levee-stage', {
+          detail: { revision: dv.getUint32(1), onStage: dv.getUint32(5), speaking: dv.getUint32(9) },
+        }));
         break;
       default:
         break; // unknown kinds are for newer players

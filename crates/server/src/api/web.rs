@@ -41,6 +41,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../../../../web/dashboard.js"),
     ),
     (
+        "stage.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../../../web/stage.js"),
+    ),
+    (
         "pow-worker.js",
         "text/javascript; charset=utf-8",
         include_str!("../../../../web/pow-worker.js"),
