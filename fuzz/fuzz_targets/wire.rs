@@ -55,7 +55,8 @@ fuzz_target!(|data: &[u8]| {
                 wire::KIND_AUDIO,
                 wire::KIND_STATS,
                 wire::KIND_STAGE
-            ].contains(&k));
+            ]
+            .contains(&k));
         }
         Err(WireError::Truncated(k)) => {
             assert_eq!(k, data[0]);

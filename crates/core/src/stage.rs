@@ -653,7 +653,9 @@ impl Mixer {
         if !i.open || pcm.is_empty() {
             return;
         }
-        i.pcm.extend(pcm);
+        // A decoder never yields NaN or infinities, but the mix must not depend on it.
+        i.pcm
+            .extend(pcm.iter().map(|v| if v.is_finite() { *v } else { 0.0 }));
         i.spans.push_back((pcm.len() as u32, capture_us));
         if i.pcm.len() > MAX_BUFFERED {
             let drop = i.pcm.len() - PREBUFFER;

@@ -39,6 +39,8 @@ fn stream(freq: f32, amp: f32) -> Vec<Vec<u8>> {
 
 /// Runs a stage of `speakers` (slots 1..) of whom `talking` talk; returns (CPU s, wall s,
 /// mix-minus encodes).
+// Frame `f` of every input is read in turn: indexing by frame is the plain way.
+#[allow(clippy::needless_range_loop)]
 fn stage(speakers: usize, talking: usize) -> (f64, f64, u64) {
     assert!(speakers < SLOTS);
     let inputs: Vec<Vec<Vec<u8>>> = (0..speakers)
