@@ -20,7 +20,7 @@
   const MANAGER_REFRESH_MS = 3000;
 
   const state = {
-    revision: -1, speaking: 0, onStage: 0, speakers: [], requests: [],
+    revision: -1, speaking: 0, everSpoke: 0, onStage: 0, speakers: [], requests: [],
     fetches: 0, stageMessages: 0, invited: null, request: null, error: '',
   };
   window.leveeStage = state;
@@ -146,8 +146,9 @@
     }
   }
 
-  function speakerPage(k) {
-    return `${location.origin}/space/${encodeURIComponent(spaceId)}/host#key=${encodeURIComponent(k)}`;
+  function speakerPage(r) {
+    return r.urls && r.urls.page ? r.urls.page
+      : `${location.origin}/space/${encodeURIComponent(spaceId)}/speak#key=${encodeURIComponent(r.key)}&id=${encodeURIComponent(r.speaker_id)}`;
   }
 
   function showInvited(r) {
@@ -157,7 +158,7 @@
     box.hidden = false;
     $('invited-name').textContent = r.name;
     const a = $('invited-page');
-    a.href = speakerPage(r.key);
+    a.href = speakerPage(r);
     a.textContent = a.href;
     $('invited-source').textContent = r.urls.source;
     say(`${r.name} is invited: send them their link.`);
@@ -168,6 +169,7 @@
     state.stageMessages += 1;
     state.onStage = onStage;
     state.speaking = speaking;
+    state.everSpoke |= speaking;
     if (revision !== state.revision) refresh(); else paint();
   });
 
@@ -179,8 +181,10 @@
       const role = $('invite-cohost').checked ? 'cohost' : 'speaker';
       if (name) act('POST', '/speakers', { name, role });
     });
-    setInterval(refresh, MANAGER_REFRESH_MS);
   }
+  // The host page manages; a page without a stream (the speaker's) has no STAGE messages:
+  // both read the stage again every few seconds.
+  if (invite || !$('play')) setInterval(refresh, MANAGER_REFRESH_MS);
 
   const ask = $('stage-ask');
   if (ask) {
@@ -208,7 +212,7 @@
       if (r.answer === 'accepted' && r.key) {
         q.key = r.key;
         const a = $('stage-go');
-        a.href = speakerPage(r.key);
+        a.href = speakerPage(r);
         a.hidden = false;
         say('The host accepted: you can go on stage.');
         return;

@@ -61,7 +61,7 @@ describe('the stage panel', () => {
     st = await waitFor(listener, 'leveeStage', (s) => s.request.answer === 'accepted' && s.request.key,
       'the listener told it was accepted, with its key');
     const go = await listener.locator('#stage-go').getAttribute('href');
-    assert.ok(go.includes('/host#key='), go);
+    assert.ok(go.includes('/speak#key='), go);
     await waitFor(listener, 'leveeStage', (s) => s.speakers.some((x) => x.name === 'Dee'),
       'Dee on the listener\'s stage list (the revision moved)');
 

@@ -159,6 +159,10 @@ struct ServeArgs {
     /// Drop a source that sends nothing for this long.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     source_idle_timeout: Duration,
+    /// Address WebRTC (WHIP) speakers reach the node's UDP sockets at, announced as the ICE
+    /// candidate (default: the address each WHIP request came to).
+    #[arg(long)]
+    webrtc_ip: Option<std::net::IpAddr>,
     /// Open connections the node accepts.
     #[arg(long, default_value_t = 18_000)]
     max_connections: usize,
@@ -356,6 +360,7 @@ impl ServeArgs {
             listener_sndbuf: self.listener_sndbuf,
             header_timeout: self.header_timeout,
             source_idle_timeout: self.source_idle_timeout,
+            webrtc_ip: self.webrtc_ip,
             max_connections: self.max_connections,
             max_spaces: self.max_spaces.max(1),
             view_after: self.view_after,

@@ -445,3 +445,69 @@ async fn websocket_speakers_hear_each_other_not_themselves_within_300_ms() {
         assert!(median < 300_000, "median mouth-to-ear {median} µs");
     }
 }
+
+#[test]
+fn whip_refuses_bad_offers_and_keys_with_a_reason() {
+    let levee = Levee::start(&[]);
+    let space = levee.create_space("whip input");
+    let id = space["id"].as_str().unwrap().to_owned();
+    let ada = invite(&levee, &space, "Ada");
+    assert!(ada["urls"]["whip"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!("/live/{id}/whip")));
+    assert!(ada["urls"]["page"]
+        .as_str()
+        .unwrap()
+        .contains("/speak#key="));
+    let path = format!("/live/{id}/whip");
+    let key = format!("Bearer {}", ada["key"].as_str().unwrap());
+    let sdp = ("Content-Type", "application/sdp");
+    let post = |headers: &[(&str, &str)], body: &[u8]| levee.http("POST", &path, headers, body);
+
+    let r = post(&[sdp], b"v=0\r\n");
+    assert_eq!(r.status, 401, "{}", r.body);
+    let r = post(
+        &[sdp, ("Authorization", "Bearer 0123456789abcdef")],
+        b"v=0\r\n",
+    );
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.body.contains("speaker key"), "{}", r.body);
+    let r = post(
+        &[("Content-Type", "text/plain"), ("Authorization", &key)],
+        b"v=0\r\n",
+    );
+    assert_eq!(r.status, 415, "{}", r.body);
+    let r = post(
+        &[sdp, ("Authorization", &key)],
+        b"v=0\r\nthis is no offer\r\n",
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains("SDP") || r.body.contains("offer"),
+        "{}",
+        r.body
+    );
+    let big = vec![b'a'; 20_000];
+    let r = post(&[sdp, ("Authorization", &key)], &big);
+    assert_eq!(r.status, 413, "{}", r.body);
+    let r = levee.http(
+        "PATCH",
+        &format!("{path}/0123"),
+        &[("Authorization", &key)],
+        b"",
+    );
+    assert_eq!(r.status, 405, "{}", r.body);
+    let r = levee.http(
+        "DELETE",
+        &format!("{path}/0123"),
+        &[("Authorization", &key)],
+        b"",
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
+    // Nothing of it reached the stage.
+    let st = stage(&levee, &id);
+    assert_eq!(st["mixing"], false, "{st}");
+    assert!(levee.metric("levee_ingest_errors_total{reason=\"bad_key\"}") >= 2.0);
+    assert!(levee.metric("levee_ingest_errors_total{reason=\"bad_structure\"}") >= 1.0);
+}

@@ -82,6 +82,9 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// Share the listening port with other processes (`SO_REUSEPORT`, `--reuse-port`).
     pub reuse_port: bool,
+    /// The address WebRTC (WHIP) sessions announce as their candidate and bind their UDP
+    /// socket to (none: the address each WHIP request came to).
+    pub webrtc_ip: Option<std::net::IpAddr>,
     /// Connections kept for hosts: listeners are refused once the node holds
     /// `max_connections − ingest_reserve` of them.
     pub ingest_reserve: usize,
@@ -146,6 +149,7 @@ impl Default for Config {
             max_listeners_per_space: 12_000,
             cluster: None,
             reuse_port: false,
+            webrtc_ip: None,
             ingest_reserve: 256,
             min_source_realtime: 0.5,
             shield: ShieldConfig::default(),

@@ -61,6 +61,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/", get(|| async { Html(web::LOBBY_HTML) }))
         .route("/space/{id}", get(|| async { Html(web::SPACE_HTML) }))
         .route("/space/{id}/host", get(|| async { Html(web::HOST_HTML) }))
+        .route("/space/{id}/speak", get(|| async { Html(web::SPEAK_HTML) }))
         .route(
             "/space/{id}/dashboard",
             get(|| async { Html(web::DASHBOARD_HTML) }),

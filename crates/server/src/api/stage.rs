@@ -117,6 +117,8 @@ fn invited_json(hub: &Hub, headers: &HeaderMap, space: &Space, s: &Speaker, key:
     let mut v = speaker_json(s, 0, 0);
     v["key"] = json!(key);
     v["urls"] = json!({
+        "whip": format!("{base}/live/{id}/whip"),
+        "page": format!("{base}/space/{id}/speak#key={key}&id={}", s.id),
         "publish": format!("{ws_base}/live/{id}/publish"),
         "source": format!("icecast://source:{key}@{authority}/live/{id}.ogg"),
         "stage": format!("{base}/api/spaces/{id}/stage"),

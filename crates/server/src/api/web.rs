@@ -6,6 +6,8 @@ pub const LOBBY_HTML: &str = include_str!("../../../../web/lobby.html");
 pub const SPACE_HTML: &str = include_str!("../../../../web/space.html");
 /// The audience dashboard (a space's at `/space/{id}/dashboard`, the node's at `/dashboard`).
 pub const DASHBOARD_HTML: &str = include_str!("../../../../web/dashboard.html");
+/// A speaker's page (microphone → WebRTC with WHIP; everyone else comes back).
+pub const SPEAK_HTML: &str = include_str!("../../../../web/speak.html");
 /// A space's host page (microphone → Opus → WebSocket).
 pub const HOST_HTML: &str = include_str!("../../../../web/host.html");
 
@@ -39,6 +41,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "dashboard.js",
         "text/javascript; charset=utf-8",
         include_str!("../../../../web/dashboard.js"),
+    ),
+    (
+        "speak.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../../../web/speak.js"),
     ),
     (
         "stage.js",

@@ -20,7 +20,7 @@ use levee_core::ticket::Ticket;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Tracks one open connection; gives back its counts when dropped.
@@ -145,6 +145,26 @@ async fn handle(
             drop(buf);
             media(stream, peer, hub, space, head, rest, kind, guard).await
         }
+        Route::Whip { id, session } => {
+            let found = match is_valid_id(id) {
+                true => hub.find(id).await,
+                false => None,
+            };
+            let Some(space) = found else {
+                return respond(
+                    &mut stream,
+                    404,
+                    "Not Found",
+                    "",
+                    &format!("no space '{id}'\n"),
+                )
+                .await;
+            };
+            let session = session.map(str::to_owned);
+            let rest = Bytes::copy_from_slice(&buf[head_len..]);
+            drop(buf);
+            whip_route(stream, hub, space, head, rest, session).await
+        }
         Route::ReplayOgg { id } => {
             let id = id.to_owned();
             drop(buf);
@@ -166,6 +186,11 @@ enum Route<'a> {
     Media {
         id: &'a str,
         kind: MediaKind,
+    },
+    /// WHIP: `POST /live/{id}/whip`, or `DELETE`/`PATCH` of `/live/{id}/whip/{session}`.
+    Whip {
+        id: &'a str,
+        session: Option<&'a str>,
     },
     /// A recording's Ogg download (the space may be gone from memory: no look-up).
     ReplayOgg {
@@ -197,6 +222,17 @@ fn route(head: &Head) -> Route<'_> {
             _ => Route::Api,
         };
     }
+    if let Some((id, tail)) = rest.split_once('/') {
+        if tail == "whip" {
+            return Route::Whip { id, session: None };
+        }
+        if let Some(session) = tail.strip_prefix("whip/") {
+            return Route::Whip {
+                id,
+                session: Some(session),
+            };
+        }
+    }
     match (m, rest.split_once('/')) {
         ("GET", Some((id, "ws"))) if head.is_websocket() => Route::Media {
             id,
@@ -207,6 +243,56 @@ fn route(head: &Head) -> Route<'_> {
             kind: MediaKind::PublishWs,
         },
         _ => Route::Api,
+    }
+}
+
+/// WHIP's methods: `POST` an offer (its body read here, within `super::whip::MAX_OFFER`), `DELETE`
+/// a session, `OPTIONS`; `PATCH` (trickle ICE) is not needed with an ICE-lite server.
+async fn whip_route(
+    mut stream: TcpStream,
+    hub: Arc<Hub>,
+    space: Arc<Space>,
+    head: Head,
+    rest: Bytes,
+    session: Option<String>,
+) {
+    match (head.method.as_str(), session.as_deref()) {
+        ("POST", None) => {
+            let len = head
+                .header("content-length")
+                .and_then(|l| l.trim().parse::<usize>().ok());
+            let Some(len) = len else {
+                return respond(&mut stream, 411, "Length Required", "", "a WHIP offer needs Content-Length\n").await;
+            };
+            if len > super::whip::MAX_OFFER {
+                return respond(&mut stream, 413, "Payload Too Large", "", &format!("an offer is at most {} bytes\n", super::whip::MAX_OFFER)).await;
+            }
+            let mut body = rest.to_vec();
+            body.truncate(len);
+            let filled = tokio::time::timeout(hub.config.header_timeout, async {
+                while body.len() < len {
+                    let mut chunk = vec![0u8; len - body.len()];
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(n) => body.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                true
+            })
+            .await;
+            if filled != Ok(true) {
+                return respond(&mut stream, 408, "Request Timeout", "", "the offer did not arrive whole\n").await;
+            }
+            super::whip::offer(stream, hub, space, head, Bytes::from(body)).await
+        }
+        ("DELETE", Some(s)) => super::whip::delete(stream, space, head, s).await,
+        ("OPTIONS", _) => {
+            respond(&mut stream, 204, "No Content", "Accept-Post: application/sdp\r\nAllow: POST, DELETE, OPTIONS\r\n", "").await
+        }
+        ("PATCH", Some(_)) => {
+            respond(&mut stream, 405, "Method Not Allowed", "Allow: DELETE\r\n", "trickle ICE is not needed: the server is ICE-lite and its answer holds its candidate\n").await
+        }
+        _ => respond(&mut stream, 405, "Method Not Allowed", "Allow: POST, DELETE, OPTIONS\r\n", "WHIP: POST an offer to /live/{id}/whip, DELETE its Location\n").await,
     }
 }
 

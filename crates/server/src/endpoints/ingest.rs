@@ -70,7 +70,7 @@ fn reason_of(e: &IngestError) -> IngestReason {
 }
 
 /// How a source's connection ends, other than by the source closing it.
-enum End {
+pub(super) enum End {
     /// Refused or dropped (already counted under its reason).
     Refused(Refusal),
     /// A newer source took the space over (not an error).
@@ -103,7 +103,7 @@ impl End {
     }
 
     /// As the close frame of a WebSocket source: code and reason.
-    fn close(&self) -> (u16, String) {
+    pub(super) fn close(&self) -> (u16, String) {
         match self {
             End::Refused(r) => match r.wire {
                 Wire::Close(code) => (code, r.detail.to_string()),
@@ -126,7 +126,7 @@ impl End {
 /// A source's claim on its space: taken at its first valid audio packet, so that a connection
 /// that never sends valid audio (bad input, a probe with the right key) replaces nobody.
 #[derive(Default)]
-struct Claim(Option<u64>);
+pub(super) struct Claim(Option<u64>);
 
 impl Claim {
     /// Takes the space over if not done yet (cluster-wide when the node is in one).
@@ -222,7 +222,7 @@ impl Programme for StageOut {
 }
 
 /// Who a source is: the host (who takes the space over), or a speaker (who feeds the mixer).
-enum Feed {
+pub(super) enum Feed {
     Host(Claim, Option<mpsc::Sender<ReturnPacket>>),
     Speaker(Connection),
 }
@@ -230,7 +230,7 @@ enum Feed {
 impl Feed {
     /// The host, or the speaker whose key is `key`, connected to the stage (`returns`: where
     /// its mix-minus goes). None: the key opens nothing.
-    fn open(
+    pub(super) fn open(
         hub: &Arc<Hub>,
         space: &Arc<Space>,
         key: &str,
@@ -256,7 +256,7 @@ impl Feed {
     }
 
     /// Whether a newer source replaced this one (or the space ended).
-    fn lost(&self, space: &Space) -> bool {
+    pub(super) fn lost(&self, space: &Space) -> bool {
         match self {
             Feed::Host(c, _) => c.lost(space),
             Feed::Speaker(_) => space.state() == SpaceState::Ended,
@@ -264,7 +264,7 @@ impl Feed {
     }
 
     /// Delivers a batch; `ws` says how a refusal goes on the wire.
-    fn deliver(
+    pub(super) fn deliver(
         &mut self,
         hub: &Hub,
         space: &Arc<Space>,
@@ -303,7 +303,7 @@ impl Feed {
     }
 
     /// The source leaves.
-    fn release(&self, space: &Space) {
+    pub(super) fn release(&self, space: &Space) {
         match self {
             Feed::Host(c, returns) => {
                 c.release(space);
@@ -315,7 +315,7 @@ impl Feed {
         }
     }
 
-    fn role(&self) -> &'static str {
+    pub(super) fn role(&self) -> &'static str {
         match self {
             Feed::Host(..) => "host",
             Feed::Speaker(_) => "speaker",

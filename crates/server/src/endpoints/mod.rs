@@ -5,3 +5,4 @@ pub mod front;
 pub mod ingest;
 pub mod listen;
 pub mod replay;
+pub mod whip;

@@ -87,10 +87,15 @@ struct Mix {
     speaking: u32,
 }
 
+/// A WebRTC session: how to stop it, and the SHA-256 of the key that opened it.
+type WhipSession = (Arc<tokio::sync::Notify>, [u8; 32]);
+
 /// A space's stage. See the module docs.
 pub struct Stage {
     roster: Mutex<Roster>,
     mix: Mutex<Mix>,
+    /// WebRTC sessions by id: how to stop each, and the SHA-256 of the key that opened it.
+    whip: Mutex<std::collections::HashMap<String, WhipSession>>,
     /// Its counters.
     pub counters: StageCounters,
 }
@@ -108,6 +113,7 @@ impl Default for Stage {
                 speaking: 0,
             }),
             counters: StageCounters::default(),
+            whip: Mutex::default(),
         }
     }
 }
@@ -214,6 +220,38 @@ impl Stage {
             gen,
             decoder,
         })
+    }
+
+    /// WebRTC sessions open now.
+    pub fn whip_sessions(&self) -> usize {
+        self.whip.lock().expect("whip lock").len()
+    }
+
+    /// Registers WebRTC session `id`, opened with `key`; its task waits on what this returns.
+    pub fn add_whip_session(&self, id: &str, key: &str) -> Arc<tokio::sync::Notify> {
+        let stop = Arc::new(tokio::sync::Notify::new());
+        self.whip
+            .lock()
+            .expect("whip lock")
+            .insert(id.to_owned(), (stop.clone(), key_hash(key)));
+        stop
+    }
+
+    /// Forgets WebRTC session `id` (its task ended).
+    pub fn remove_whip_session(&self, id: &str) {
+        self.whip.lock().expect("whip lock").remove(id);
+    }
+
+    /// Stops WebRTC session `id` if `key` opened it (or `host`): Some(true) stopped,
+    /// Some(false) not this key's, None no such session.
+    pub fn stop_whip_session(&self, id: &str, key: &str, host: bool) -> Option<bool> {
+        let sessions = self.whip.lock().expect("whip lock");
+        let (stop, hash) = sessions.get(id)?;
+        if !host && !levee_core::space::constant_time_eq(hash, &key_hash(key)) {
+            return Some(false);
+        }
+        stop.notify_one();
+        Some(true)
     }
 
     /// Where the host's mix-minus goes (the host's WebSocket), or none.
