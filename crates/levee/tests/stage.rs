@@ -145,6 +145,29 @@ async fn speakers_are_mixed_a_mute_takes_one_out_and_a_third_joins_without_a_gap
     );
     assert!(t[0] > 0.05 && t[1] > 0.05, "both speakers heard: {t:?}");
     assert!(t[2] < t[0] / 20.0, "and nothing else: {t:?}");
+    // The same mix on every protocol: real ffmpeg decodes progressive Ogg and LL-HLS.
+    for url in [
+        space["urls"]["ogg"].as_str().unwrap().to_owned(),
+        space["urls"]["hls"].as_str().unwrap().to_owned(),
+    ] {
+        let pcm = tokio::task::spawn_blocking({
+            let url = url.clone();
+            move || common::record_pcm(&url, Some(2))
+        })
+        .await
+        .unwrap();
+        let tail = &pcm[pcm.len().saturating_sub(48_000)..];
+        let n = tail.len() as f64;
+        let (a4, b5) = (
+            2.0 * goertzel(tail, 48_000.0, 440.0) / n,
+            2.0 * goertzel(tail, 48_000.0, 1000.0) / n,
+        );
+        // ffmpeg writes 16-bit samples: a 0.125 sine is about 4,096.
+        assert!(
+            a4 > 1500.0 && b5 > 1500.0,
+            "{url}: both tones, {a4:.0} and {b5:.0}"
+        );
+    }
     let st = stage(&levee, &id);
     assert_eq!(st["mixing"], true);
     assert_eq!(levee.metric("levee_stage_mixing"), 1.0);

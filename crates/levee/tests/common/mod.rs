@@ -541,6 +541,19 @@ pub fn free_port() -> u16 {
 /// in seconds, the dominant frequency of its last second, and that second's RMS.
 #[allow(dead_code)]
 pub fn record_tone(url: &str, seconds: Option<u32>) -> (f64, f64, f64) {
+    let samples = record_pcm(url, seconds);
+    let tail = &samples[samples.len().saturating_sub(48_000)..];
+    let rms = (tail.iter().map(|v| v * v).sum::<f64>() / tail.len().max(1) as f64).sqrt();
+    (
+        samples.len() as f64 / 48_000.0,
+        dominant_frequency(tail, 48_000.0),
+        rms,
+    )
+}
+
+/// What real ffmpeg decodes from `url` (`seconds` of it, or all): mono samples at 48 kHz.
+#[allow(dead_code)]
+pub fn record_pcm(url: &str, seconds: Option<u32>) -> Vec<f64> {
     require_tool("ffmpeg");
     let out = std::env::temp_dir().join(format!(
         "levee-tone-{}-{}.wav",
@@ -570,16 +583,7 @@ pub fn record_tone(url: &str, seconds: Option<u32>) -> (f64, f64, f64) {
     let (rate, channels, samples) = read_wav(&std::fs::read(&out).unwrap());
     let _ = std::fs::remove_file(&out);
     assert_eq!((rate, channels), (48_000, 1));
-    let tail: Vec<f64> = samples[samples.len().saturating_sub(48_000)..]
-        .iter()
-        .map(|&s| s as f64)
-        .collect();
-    let rms = (tail.iter().map(|v| v * v).sum::<f64>() / tail.len().max(1) as f64).sqrt();
-    (
-        samples.len() as f64 / rate as f64,
-        dominant_frequency(&tail, rate as f64),
-        rms,
-    )
+    samples.iter().map(|&s| s as f64).collect()
 }
 
 static TONE_FILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
