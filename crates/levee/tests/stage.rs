@@ -534,3 +534,79 @@ fn whip_refuses_bad_offers_and_keys_with_a_reason() {
     assert!(levee.metric("levee_ingest_errors_total{reason=\"bad_key\"}") >= 2.0);
     assert!(levee.metric("levee_ingest_errors_total{reason=\"bad_structure\"}") >= 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirteen_speakers_are_heard_at_once_and_one_dropping_out_leaves_no_gap() {
+    let levee = Levee::start(&[]);
+    let space = levee.create_space("panel of thirteen");
+    let speakers: Vec<Value> = (0..13)
+        .map(|i| invite(&levee, &space, &format!("S{i}")))
+        .collect();
+    let freq = |i: usize| 300.0 + 110.0 * i as f32;
+    let got = Arc::new(Mutex::new(Got::default()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ws = space["urls"]["ws"].as_str().unwrap().to_owned();
+    let mut tasks = Vec::new();
+    for (i, s) in speakers.iter().enumerate() {
+        let url = s["urls"]["publish"].as_str().unwrap().to_owned();
+        let key = s["key"].as_str().unwrap().to_owned();
+        // The last speaker stops after 2 s; the others talk for 5 s.
+        let seconds = if i == 12 { 2.0 } else { 5.0 };
+        tasks.push(tokio::spawn(ws_speaker(url, key, freq(i), seconds)));
+    }
+    sleep(0.5).await;
+    let listener = tokio::spawn(listen(ws, got.clone(), stop.clone()));
+    sleep(1.5).await;
+    let now = Instant::now();
+    let st = stage(&levee, &space["id"].as_str().unwrap().to_owned());
+    let on: usize = st["speakers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["on_stage"] == true)
+        .count();
+    assert_eq!(on, 13, "{st}");
+    let freqs: Vec<f64> = (0..13).map(|i| freq(i) as f64).collect();
+    let t = tones(
+        &got.lock().unwrap(),
+        now - Duration::from_millis(800),
+        now,
+        &freqs,
+    );
+    // Thirteen tones of 0.2 sum past full scale: the limiter brings each to about 0.07.
+    assert!(t.iter().all(|&a| a > 0.02), "all thirteen heard: {t:?}");
+    let dropped_at = Instant::now();
+    sleep(2.0).await;
+    let now = Instant::now();
+    let t = tones(
+        &got.lock().unwrap(),
+        now - Duration::from_millis(800),
+        now,
+        &freqs,
+    );
+    assert!(t[..12].iter().all(|&a| a > 0.02), "twelve heard on: {t:?}");
+    assert!(t[12] < t[0] / 10.0, "the one who stopped is out: {t:?}");
+    {
+        let g = got.lock().unwrap();
+        let around: Vec<_> = g
+            .packets
+            .iter()
+            .filter(|p| p.0 >= dropped_at - Duration::from_secs(1))
+            .collect();
+        assert!(around.len() > 100);
+        for w in around.windows(2) {
+            assert_eq!(
+                w[1].1,
+                w[0].1 + 1,
+                "no sequence gap when a speaker dropped out"
+            );
+            assert!(w[1].0 - w[0].0 < Duration::from_millis(300));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    listener.await.unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(levee.metric("levee_stage_minus_encodes_total") > 100.0);
+}
