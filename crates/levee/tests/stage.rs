@@ -558,7 +558,7 @@ async fn thirteen_speakers_are_heard_at_once_and_one_dropping_out_leaves_no_gap(
     let listener = tokio::spawn(listen(ws, got.clone(), stop.clone()));
     sleep(1.5).await;
     let now = Instant::now();
-    let st = stage(&levee, &space["id"].as_str().unwrap().to_owned());
+    let st = stage(&levee, space["id"].as_str().unwrap());
     let on: usize = st["speakers"]
         .as_array()
         .unwrap()
