@@ -8,7 +8,9 @@
 //! - [`Mixer`]: each input (the host in slot [`HOST_SLOT`], speakers in theirs) has a jitter
 //!   buffer of decoded samples, kept with the capture time of each packet they came from. An
 //!   input plays once it holds [`PREBUFFER`]; one that runs dry plays silence and buffers again
-//!   (a speaker whose audio stops is out of the mix, and nobody else hears a gap); one that
+//!   (a speaker whose audio stops is out of the mix, and nobody else hears a gap), one frame
+//!   deeper each time up to [`MAX_PREBUFFER`] (a jittery link gets a deeper buffer, and gets
+//!   its latency back after [`CALM_FRAMES`] without running dry); one that
 //!   holds more than [`MAX_BUFFERED`] loses its oldest samples (a speaker who lags or bursts can
 //!   never hold the mix back). A frame is the sum of the unmuted playing inputs through a
 //!   [`Limiter`] (the programme, which never clips) and carries the oldest capture time of what
@@ -42,8 +44,14 @@ pub const RATE: u32 = 48_000;
 pub const FRAME: usize = 960;
 /// Duration of one frame, µs.
 pub const FRAME_US: u64 = 20_000;
-/// Samples an input holds before it plays (60 ms): its jitter buffer.
+/// Samples an input holds before it plays (60 ms): its jitter buffer, at first.
 pub const PREBUFFER: usize = 3 * FRAME;
+/// The most an input's jitter buffer grows to (160 ms): each time it runs dry it holds one
+/// frame more before playing again.
+pub const MAX_PREBUFFER: usize = 8 * FRAME;
+/// Frames played without running dry (10 s) after which an input's jitter buffer shrinks by
+/// one frame (dropping one frame of its oldest audio, if it holds it).
+pub const CALM_FRAMES: u32 = 500;
 /// Samples an input may hold at most (240 ms); more and its oldest are dropped.
 pub const MAX_BUFFERED: usize = 12 * FRAME;
 /// RMS level (of full scale 1.0) over which an input counts as speaking (−40 dBFS).
@@ -504,6 +512,10 @@ struct Input {
     /// (samples left of the packet, its first sample's capture time µs), oldest first.
     spans: VecDeque<(u32, u64)>,
     playing: bool,
+    /// Samples to hold before playing (adapts between PREBUFFER and MAX_PREBUFFER).
+    target: usize,
+    /// Frames played since it last ran dry.
+    calm: u32,
     muted: bool,
     hang: u32,
     wants_return: bool,
@@ -600,6 +612,8 @@ impl Mixer {
         i.pcm.clear();
         i.spans.clear();
         i.playing = false;
+        i.target = PREBUFFER;
+        i.calm = 0;
         i.hang = 0;
         i.muted = muted;
         i.wants_return = wants_return;
@@ -640,6 +654,11 @@ impl Mixer {
         self.inputs[slot].pcm.len()
     }
 
+    /// Samples slot `slot` holds before it plays (its jitter buffer now).
+    pub fn target(&self, slot: usize) -> usize {
+        self.inputs[slot].target.max(PREBUFFER)
+    }
+
     /// Slot `slot`'s counters.
     pub fn stats(&self, slot: usize) -> InputStats {
         self.inputs[slot].stats
@@ -658,7 +677,7 @@ impl Mixer {
             .extend(pcm.iter().map(|v| if v.is_finite() { *v } else { 0.0 }));
         i.spans.push_back((pcm.len() as u32, capture_us));
         if i.pcm.len() > MAX_BUFFERED {
-            let drop = i.pcm.len() - PREBUFFER;
+            let drop = i.pcm.len() - i.target.max(PREBUFFER);
             i.pcm.drain(..drop);
             i.pop(drop);
             i.stats.dropped += drop as u64;
@@ -677,7 +696,7 @@ impl Mixer {
                 continue;
             }
             if !i.playing {
-                if i.pcm.len() < PREBUFFER {
+                if i.pcm.len() < i.target.max(PREBUFFER) {
                     i.hang = i.hang.saturating_sub(1);
                     continue;
                 }
@@ -693,6 +712,19 @@ impl Mixer {
             if n < FRAME {
                 i.playing = false;
                 i.stats.underruns += 1;
+                i.target = (i.target.max(PREBUFFER) + FRAME).min(MAX_PREBUFFER);
+                i.calm = 0;
+            } else {
+                i.calm += 1;
+                if i.calm >= CALM_FRAMES && i.target > PREBUFFER {
+                    i.target -= FRAME;
+                    i.calm = 0;
+                    if i.pcm.len() >= i.target {
+                        i.pcm.drain(..FRAME);
+                        i.pop(FRAME);
+                        i.stats.dropped += FRAME as u64;
+                    }
+                }
             }
             if i.muted {
                 i.hang = 0;
@@ -1062,6 +1094,50 @@ mod tests {
             m.mix(&mut out);
         }
         assert_eq!(out.mixed, 0b110);
+    }
+
+    #[test]
+    fn a_jittery_input_gets_a_deeper_buffer_and_its_latency_back_when_calm() {
+        let mut m = Mixer::new();
+        m.open(1, false, false);
+        let mut out = Frame::default();
+        let mut f = 0usize;
+        let mut feed = |m: &mut Mixer, frames: usize| {
+            for _ in 0..frames {
+                m.push(1, &tone(440.0, 0.3, FRAME, f * FRAME), 0);
+                f += 1;
+            }
+        };
+        // Runs dry twice: two frames deeper.
+        for _ in 0..2 {
+            feed(&mut m, 5);
+            for _ in 0..7 {
+                m.mix(&mut out);
+            }
+        }
+        assert_eq!(m.stats(1).underruns, 2);
+        assert_eq!(m.target(1), PREBUFFER + 2 * FRAME);
+        // Now steady: it waits for 100 ms before playing, then plays on.
+        feed(&mut m, 4);
+        m.mix(&mut out);
+        assert_eq!(out.mixed, 0, "holds 80 ms: still buffering");
+        feed(&mut m, 1);
+        m.mix(&mut out);
+        assert_eq!(out.mixed, 0b10);
+        for _ in 0..CALM_FRAMES * 2 + 1 {
+            feed(&mut m, 1);
+            m.mix(&mut out);
+        }
+        assert_eq!(m.target(1), PREBUFFER, "calm for 20 s: back to 60 ms");
+        assert_eq!(m.buffered(1), PREBUFFER - FRAME, "and its latency with it");
+        // Never beyond the bound, however often it runs dry.
+        for _ in 0..60 {
+            feed(&mut m, 1);
+            for _ in 0..12 {
+                m.mix(&mut out);
+            }
+        }
+        assert_eq!(m.target(1), MAX_PREBUFFER);
     }
 
     #[test]

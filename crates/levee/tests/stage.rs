@@ -14,6 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
+/// The tests here measure real-time audio: they run one at a time, so that one's speakers
+/// do not starve another's on a small machine.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// What the listener got: per audio message, when it arrived, its sequence number, and its
 /// decoded samples.
 #[derive(Default)]
@@ -116,6 +120,7 @@ async fn sleep(s: f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn speakers_are_mixed_a_mute_takes_one_out_and_a_third_joins_without_a_gap() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let levee = Levee::start(&[]);
     let space = levee.create_space("interview");
     let id = space["id"].as_str().unwrap().to_owned();
@@ -277,6 +282,7 @@ async fn speakers_are_mixed_a_mute_takes_one_out_and_a_third_joins_without_a_gap
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_key_and_undecodable_audio_are_refused_and_nobody_hears_a_glitch() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let levee = Levee::start(&[]);
     let space = levee.create_space("bad input");
     let id = space["id"].as_str().unwrap().to_owned();
@@ -413,6 +419,7 @@ async fn ws_speaker(url: String, key: String, freq: f32, seconds: f64) -> (Vec<f
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_speakers_hear_each_other_not_themselves_within_300_ms() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let levee = Levee::start(&[]);
     let space = levee.create_space("two browsers");
     let (x, y) = (invite(&levee, &space, "Xi"), invite(&levee, &space, "Yu"));
@@ -471,6 +478,7 @@ async fn websocket_speakers_hear_each_other_not_themselves_within_300_ms() {
 
 #[test]
 fn whip_refuses_bad_offers_and_keys_with_a_reason() {
+    let _serial = ONE_AT_A_TIME.blocking_lock();
     let levee = Levee::start(&[]);
     let space = levee.create_space("whip input");
     let id = space["id"].as_str().unwrap().to_owned();
@@ -537,6 +545,7 @@ fn whip_refuses_bad_offers_and_keys_with_a_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirteen_speakers_are_heard_at_once_and_one_dropping_out_leaves_no_gap() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let levee = Levee::start(&[]);
     let space = levee.create_space("panel of thirteen");
     let speakers: Vec<Value> = (0..13)
