@@ -130,8 +130,28 @@ pub async fn respond(
     extra_headers: &str,
     body: &str,
 ) {
+    respond_typed(
+        stream,
+        status,
+        reason,
+        extra_headers,
+        "text/plain; charset=utf-8",
+        body,
+    )
+    .await
+}
+
+/// As [`respond`], with the body's `Content-Type`.
+pub async fn respond_typed(
+    stream: &mut (impl AsyncWrite + Unpin),
+    status: u16,
+    reason: &str,
+    extra_headers: &str,
+    content_type: &str,
+    body: &str,
+) {
     let msg = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n{extra_headers}\r\n{body}",
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n{extra_headers}\r\n{body}",
         body.len()
     );
     let _ = stream.write_all(msg.as_bytes()).await;

@@ -81,6 +81,13 @@ async fn find(hub: &Hub, id: &str) -> Result<Arc<Space>, Response> {
         .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("no space '{id}'")))
 }
 
+/// The space and who calls it (by their key).
+async fn caller(hub: &Hub, id: &str, headers: &HeaderMap) -> Result<(Arc<Space>, Who), Response> {
+    let space = find(hub, id).await?;
+    let who = who(&space, headers)?;
+    Ok((space, who))
+}
+
 fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Response> {
     b.map(|Json(t)| t)
         .map_err(|rej| error(rej.status(), rej.body_text()))
@@ -154,12 +161,8 @@ pub(super) async fn invite(
     headers: HeaderMap,
     req: Result<Json<InviteReq>, JsonRejection>,
 ) -> Response {
-    let space = match find(&hub, &id).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let who = match who(&space, &headers) {
-        Ok(w) => w,
+    let (space, who) = match caller(&hub, &id, &headers).await {
+        Ok(c) => c,
         Err(r) => return r,
     };
     let req = match body(req) {
@@ -222,12 +225,8 @@ pub(super) async fn patch(
     headers: HeaderMap,
     req: Result<Json<PatchReq>, JsonRejection>,
 ) -> Response {
-    let space = match find(&hub, &id).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let who = match who(&space, &headers) {
-        Ok(w) => w,
+    let (space, who) = match caller(&hub, &id, &headers).await {
+        Ok(c) => c,
         Err(r) => return r,
     };
     let req = match body(req) {
@@ -260,12 +259,8 @@ pub(super) async fn remove(
     Path((id, sid)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let space = match find(&hub, &id).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let who = match who(&space, &headers) {
-        Ok(w) => w,
+    let (space, who) = match caller(&hub, &id, &headers).await {
+        Ok(c) => c,
         Err(r) => return r,
     };
     let removed = space.stage.roster().remove(who.actor(), &sid);
@@ -424,12 +419,8 @@ pub(super) async fn decline(
     Path((id, rid)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let space = match find(&hub, &id).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let who = match who(&space, &headers) {
-        Ok(w) => w,
+    let (space, who) = match caller(&hub, &id, &headers).await {
+        Ok(c) => c,
         Err(r) => return r,
     };
     let declined = space.stage.roster().decline(who.actor(), &rid);

@@ -127,38 +127,16 @@ async fn handle(
     };
     match route(&head) {
         Route::Media { id, kind } => {
-            let found = match is_valid_id(id) {
-                true => hub.find(id).await,
-                false => None,
-            };
-            let Some(space) = found else {
-                return respond(
-                    &mut stream,
-                    404,
-                    "Not Found",
-                    "",
-                    &format!("no space '{id}'\n"),
-                )
-                .await;
+            let Some(space) = named_space(&mut stream, &hub, id).await else {
+                return;
             };
             let rest = Bytes::copy_from_slice(&buf[head_len..]);
             drop(buf);
             media(stream, peer, hub, space, head, rest, kind, guard).await
         }
         Route::Whip { id, session } => {
-            let found = match is_valid_id(id) {
-                true => hub.find(id).await,
-                false => None,
-            };
-            let Some(space) = found else {
-                return respond(
-                    &mut stream,
-                    404,
-                    "Not Found",
-                    "",
-                    &format!("no space '{id}'\n"),
-                )
-                .await;
+            let Some(space) = named_space(&mut stream, &hub, id).await else {
+                return;
             };
             let session = session.map(str::to_owned);
             let rest = Bytes::copy_from_slice(&buf[head_len..]);
@@ -244,6 +222,18 @@ fn route(head: &Head) -> Route<'_> {
         },
         _ => Route::Api,
     }
+}
+
+/// The space a media request names, or `None` with a `404` answered.
+async fn named_space(stream: &mut TcpStream, hub: &Hub, id: &str) -> Option<Arc<Space>> {
+    let found = match is_valid_id(id) {
+        true => hub.find(id).await,
+        false => None,
+    };
+    if found.is_none() {
+        respond(stream, 404, "Not Found", "", &format!("no space '{id}'\n")).await;
+    }
+    found
 }
 
 /// WHIP's methods: `POST` an offer (its body read here, within `super::whip::MAX_OFFER`), `DELETE`

@@ -16,6 +16,7 @@
 //!   the older), [`CONNECT_TIMEOUT`] to connect, the source idle timeout once connected.
 
 use crate::clock::wall_us;
+use crate::http1::{respond, respond_typed};
 use crate::hub::{Hub, Space};
 use crate::shield::{IngestReason, Refusal, Wire};
 use crate::stage::ReturnPacket;
@@ -30,7 +31,6 @@ use str0m::change::SdpOffer;
 use str0m::media::{Direction, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
@@ -45,31 +45,14 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Largest UDP datagram read.
 const DATAGRAM: usize = 2048;
 
-async fn answer(
-    stream: &mut TcpStream,
-    status: u16,
-    reason: &str,
-    headers: &str,
-    ctype: &str,
-    body: &str,
-) {
-    let msg = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n{body}",
-        body.len()
-    );
-    let _ = stream.write_all(msg.as_bytes()).await;
-    let _ = stream.flush().await;
-}
-
 async fn refuse(stream: &mut TcpStream, hub: &Hub, reason: IngestReason, status: u16, why: &str) {
     let r = Refusal::new(reason, Wire::Http(status), why.to_owned())
         .counted(&hub.shield.counters, &hub.node);
-    answer(
+    respond(
         stream,
         r.status(),
         r.phrase(),
         "",
-        "text/plain; charset=utf-8",
         &format!("{}\n", r.detail),
     )
     .await;
@@ -115,24 +98,15 @@ pub async fn offer(
         .await;
     }
     if space.state() == SpaceState::Ended {
-        return answer(
-            &mut stream,
-            410,
-            "Gone",
-            "",
-            "text/plain; charset=utf-8",
-            "this space has ended\n",
-        )
-        .await;
+        return respond(&mut stream, 410, "Gone", "", "this space has ended\n").await;
     }
     let ctype = head.header("content-type").unwrap_or("");
     if !ctype.to_ascii_lowercase().starts_with("application/sdp") {
-        return answer(
+        return respond(
             &mut stream,
             415,
             "Unsupported Media Type",
             "",
-            "text/plain; charset=utf-8",
             "a WHIP offer is Content-Type: application/sdp\n",
         )
         .await;
@@ -161,12 +135,11 @@ pub async fn offer(
         }
     };
     if space.stage.whip_sessions() >= MAX_SESSIONS {
-        return answer(
+        return respond(
             &mut stream,
             503,
             "Service Unavailable",
             "",
-            "text/plain; charset=utf-8",
             "this space holds its maximum of WebRTC sessions\n",
         )
         .await;
@@ -181,12 +154,11 @@ pub async fn offer(
         Ok(s) => s,
         Err(e) => {
             tracing::error!("WHIP: no UDP socket on {ip}: {e}");
-            return answer(
+            return respond(
                 &mut stream,
                 503,
                 "Service Unavailable",
                 "",
-                "text/plain; charset=utf-8",
                 "no UDP port for WebRTC\n",
             )
             .await;
@@ -204,12 +176,11 @@ pub async fn offer(
         }
         Err(e) => {
             tracing::error!("WHIP: no candidate for {local}: {e}");
-            return answer(
+            return respond(
                 &mut stream,
                 503,
                 "Service Unavailable",
                 "",
-                "text/plain; charset=utf-8",
                 "no WebRTC candidate\n",
             )
             .await;
@@ -230,12 +201,11 @@ pub async fn offer(
     };
     let (tx, rx) = mpsc::channel(crate::stage::RETURN_QUEUE);
     let Some(feed) = Feed::open(&hub, &space, &key, Some(tx)) else {
-        return answer(
+        return respond(
             &mut stream,
             403,
             "Forbidden",
             "",
-            "text/plain; charset=utf-8",
             "no longer a speaker of this space\n",
         )
         .await;
@@ -246,7 +216,7 @@ pub async fn offer(
     let stop = space.stage.add_whip_session(&session_id, &key);
     let location = format!("/live/{id}/whip/{session_id}");
     let body = sdp_answer.to_sdp_string();
-    answer(
+    respond_typed(
         &mut stream,
         201,
         "Created",
@@ -273,39 +243,18 @@ pub async fn delete(
     let key = bearer(&head).unwrap_or_default();
     let host = space.info.lock().expect("space lock").key_matches(&key);
     match space.stage.stop_whip_session(session, &key, host) {
-        Some(true) => {
-            answer(
-                &mut stream,
-                200,
-                "OK",
-                "",
-                "text/plain; charset=utf-8",
-                "session ended\n",
-            )
-            .await
-        }
+        Some(true) => respond(&mut stream, 200, "OK", "", "session ended\n").await,
         Some(false) => {
-            answer(
+            respond(
                 &mut stream,
                 403,
                 "Forbidden",
                 "",
-                "text/plain; charset=utf-8",
                 "not the key of this session\n",
             )
             .await
         }
-        None => {
-            answer(
-                &mut stream,
-                404,
-                "Not Found",
-                "",
-                "text/plain; charset=utf-8",
-                "no such WHIP session\n",
-            )
-            .await
-        }
+        None => respond(&mut stream, 404, "Not Found", "", "no such WHIP session\n").await,
     }
 }
 
