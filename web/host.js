@@ -33,6 +33,7 @@
     reconnects: $('stat-reconnects'),
     capture: $('stat-capture'),
     spaceLink: $('space-link'),
+    speakLink: $('speak-link'),
     sourceUrl: $('source-url'),
     endSpace: $('end-space'),
   };
@@ -109,6 +110,8 @@
     ui.spaceState.textContent = info.state;
     ui.spaceState.className = `badge ${info.state}`;
     ui.spaceLink.href = `/space/${encodeURIComponent(info.id)}`;
+    // The speaker page takes the host key as well (WHIP); the key stays in the fragment.
+    ui.speakLink.href = `/space/${encodeURIComponent(info.id)}/speak#key=${encodeURIComponent(ui.key.value)}`;
     renderSourceUrl();
   }
 

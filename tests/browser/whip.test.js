@@ -99,6 +99,17 @@ describe('WebRTC speakers (WHIP)', () => {
       const x = await numbers(page, 'leveeSpeak');
       assert.equal(x.state, 'live', 'the speakers were not disturbed');
     }
+    // The host speaks from the same page with the host key (the host page links it) and
+    // hears the stage too.
+    const hostPage = await browser.openPage(`${server.base}/space/${space.id}/host#key=${space.host_key}`);
+    await hostPage.locator('#speak-link[href*="/speak#key="]').waitFor({ timeout: WAIT_MS });
+    const speakHref = await hostPage.locator('#speak-link').getAttribute('href');
+    const hostSpeaks = await browser.openPage(new URL(speakHref, server.base).href);
+    await hostSpeaks.click('#join');
+    await waitFor(hostSpeaks, 'leveeSpeak', (x) => x.state === 'live' && x.packetsReceived > 50,
+      'the host on WebRTC, hearing the speakers');
+    await waitFor(listener, 'leveeStage', (x) => (x.everSpoke & 1) === 1, 'the host seen speaking (slot 0)');
+
     // Leaving ends the session on the server.
     await speakers[1].click('#leave');
     await waitFor(speakers[1], 'leveeSpeak', (x) => x.state === 'idle', 'Yu left');
