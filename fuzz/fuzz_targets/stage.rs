@@ -76,7 +76,7 @@ fuzz_target!(|data: &[u8]| {
             }
             7 => {
                 ids += 1;
-                let _ = roster.request("listener", format!("q{ids}"), [arg; 32], 0);
+                let _ = roster.request("listener", format!("q{ids}"), [arg; 32], arg as u64 % 4, 0);
             }
             _ => {
                 let id = format!("q{}", arg as u32 % (ids + 1));

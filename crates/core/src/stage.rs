@@ -36,6 +36,9 @@ pub const SLOTS: usize = MAX_SPEAKERS + 1;
 pub const HOST_SLOT: usize = 0;
 /// Open requests to speak per space at most.
 pub const MAX_REQUESTS: usize = 64;
+/// Requests waiting from one source (its /32 or /64) at most: one address cannot fill the
+/// host's list.
+pub const MAX_REQUESTS_PER_SOURCE: usize = 2;
 /// Characters of a speaker's or requester's name at most.
 pub const MAX_NAME_CHARS: usize = 64;
 /// Sample rate of the mixer (Opus decodes to it natively).
@@ -70,6 +73,8 @@ pub enum StageError {
     Full,
     /// [`MAX_REQUESTS`] requests wait already.
     TooManyRequests,
+    /// [`MAX_REQUESTS_PER_SOURCE`] requests from this source wait already.
+    TooManyFromSource,
     /// The name is empty, too long or holds control characters.
     BadName(&'static str),
     /// No speaker or request with that id.
@@ -87,6 +92,10 @@ impl fmt::Display for StageError {
             StageError::TooManyRequests => {
                 write!(f, "{MAX_REQUESTS} requests to speak wait already")
             }
+            StageError::TooManyFromSource => write!(
+                f,
+                "{MAX_REQUESTS_PER_SOURCE} requests to speak from this address wait already"
+            ),
             StageError::BadName(why) => write!(f, "bad name: {why}"),
             StageError::NotFound => write!(f, "no such speaker or request"),
             StageError::Forbidden(why) => write!(f, "{why}"),
@@ -195,6 +204,7 @@ pub struct Request {
     /// Its answer.
     pub answer: Answer,
     token_sha256: [u8; 32],
+    source: u64,
 }
 
 /// A display name, checked: 1 to [`MAX_NAME_CHARS`] characters, no control characters,
@@ -349,15 +359,25 @@ impl Roster {
         Ok(s.slot)
     }
 
-    /// A listener asks to speak. The oldest answered request makes room if the list is full.
+    /// A listener from `source` (a key of its /32 or /64) asks to speak. The oldest answered
+    /// request makes room if the list is full.
     pub fn request(
         &mut self,
         name: &str,
         id: String,
         token_sha256: [u8; 32],
+        source: u64,
         now_us: u64,
     ) -> Result<&Request, StageError> {
         let name = check_name(name)?;
+        let waiting = self
+            .requests
+            .iter()
+            .filter(|r| r.source == source && r.answer == Answer::Waiting)
+            .count();
+        if waiting >= MAX_REQUESTS_PER_SOURCE {
+            return Err(StageError::TooManyFromSource);
+        }
         if self.requests.len() >= MAX_REQUESTS {
             let answered = self
                 .requests
@@ -372,6 +392,7 @@ impl Roster {
             at_us: now_us,
             answer: Answer::Waiting,
             token_sha256,
+            source,
         });
         self.changed();
         Ok(self.requests.back().expect("just pushed"))
@@ -942,7 +963,7 @@ mod tests {
     #[test]
     fn requests_are_answered_and_the_key_handed_over_once() {
         let mut r = Roster::new();
-        r.request("Dee", "q1".into(), key(9), 5).unwrap();
+        r.request("Dee", "q1".into(), key(9), 1, 5).unwrap();
         assert_eq!(
             r.collect("q1", &key(8)).unwrap_err(),
             StageError::Forbidden("wrong token for this request")
@@ -982,16 +1003,26 @@ mod tests {
     fn requests_are_bounded_and_answered_ones_make_room() {
         let mut r = Roster::new();
         for n in 0..MAX_REQUESTS {
-            r.request("x", format!("q{n}"), key(1), 0).unwrap();
+            r.request("x", format!("q{n}"), key(1), n as u64, 0)
+                .unwrap();
         }
         assert_eq!(
-            r.request("y", "over".into(), key(1), 0).unwrap_err(),
+            r.request("y", "over".into(), key(1), 999, 0).unwrap_err(),
             StageError::TooManyRequests
         );
         r.decline(Actor::Host, "q7").unwrap();
-        r.request("y", "over".into(), key(1), 0).unwrap();
+        r.request("y", "over".into(), key(1), 999, 0).unwrap();
         assert_eq!(r.requests().count(), MAX_REQUESTS);
         assert!(r.requests().all(|q| q.id != "q7"));
+        // One source holds at most two waiting requests; an answered one frees its place.
+        r.decline(Actor::Host, "q8").unwrap();
+        r.request("y", "again".into(), key(1), 999, 0).unwrap();
+        assert_eq!(
+            r.request("y", "third".into(), key(1), 999, 0).unwrap_err(),
+            StageError::TooManyFromSource
+        );
+        r.decline(Actor::Host, "over").unwrap();
+        r.request("y", "third".into(), key(1), 999, 0).unwrap();
     }
 
     #[test]

@@ -619,3 +619,58 @@ async fn thirteen_speakers_are_heard_at_once_and_one_dropping_out_leaves_no_gap(
     }
     assert!(levee.metric("levee_stage_minus_encodes_total") > 100.0);
 }
+
+#[test]
+fn requests_to_speak_are_bounded_per_address_and_answered_with_a_token() {
+    let _serial = ONE_AT_A_TIME.blocking_lock();
+    let levee = Levee::start(&[]);
+    let space = levee.create_space("requests");
+    let id = space["id"].as_str().unwrap().to_owned();
+    let ask = |name: &str| {
+        levee.http(
+            "POST",
+            &format!("/api/spaces/{id}/requests"),
+            &[("Content-Type", "application/json")],
+            json!({ "name": name }).to_string().as_bytes(),
+        )
+    };
+    let first: Value = serde_json::from_str(&ask("Dee").body).unwrap();
+    assert_eq!(ask("Eve").status, 201);
+    let third = ask("Flo");
+    assert_eq!(third.status, 429, "{}", third.body);
+    assert!(third.body.contains("this address"), "{}", third.body);
+    let rid = first["request_id"].as_str().unwrap();
+    let answer = |token: &str| {
+        levee.http(
+            "GET",
+            &format!("/api/spaces/{id}/requests/{rid}"),
+            &[("Authorization", &format!("Bearer {token}"))],
+            b"",
+        )
+    };
+    assert_eq!(answer("wrong").status, 403);
+    let token = first["token"].as_str().unwrap();
+    assert!(answer(token).body.contains("waiting"));
+    // The host accepts Dee: her key comes with the answer once.
+    let auth = format!("Bearer {}", space["host_key"].as_str().unwrap());
+    let r = levee.http(
+        "POST",
+        &format!("/api/spaces/{id}/speakers"),
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        json!({ "request_id": rid }).to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let got: Value = serde_json::from_str(&answer(token).body).unwrap();
+    assert_eq!(got["answer"], "accepted");
+    assert!(got["key"].as_str().unwrap().len() >= 32);
+    let again: Value = serde_json::from_str(&answer(token).body).unwrap();
+    assert!(
+        again.get("key").is_none() && again["key_collected"] == true,
+        "{again}"
+    );
+    // Her request is answered: the address may ask again.
+    assert_eq!(ask("Flo").status, 201);
+}

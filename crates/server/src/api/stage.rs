@@ -15,10 +15,10 @@
 // The helpers answer `Err(response)` that the handlers return at once: never kept or moved.
 #![allow(clippy::result_large_err)]
 
-use super::reply::{base_url, bearer, error};
+use super::reply::{base_url, bearer, error, Peer};
 use crate::hub::{Hub, Space};
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -67,6 +67,7 @@ fn who(space: &Space, headers: &HeaderMap) -> Result<Who, Response> {
 fn stage_error(e: StageError) -> Response {
     let status = match e {
         StageError::Full | StageError::TooManyRequests => StatusCode::CONFLICT,
+        StageError::TooManyFromSource => StatusCode::TOO_MANY_REQUESTS,
         StageError::BadName(_) => StatusCode::UNPROCESSABLE_ENTITY,
         StageError::NotFound => StatusCode::NOT_FOUND,
         StageError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -343,6 +344,7 @@ pub(super) struct RequestReq {
 pub(super) async fn request(
     State(hub): State<Arc<Hub>>,
     Path(id): Path<String>,
+    Extension(Peer(peer)): Extension<Peer>,
     req: Result<Json<RequestReq>, JsonRejection>,
 ) -> Response {
     let space = match find(&hub, &id).await {
@@ -361,7 +363,13 @@ pub(super) async fn request(
     let made = space
         .stage
         .roster()
-        .request(&req.name, rid.clone(), h, crate::clock::wall_us())
+        .request(
+            &req.name,
+            rid.clone(),
+            h,
+            levee_core::source::keys(peer.ip()).0 .0,
+            crate::clock::wall_us(),
+        )
         .map(|_| ());
     match made {
         Ok(()) => {
