@@ -611,16 +611,13 @@ impl Default for Mixer {
 }
 
 impl Mixer {
-    /// A mixer with every slot closed.
+    /// A mixer with every slot closed. It holds no sample buffers until used (every space
+    /// has one, and most never mix): an input's frame is allocated when it opens, the sum at
+    /// the first mix.
     pub fn new() -> Self {
         Mixer {
-            inputs: (0..SLOTS)
-                .map(|_| Input {
-                    frame: vec![0.0; FRAME],
-                    ..Input::default()
-                })
-                .collect(),
-            sum: vec![0.0; FRAME],
+            inputs: (0..SLOTS).map(|_| Input::default()).collect(),
+            sum: Vec::new(),
             limiter: Limiter::default(),
         }
     }
@@ -630,6 +627,7 @@ impl Mixer {
     pub fn open(&mut self, slot: usize, muted: bool, wants_return: bool) {
         let i = &mut self.inputs[slot];
         i.open = true;
+        i.frame.resize(FRAME, 0.0);
         i.pcm.clear();
         i.spans.clear();
         i.playing = false;
@@ -707,6 +705,7 @@ impl Mixer {
 
     /// Mixes the next frame into `out`.
     pub fn mix(&mut self, out: &mut Frame) {
+        self.sum.resize(FRAME, 0.0);
         self.sum.fill(0.0);
         out.capture_us = None;
         out.speaking = 0;

@@ -178,6 +178,7 @@ async fn speakers_are_mixed_a_mute_takes_one_out_and_a_third_joins_without_a_gap
     assert_eq!(levee.metric("levee_stage_mixing"), 1.0);
     assert_eq!(levee.metric("levee_stage_inputs"), 2.0);
     assert!(levee.metric("levee_stage_frames_total") > 50.0);
+    assert_eq!(levee.metric("levee_stage_starts_total"), 1.0);
     let speakers = st["speakers"].as_array().unwrap();
     assert_eq!(speakers.len(), 3);
     assert!(

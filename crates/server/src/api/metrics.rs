@@ -108,6 +108,11 @@ pub fn render(hub: &Hub) -> String {
             |c| &c.decode_errors,
         ),
         (
+            "levee_stage_starts_total",
+            "Times a stage mixer started (a first speaker connected).",
+            |c| &c.starts,
+        ),
+        (
             "levee_stage_skipped_frames_total",
             "Mixer frames skipped after a stall.",
             |c| &c.skipped,
