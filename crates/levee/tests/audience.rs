@@ -103,6 +103,10 @@ fn the_numbers_match_what_the_listeners_did() {
     wait_until(Duration::from_secs(10), "the non-readers are cut", || {
         audience(&levee, &id)["filtered"]["never_read"] == 2
     });
+    // The server sees a listener's close when its shard next polls the socket: wait for it.
+    wait_until(Duration::from_secs(5), "every session ended", || {
+        audience(&levee, &id)["listeners"] == 0
+    });
     drop(never);
     let a = audience(&levee, &id);
     let text = a.to_string();
