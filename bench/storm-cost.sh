@@ -9,6 +9,7 @@
 #   FORMATS="ws" bench/storm-cost.sh ...                  (one format only)
 #   READ_EVERY=0 bench/storm-cost.sh ...                  (storm's --read-every-ms; default 100)
 #   STALL_MS=2000 READ_EVERY=1000 bench/storm-cost.sh ... (storm's --stall-ms; default 1000)
+#   BATCH_IO=epoll bench/storm-cost.sh ...                (storm's --batch-io; default auto)
 #
 # Each case gets a fresh release server with a fixed cadence (--chunk-min-ms = --chunk-max-ms)
 # and one storm process (--procs 1) holding the audience; CPU is read from /proc/PID/stat of
@@ -57,7 +58,7 @@ for FMT in ${FORMATS:-ws ogg}; do
     HOLD=30
     "$STORM_BIN" storm capacity --server "http://127.0.0.1:$PORT" --listeners "$N" --ramp "${RAMP}s" \
       --hold "${HOLD}s" --procs 1 --ogg-share "$SHARE" --sources 127.3.0.0/16 --quiet \
-      ${READ_EVERY:+--read-every-ms "$READ_EVERY"} ${STALL_MS:+--stall-ms "$STALL_MS"} \
+      ${READ_EVERY:+--read-every-ms "$READ_EVERY"} ${STALL_MS:+--stall-ms "$STALL_MS"} ${BATCH_IO:+--batch-io "$BATCH_IO"} \
       --json "$OUT/storm.json" >"$OUT/storm.txt" 2>&1 &
     STORMPID=$!
     sleep $((RAMP + 6))

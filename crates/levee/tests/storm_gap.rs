@@ -43,9 +43,18 @@ fn storm(args: &[&str]) -> (i32, String) {
 
 #[test]
 fn injected_one_second_gap_is_found_with_its_duration() {
+    gap_is_found("auto");
+}
+
+#[test]
+fn the_same_gap_is_found_when_batched_reads_go_through_epoll() {
+    gap_is_found("epoll");
+}
+
+fn gap_is_found(batch_io: &str) {
     let server = common::Levee::start(&[]);
-    let scenario = temp("storm-gap.toml");
-    let json = temp("storm-gap.json");
+    let scenario = temp(&format!("storm-gap-{batch_io}.toml"));
+    let json = temp(&format!("storm-gap-{batch_io}.json"));
     std::fs::write(
         &scenario,
         format!(
@@ -65,6 +74,8 @@ hls = 1.0
 [host]
 pause_at = "2500ms"
 pause_for = "1s"
+[meter]
+batch_io = "{batch_io}"
 "#,
             server.base
         ),
@@ -86,6 +97,15 @@ pause_for = "1s"
 
     let joined = r["listeners"]["joined"].as_u64().unwrap();
     assert_eq!(joined, 60, "{out}");
+    // Batched reads went where they were asked to: through io_uring by default (this needs
+    // Linux 6.1 or later with io_uring allowed), else through epoll.
+    let threads = r["generator"]["threads"].as_u64().unwrap();
+    let uring = r["generator"]["io_uring_threads"].as_u64().unwrap();
+    assert_eq!(
+        uring,
+        if batch_io == "epoll" { 0 } else { threads },
+        "{out}"
+    );
     assert_eq!(
         r["host"]["packets_dropped"], 50,
         "1 s of 20 ms packets dropped"

@@ -152,6 +152,10 @@ struct Common {
     /// underruns (1: all).
     #[arg(long, default_value_t = 10)]
     timed_every: u64,
+    /// How batched reads reach the kernel: auto (io_uring where the kernel offers it),
+    /// io-uring or epoll.
+    #[arg(long, value_enum, default_value = "auto")]
+    batch_io: crate::plan::scenario::BatchIo,
     /// Synthetic host: pause this long after the start (inject a gap)...
     #[arg(long, value_parser = dur)]
     pause_at: Option<Duration>,
@@ -198,6 +202,7 @@ impl Common {
         sc.meter.playout_ms = self.playout_ms;
         sc.meter.read_every_ms = self.read_every_ms;
         sc.meter.timed_every = self.timed_every;
+        sc.meter.batch_io = self.batch_io;
         sc.host.pause_at = self.pause_at;
         sc.host.pause_for = self.pause_for;
         sc.host.bitrate = self.bitrate;

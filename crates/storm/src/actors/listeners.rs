@@ -23,6 +23,7 @@
 use crate::net::clock::now_us;
 use crate::net::http;
 use crate::net::socket::recv_stamped;
+use crate::net::uring::{Got, Ring};
 use crate::observe::hist::Hist;
 use crate::observe::join::JoinRecord;
 use crate::observe::measure::Failure;
@@ -32,6 +33,7 @@ use crate::observe::reader::Shard;
 use crate::observe::stats::Aggregate;
 use crate::observe::stats::SessionRecord;
 use crate::plan::scenario::hash3;
+use crate::plan::scenario::BatchIo;
 use crate::plan::scenario::Format;
 use crate::plan::scenario::JoinMode;
 use crate::plan::scenario::Kind;
@@ -47,7 +49,7 @@ use std::collections::BinaryHeap;
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -385,8 +387,25 @@ struct Attempt {
     path: Option<String>,
     /// First audio counted (the listener moved from waiting to connected).
     joined: bool,
-    /// On the batched poll.
+    /// On the batched poll (or ring).
     batched: bool,
+    /// The tag of its receive on the worker's ring; 0: none.
+    ring_tag: u32,
+}
+
+impl Attempt {
+    /// What the server's end of the stream at `now` means: the planned end, or a drop.
+    fn at_eof(&self, now: u64) -> Result<(), Failure> {
+        if self.joined && now >= self.bounds.end_ok_after_us {
+            Ok(())
+        } else {
+            Err(self
+                .reader
+                .heard
+                .close
+                .map_or(Failure::Closed, Failure::WsClose))
+        }
+    }
 }
 
 struct Listener {
@@ -448,6 +467,13 @@ pub struct Worker {
     lag: Hist,
     read_every_us: u64,
     next_tick_us: u64,
+    /// Batched reads through io_uring, when the kernel offers it (made on the worker's own
+    /// thread, see [`Ring`]); else the batched poll.
+    ring: Option<Ring>,
+    /// The last ring tag given (tags of ended attempts are never reused soon).
+    last_tag: u32,
+    /// Tags of ended attempts whose receive is to be cancelled at the next drain.
+    cancels: Vec<u64>,
 }
 
 /// What a finished worker hands back.
@@ -458,6 +484,8 @@ pub struct WorkerResult {
     pub lag: Hist,
     /// The thread's CPU time, s.
     pub cpu_s: f64,
+    /// Its batched reads went through io_uring.
+    pub io_uring: bool,
 }
 
 impl Worker {
@@ -500,6 +528,9 @@ impl Worker {
             lag: Hist::new(),
             read_every_us,
             next_tick_us,
+            ring: None,
+            last_tag: 0,
+            cancels: Vec::new(),
         })
     }
 
@@ -511,6 +542,15 @@ impl Worker {
     /// Runs every slot to its end. See the module docs.
     pub fn run(mut self) -> WorkerResult {
         let mut events = Events::with_capacity(EVENTS);
+        if self.read_every_us > 0 && self.ctx.sc.meter.batch_io != BatchIo::Epoll {
+            match Ring::new() {
+                Ok(r) => self.ring = Some(r),
+                Err(e) if self.ctx.sc.meter.batch_io == BatchIo::IoUring => {
+                    eprintln!("storm: io_uring refused ({e}); batched reads use epoll");
+                }
+                Err(_) => {}
+            }
+        }
         let hard_end = self.ctx.run_end_us + DRAIN.as_micros() as u64 + 10_000_000;
         self.pending = self.slots.next();
         let mut coalesce_until = 0;
@@ -565,6 +605,7 @@ impl Worker {
             }
         }
         WorkerResult {
+            io_uring: self.ring.is_some(),
             agg: self.agg,
             lag: self.lag,
             cpu_s: crate::net::clock::thread_cpu_s(),
@@ -702,6 +743,7 @@ impl Worker {
             path: None,
             joined: false,
             batched: false,
+            ring_tag: 0,
         });
         ctx.gauges.waiting.fetch_add(1, Relaxed);
         self.joining += 1;
@@ -875,15 +917,7 @@ impl Worker {
             let now = now_us();
             let arrival = stamp.filter(|&t| t <= now).unwrap_or(now);
             if n == 0 {
-                let outcome = if a.joined && now >= a.bounds.end_ok_after_us {
-                    Ok(())
-                } else {
-                    Err(a
-                        .reader
-                        .heard
-                        .close
-                        .map_or(Failure::Closed, Failure::WsClose))
-                };
+                let outcome = a.at_eof(now);
                 self.end(key, outcome, sh);
                 return Ok(());
             }
@@ -957,13 +991,21 @@ impl Worker {
                 sh.point.ttfa.record(t.saturating_sub(a.join.scheduled_us));
                 if self.read_every_us > 0 && !a.reader.timed() {
                     if let Some(s) = a.stream.as_mut() {
-                        let moved = self.immediate.registry().deregister(s).and_then(|_| {
-                            self.batched.registry().register(
-                                s,
-                                Token(key as usize),
-                                Interest::READABLE,
-                            )
-                        });
+                        let moved =
+                            self.immediate.registry().deregister(s).and_then(|_| {
+                                match self.ring.as_mut() {
+                                    Some(ring) => {
+                                        self.last_tag = self.last_tag.checked_add(1).unwrap_or(1);
+                                        a.ring_tag = self.last_tag;
+                                        ring.arm(s.as_raw_fd(), ring_tag(key, a.ring_tag))
+                                    }
+                                    None => self.batched.registry().register(
+                                        s,
+                                        Token(key as usize),
+                                        Interest::READABLE,
+                                    ),
+                                }
+                            });
                         if let Err(e) = moved {
                             return Some(Err(Failure::from_io(&e)));
                         }
@@ -988,6 +1030,19 @@ impl Worker {
 
     /// Reads every listener of the batched poll that has bytes.
     fn drain_batched(&mut self, events: &mut Events, sh: &mut Shard) {
+        if let Some(mut ring) = self.ring.take() {
+            let mut out = Ok(());
+            for tag in std::mem::take(&mut self.cancels) {
+                out = out.and(ring.cancel(tag));
+            }
+            let out = out.and_then(|_| ring.drain(|tag, got| self.on_ring(tag, got, sh)));
+            self.ring = Some(ring);
+            if let Err(e) = out {
+                // Not expected once the ring works; every listener on it would stall.
+                eprintln!("storm: io_uring drain failed: {e}");
+            }
+            return;
+        }
         loop {
             if self.batched.poll(events, Some(Duration::ZERO)).is_err() {
                 return;
@@ -1012,6 +1067,45 @@ impl Worker {
         }
     }
 
+    /// A completion of the ring for `tag`: feeds the listener's reader, or ends it. Returns
+    /// its socket while it is to be read on.
+    fn on_ring(&mut self, tag: u64, got: Got<'_>, sh: &mut Shard) -> Option<RawFd> {
+        let key = tag as u32;
+        let a = attempt_mut(&mut self.table, key)?;
+        if a.ring_tag != (tag >> 32) as u32 {
+            return None;
+        }
+        let fd = a.stream.as_ref()?.as_raw_fd();
+        let now = now_us();
+        match got {
+            Got::Again => Some(fd),
+            Got::Data { bytes, stamp } => {
+                let arrival = stamp.filter(|&t| t <= now).unwrap_or(now);
+                if let Err(why) = a.reader.feed(bytes, arrival, sh) {
+                    self.end(key, Err(Failure::Protocol(why)), sh);
+                    return None;
+                }
+                match self.after_feed(key, sh) {
+                    None => Some(fd),
+                    Some(Ok(())) => None,
+                    Some(Err(f)) => {
+                        self.end(key, Err(f), sh);
+                        None
+                    }
+                }
+            }
+            Got::End(Ok(())) => {
+                let outcome = a.at_eof(now);
+                self.end(key, outcome, sh);
+                None
+            }
+            Got::End(Err(e)) => {
+                self.end(key, Err(Failure::from_io(&e)), sh);
+                None
+            }
+        }
+    }
+
     /// Ends the listener's current attempt with `outcome` and records it.
     fn end(&mut self, key: u32, outcome: Result<(), Failure>, sh: &mut Shard) {
         let ctx = self.ctx.clone();
@@ -1023,6 +1117,12 @@ impl Worker {
         };
         let now = now_us();
         if let Some(mut s) = a.stream.take() {
+            if a.ring_tag != 0 {
+                // The ring's receive holds the socket open: shutting it down ends the
+                // connection now (and the receive with it); the cancel is for good measure.
+                let _ = s.shutdown(std::net::Shutdown::Both);
+                self.cancels.push(ring_tag(key, a.ring_tag));
+            }
             let poll = if a.batched {
                 &self.batched
             } else {
@@ -1142,6 +1242,11 @@ pub(crate) fn account(agg: &mut Aggregate, life: &mut Lifecycle, rec: &SessionRe
 }
 
 /// The source address listener `slot` binds (none: the kernel's choice).
+/// The ring's tag of listener `key`'s receive `tag`.
+fn ring_tag(key: u32, tag: u32) -> u64 {
+    key as u64 | (tag as u64) << 32
+}
+
 pub(crate) fn source_of(sources: &[Ipv4Addr], slot: &Slot) -> Option<Ipv4Addr> {
     (!sources.is_empty()).then(|| sources[slot.index as usize % sources.len()])
 }

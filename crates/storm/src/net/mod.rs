@@ -6,3 +6,4 @@ pub mod clock;
 pub mod http;
 pub mod join_api;
 pub mod socket;
+pub mod uring;

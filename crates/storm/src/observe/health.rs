@@ -17,6 +17,9 @@ pub struct Health {
     /// attackers, join-API tasks or bookkeeping), s.
     #[serde(default)]
     pub listen_cpu_s: f64,
+    /// Listener threads whose batched reads went through io_uring (the others used epoll).
+    #[serde(default)]
+    pub io_uring_threads: u32,
     /// Wall time measured, s.
     pub wall_s: f64,
     /// Busiest process's CPU, % of one core.
@@ -49,6 +52,7 @@ impl Health {
         self.threads += o.threads;
         self.cpu_s += o.cpu_s;
         self.listen_cpu_s += o.listen_cpu_s;
+        self.io_uring_threads += o.io_uring_threads;
         self.wall_s = self.wall_s.max(o.wall_s);
         self.cpu_core_pct_max = self.cpu_core_pct_max.max(o.cpu_core_pct_max);
         self.cpu_busy_pct_max = self.cpu_busy_pct_max.max(o.cpu_busy_pct_max);

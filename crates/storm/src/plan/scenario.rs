@@ -740,6 +740,21 @@ pub struct MeterConfig {
     /// One listener in this many reads as soon as bytes arrive and measures timing (latency,
     /// jitter, playout underruns) on every frame; the others leave timing to them. 1: all.
     pub timed_every: u64,
+    /// How batched reads reach the kernel.
+    pub batch_io: BatchIo,
+}
+
+/// How a listener thread collects its batched reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum BatchIo {
+    /// io_uring where the kernel offers it, else epoll.
+    #[default]
+    Auto,
+    /// One multishot receive per socket, all collected by one system call per period.
+    IoUring,
+    /// A readiness event and one `recvmsg` per socket and period.
+    Epoll,
 }
 
 /// Longest [`MeterConfig::read_every_ms`] accepted.
@@ -752,6 +767,7 @@ impl Default for MeterConfig {
             playout_ms: 200,
             read_every_ms: 100,
             timed_every: 10,
+            batch_io: BatchIo::Auto,
         }
     }
 }

@@ -443,6 +443,11 @@ figure{{margin:12px 0}} .grid{{display:flex;flex-wrap:wrap;gap:24px}}
     }
     row(
         &mut s,
+        "listener threads reading through io_uring",
+        format!("{} of {}", g.io_uring_threads, g.threads),
+    );
+    row(
+        &mut s,
         "memory per listener, KiB",
         format!("{:.2}", g.mem_per_listener_kb),
     );

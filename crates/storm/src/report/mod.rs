@@ -137,6 +137,10 @@ pub struct Generator {
     pub local_failures: u64,
     /// Whether the generator was saturated (the run is then invalid).
     pub saturated: bool,
+    /// Listener threads whose batched reads went through io_uring; the others (`threads`
+    /// less these) used epoll.
+    #[serde(default)]
+    pub io_uring_threads: u32,
 }
 
 /// One capacity level, judged on its hold window.
@@ -515,6 +519,7 @@ pub fn build(inp: Inputs<'_>, objectives: &[Objective], steps: Vec<StepResult>) 
         sockets_peak: h.sockets_peak,
         local_failures: a.local_failures,
         saturated: saturated_cpu || lag_p99 > LAG_LIMIT_US || start_lag_p99 > START_LAG_LIMIT_US,
+        io_uring_threads: h.io_uring_threads,
     };
     let started = inp.started;
     let timeline = inp
@@ -701,8 +706,10 @@ pub fn summary_text(r: &Report) -> String {
         r.generator.listen_cpu_vs_server,
     ) {
         s.push_str(&format!(
-            "server: cpu {server:.1} µs per listener-second; the generator costs {ratio:.2}× the server ({listen:.2}× in its listener threads, {:.1} µs)\n",
-            r.generator.listen_cpu_us_per_listener_s
+            "server: cpu {server:.1} µs per listener-second; the generator costs {ratio:.2}× the server ({listen:.2}× in its listener threads, {:.1} µs; batched reads through io_uring in {} of {} threads)\n",
+            r.generator.listen_cpu_us_per_listener_s,
+            r.generator.io_uring_threads,
+            r.generator.threads,
         ));
     }
     if let Some(h) = &r.hls {

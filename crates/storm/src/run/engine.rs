@@ -262,6 +262,7 @@ pub async fn run_part(
     let mut agg = std::mem::take(&mut *hls_agg.lock().unwrap_or_else(|e| e.into_inner()));
     let mut loop_lag = Hist::new();
     let mut listen_cpu_s = 0.0;
+    let io_uring_threads = results.iter().filter(|r| r.io_uring).count() as u32;
     for r in &results {
         agg.merge(&r.agg);
         loop_lag.merge(&r.lag);
@@ -289,6 +290,7 @@ pub async fn run_part(
             threads,
             cpu_s,
             listen_cpu_s,
+            io_uring_threads,
             wall_s,
             cpu_core_pct_max: core_pct,
             cpu_busy_pct_max: core_pct / threads.max(1) as f64,
