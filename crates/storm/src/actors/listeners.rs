@@ -457,7 +457,7 @@ pub struct Worker {
     live: usize,
     /// Attempts of this worker that have no audio yet (their steps are timed when handled).
     joining: usize,
-    timers: BinaryHeap<Reverse<(u64, u32, u32)>>,
+    timers: Deadlines,
     buf: Vec<u8>,
     /// Keys read in one batched drain, and whether the peer's end came (kept to reuse its
     /// memory).
@@ -612,10 +612,12 @@ impl Worker {
         }
     }
 
-    fn next_wake(&self) -> u64 {
+    fn next_wake(&mut self) -> u64 {
         let mut wake = now_us() + 1_000_000;
-        if let Some(Reverse((at, _, _))) = self.timers.peek() {
-            wake = wake.min(*at);
+        let table = &self.table;
+        let live = |key: u32, gen: u32| table[key as usize].as_ref().is_some_and(|l| l.gen == gen);
+        if let Some(at) = next_deadline(&mut self.timers, live) {
+            wake = wake.min(at);
         }
         if let Some(s) = &self.pending {
             wake = wake.min(self.ctx.start_us + s.join_us);
@@ -1242,6 +1244,21 @@ pub(crate) fn account(agg: &mut Aggregate, life: &mut Lifecycle, rec: &SessionRe
 }
 
 /// The source address listener `slot` binds (none: the kernel's choice).
+/// A heap of listener deadlines `(at, key, gen)`.
+type Deadlines = BinaryHeap<Reverse<(u64, u32, u32)>>;
+
+/// The earliest deadline still `live(key, gen)`; the replaced ones before it (a joined
+/// listener's first-audio bound, say) are dropped, so that they wake no one.
+fn next_deadline(timers: &mut Deadlines, live: impl Fn(u32, u32) -> bool) -> Option<u64> {
+    while let Some(&Reverse((at, key, gen))) = timers.peek() {
+        if live(key, gen) {
+            return Some(at);
+        }
+        timers.pop();
+    }
+    None
+}
+
 /// The ring's tag of listener `key`'s receive `tag`.
 fn ring_tag(key: u32, tag: u32) -> u64 {
     key as u64 | (tag as u64) << 32
@@ -1259,6 +1276,24 @@ fn attempt_mut(table: &mut [Option<Listener>], key: u32) -> Option<&mut Attempt>
 mod tests {
     use super::*;
     use crate::plan::scenario;
+
+    #[test]
+    fn replaced_deadlines_wake_no_one() {
+        let mut timers = Deadlines::new();
+        // Listener 1's first-audio bound (gen 1) was replaced by its leave (gen 2); listener
+        // 2 is gone; listener 3's deadline is live.
+        timers.push(Reverse((10, 1, 1)));
+        timers.push(Reverse((20, 2, 1)));
+        timers.push(Reverse((30, 3, 1)));
+        timers.push(Reverse((900, 1, 2)));
+        let live = |key: u32, gen: u32| matches!((key, gen), (1, 2) | (3, 1));
+        assert_eq!(next_deadline(&mut timers, live), Some(30));
+        assert_eq!(timers.len(), 2, "the replaced deadlines are dropped");
+        timers.pop();
+        assert_eq!(next_deadline(&mut timers, live), Some(900));
+        timers.pop();
+        assert_eq!(next_deadline(&mut timers, live), None);
+    }
 
     #[test]
     fn churn_segments_leave_at_waves_and_rejoin_by_policy() {

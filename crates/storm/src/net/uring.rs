@@ -20,6 +20,7 @@
 //! Bounds: [`RING_BUFFERS`] buffers of [`RING_BUF`] bytes per ring (a fixed 4 MiB a thread,
 //! not per listener); a socket with more than a buffer's worth completes once per buffer; one
 //! with none free waits for the next pass of the same drain, at most [`MAX_PASSES`] a drain.
+//! A ring's buffers are shared by all its sockets: memory per listener does not grow with it.
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::io;
@@ -31,8 +32,10 @@ pub const RING_BUFFERS: u16 = 1024;
 /// Bytes per buffer: the completion's header (16), the timestamp's control message (32) and
 /// up to 4048 bytes of stream.
 pub const RING_BUF: usize = 4096;
-/// Completion passes at most per drain (each re-arms what ran out of buffers).
-pub const MAX_PASSES: usize = 8;
+/// Completion passes at most per drain (each after the first re-arms what ran out of buffers): 32,768
+/// receives, more than the sockets a process may hold (20,000 open files here), so a drain
+/// reads every socket that has bytes and no backlog carries over to the next.
+pub const MAX_PASSES: usize = 32;
 /// Submission queue entries.
 const SQ_ENTRIES: u32 = 4096;
 /// Completion queue entries.
@@ -116,12 +119,16 @@ impl Ring {
         // kernel for a multishot receive.
         let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
         msg.msg_controllen = CONTROL as _;
+        // Every buffer is written once now: the kernel cycles through all of them within a
+        // few drains, so they are the thread's start-up memory, not memory that grows with
+        // its listeners.
+        let bufs = vec![1u8; count as usize * RING_BUF];
         let mut r = Ring {
             ring,
             msg,
             entries: mem.cast(),
             entries_len,
-            bufs: vec![0; count as usize * RING_BUF],
+            bufs,
             count,
             tail: 0,
             rearm: Vec::new(),
@@ -200,7 +207,9 @@ impl Ring {
             }
             self.publish_tail();
             seen += pass;
-            if pass == 0 && self.rearm.is_empty() {
+            // Another pass only for what found no buffer: bytes that arrive meanwhile wait
+            // for the next drain (they carry their own arrival times).
+            if self.rearm.is_empty() {
                 break;
             }
         }
