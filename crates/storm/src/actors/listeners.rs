@@ -472,8 +472,11 @@ pub struct Worker {
     ring: Option<Ring>,
     /// The last ring tag given (tags of ended attempts are never reused soon).
     last_tag: u32,
-    /// Tags of ended attempts whose receive is to be cancelled at the next drain.
+    /// Tags of ended attempts whose receive is to be cancelled at the next drain (at most
+    /// one per attempt ended within a read period).
     cancels: Vec<u64>,
+    /// A drain of the ring failed (said once on stderr).
+    ring_failed: bool,
 }
 
 /// What a finished worker hands back.
@@ -531,6 +534,7 @@ impl Worker {
             ring: None,
             last_tag: 0,
             cancels: Vec::new(),
+            ring_failed: false,
         })
     }
 
@@ -1040,8 +1044,11 @@ impl Worker {
             let out = out.and_then(|_| ring.drain(|tag, got| self.on_ring(tag, got, sh)));
             self.ring = Some(ring);
             if let Err(e) = out {
-                // Not expected once the ring works; every listener on it would stall.
-                eprintln!("storm: io_uring drain failed: {e}");
+                // Not expected once the ring works; its listeners would stall, which the
+                // report shows.
+                if !std::mem::replace(&mut self.ring_failed, true) {
+                    eprintln!("storm: io_uring drain failed: {e}");
+                }
             }
             return;
         }
@@ -1243,7 +1250,6 @@ pub(crate) fn account(agg: &mut Aggregate, life: &mut Lifecycle, rec: &SessionRe
     }
 }
 
-/// The source address listener `slot` binds (none: the kernel's choice).
 /// A heap of listener deadlines `(at, key, gen)`.
 type Deadlines = BinaryHeap<Reverse<(u64, u32, u32)>>;
 
@@ -1264,6 +1270,7 @@ fn ring_tag(key: u32, tag: u32) -> u64 {
     key as u64 | (tag as u64) << 32
 }
 
+/// The source address listener `slot` binds (none: the kernel's choice).
 pub(crate) fn source_of(sources: &[Ipv4Addr], slot: &Slot) -> Option<Ipv4Addr> {
     (!sources.is_empty()).then(|| sources[slot.index as usize % sources.len()])
 }

@@ -79,20 +79,38 @@ pub fn recv_stamped(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<(usize
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    let mut stamp = None;
-    // SAFETY: the CMSG_* walk stays inside `control` as the kernel filled it (msg_controllen);
-    // the timeval is read unaligned from inside the message it belongs to.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMP {
-                let tv: libc::timeval = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                stamp = Some(tv.tv_sec as u64 * 1_000_000 + tv.tv_usec as u64);
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
+    let filled = (msg.msg_controllen as usize).min(std::mem::size_of_val(&control));
+    // SAFETY: `control` is a live array of `size_of_val(&control)` bytes; `filled` is within.
+    let bytes = unsafe { std::slice::from_raw_parts(control.as_ptr().cast::<u8>(), filled) };
+    Ok((n as usize, stamp_of(bytes)))
+}
+
+/// The `SCM_TIMESTAMP` in a block of control messages as the kernel fills it, Unix µs; `None`
+/// when there is none or the block is malformed. Used for `recvmsg` here and io_uring's
+/// receives (`crate::net::uring`).
+pub fn stamp_of(control: &[u8]) -> Option<u64> {
+    let hdr = std::mem::size_of::<libc::cmsghdr>();
+    let mut at = 0;
+    let mut found = None;
+    while at + hdr <= control.len() {
+        // SAFETY: `hdr` bytes are inside `control` (checked above); read unaligned.
+        let c: libc::cmsghdr = unsafe { std::ptr::read_unaligned(control[at..].as_ptr().cast()) };
+        let len = c.cmsg_len as usize;
+        if len < hdr || at + len > control.len() {
+            break;
         }
+        if c.cmsg_level == libc::SOL_SOCKET
+            && c.cmsg_type == libc::SCM_TIMESTAMP
+            && len >= hdr + std::mem::size_of::<libc::timeval>()
+        {
+            // SAFETY: the timeval lies inside this message (checked above).
+            let tv: libc::timeval =
+                unsafe { std::ptr::read_unaligned(control[at + hdr..].as_ptr().cast()) };
+            found = Some(tv.tv_sec as u64 * 1_000_000 + tv.tv_usec as u64);
+        }
+        at += (len + 7) & !7;
     }
-    Ok((n as usize, stamp))
+    found
 }
 
 /// Raises the soft open-files limit to the hard one (listeners are sockets).

@@ -22,6 +22,7 @@
 //! with none free waits for the next pass of the same drain, at most [`MAX_PASSES`] a drain.
 //! A ring's buffers are shared by all its sockets: memory per listener does not grow with it.
 
+use crate::net::socket::stamp_of;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::io;
 use std::os::fd::RawFd;
@@ -67,8 +68,8 @@ pub enum Got<'a> {
     End(io::Result<()>),
 }
 
-/// A ring for batched reads. Not `Send`: made and used on one thread (it is created with
-/// `IORING_SETUP_SINGLE_ISSUER`).
+/// A ring for batched reads, to be made and used on one thread (it is created with
+/// `IORING_SETUP_SINGLE_ISSUER`: another thread's calls are refused by the kernel).
 pub struct Ring {
     // Dropped first: closing the ring ends every request before the memory below goes.
     ring: IoUring,
@@ -151,10 +152,15 @@ impl Ring {
     /// Starts the multishot receive of `fd` under `tag` (not [`u64::MAX`]).
     pub fn arm(&mut self, fd: RawFd, tag: u64) -> io::Result<()> {
         debug_assert_ne!(tag, CANCEL);
-        let sqe = opcode::RecvMsgMulti::new(types::Fd(fd), &*self.msg, GROUP)
-            .build()
-            .user_data(tag);
+        let sqe = self.receive(fd, tag);
         self.push(&sqe)
+    }
+
+    /// The multishot receive of `fd` under `tag`.
+    fn receive(&self, fd: RawFd, tag: u64) -> squeue::Entry {
+        opcode::RecvMsgMulti::new(types::Fd(fd), &*self.msg, GROUP)
+            .build()
+            .user_data(tag)
     }
 
     /// Cancels the receive of `tag`, if any is in flight (sent with the next drain).
@@ -181,9 +187,7 @@ impl Ring {
         let mut seen = 0;
         for _ in 0..MAX_PASSES {
             for (fd, tag) in std::mem::take(&mut self.rearm) {
-                let sqe = opcode::RecvMsgMulti::new(types::Fd(fd), &*self.msg, GROUP)
-                    .build()
-                    .user_data(tag);
+                let sqe = self.receive(fd, tag);
                 self.push(&sqe)?;
             }
             // GETEVENTS runs the deferred receives, about 20 a call (the kernel's own bound
@@ -238,7 +242,7 @@ impl Ring {
             let buf = &self.bufs[start..start + (res as usize).min(RING_BUF)];
             match types::RecvMsgOut::parse(buf, &self.msg) {
                 Ok(out) if !out.payload_data().is_empty() => {
-                    let stamp = stamp(out.control_data());
+                    let stamp = stamp_of(out.control_data());
                     keep = f(
                         tag,
                         Got::Data {
@@ -301,32 +305,6 @@ impl Drop for Ring {
             libc::munmap(self.entries.cast(), self.entries_len);
         }
     }
-}
-
-/// The `SCM_TIMESTAMP` of a control block, Unix µs.
-fn stamp(control: &[u8]) -> Option<u64> {
-    let hdr = std::mem::size_of::<libc::cmsghdr>();
-    let mut at = 0;
-    let mut found = None;
-    while at + hdr <= control.len() {
-        // SAFETY: `hdr` bytes are inside `control` (checked above); read unaligned.
-        let c: libc::cmsghdr = unsafe { std::ptr::read_unaligned(control[at..].as_ptr().cast()) };
-        let len = c.cmsg_len as usize;
-        if len < hdr || at + len > control.len() {
-            break;
-        }
-        if c.cmsg_level == libc::SOL_SOCKET
-            && c.cmsg_type == libc::SCM_TIMESTAMP
-            && len >= hdr + std::mem::size_of::<libc::timeval>()
-        {
-            // SAFETY: the timeval lies inside this message (checked above).
-            let tv: libc::timeval =
-                unsafe { std::ptr::read_unaligned(control[at + hdr..].as_ptr().cast()) };
-            found = Some(tv.tv_sec as u64 * 1_000_000 + tv.tv_usec as u64);
-        }
-        at += (len + 7) & !7;
-    }
-    found
 }
 
 #[cfg(test)]
@@ -503,12 +481,12 @@ mod tests {
         c[12..16].copy_from_slice(&libc::SCM_TIMESTAMP.to_ne_bytes());
         c[16..24].copy_from_slice(&7i64.to_ne_bytes());
         c[24..32].copy_from_slice(&5i64.to_ne_bytes());
-        assert_eq!(stamp(&c), Some(7_000_005));
+        assert_eq!(stamp_of(&c), Some(7_000_005));
         // A length past the block, or shorter than a header: nothing.
         c[..8].copy_from_slice(&64u64.to_ne_bytes());
-        assert_eq!(stamp(&c), None);
+        assert_eq!(stamp_of(&c), None);
         c[..8].copy_from_slice(&3u64.to_ne_bytes());
-        assert_eq!(stamp(&c), None);
-        assert_eq!(stamp(&[]), None);
+        assert_eq!(stamp_of(&c), None);
+        assert_eq!(stamp_of(&[]), None);
     }
 }
